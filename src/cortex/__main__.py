@@ -1,0 +1,3 @@
+from cortex.cli.main import main
+
+main()

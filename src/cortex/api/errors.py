@@ -1,0 +1,72 @@
+"""Translate errors into OpenAI-shaped responses, in one place."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+
+import orjson
+from fastapi import FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from cortex.errors import CortexError, Overloaded
+
+log = logging.getLogger("cortex.api")
+
+
+def json_response(body: object, status: int = 200) -> Response:
+    """A JSON response serialised by orjson."""
+    return Response(orjson.dumps(body), status_code=status, media_type="application/json")
+
+
+def error_response(
+    status: int, message: str, type_: str, *, param: str | None = None, code: str | None = None
+) -> Response:
+    return json_response({"error": {"message": message, "type": type_, "param": param, "code": code}}, status)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(CortexError)
+    async def _cortex_error(request: Request, exc: CortexError) -> Response:
+        response = json_response(exc.to_dict(), exc.status)
+        if isinstance(exc, Overloaded):
+            response.headers["Retry-After"] = str(exc.retry_after_s)
+        if exc.status >= 500:
+            log.error("%s %s -> %d: %s", request.method, request.url.path, exc.status, exc.message)
+        return response
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
+        first = exc.errors()[0] if exc.errors() else {}
+        loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+        param = loc[0] if loc else None
+        if first.get("type") == "json_invalid":
+            message = "We could not parse the JSON body of your request: it is not valid JSON."
+        elif first.get("type") == "missing":
+            message = f"You must provide a '{param}' parameter."
+        else:
+            message = f"Invalid value for '{'.'.join(loc) or 'body'}': {first.get('msg', 'invalid')}."
+        return error_response(400, message, "invalid_request_error", param=param)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        if exc.status_code == 404:
+            message = f"Invalid URL ({request.method} {request.url.path})"
+        elif exc.status_code == 405:
+            message = f"Method {request.method} is not allowed on {request.url.path}"
+        else:
+            message = str(exc.detail)
+        kind = "invalid_request_error" if exc.status_code < 500 else "server_error"
+        response = error_response(exc.status_code, message, kind)
+        for key, value in (exc.headers or {}).items():
+            response.headers[key] = value
+        return response
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> Response:
+        ref = uuid.uuid4().hex[:12]
+        log.exception("unhandled error %s on %s %s", ref, request.method, request.url.path)
+        return error_response(
+            500, f"The server had an error while processing your request (ref {ref}).", "server_error"
+        )

@@ -1,0 +1,178 @@
+"""OpenAI's embeddings protocol: request parsing with OpenAI-style errors, and response encoding.
+
+The request body is parsed here rather than by FastAPI so that every malformed body, whatever is
+wrong with it, becomes a 400 in OpenAI's error shape naming the offending parameter (FastAPI's
+default is a 422 in its own shape), and so that parsing costs one orjson call.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from typing import Literal
+
+import numpy as np
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
+
+from cortex.errors import InvalidRequest
+
+TokenIds = list[StrictInt]
+
+
+class EmbeddingRequest(BaseModel):
+    """`POST /v1/embeddings`. Unknown fields are ignored, as OpenAI does."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    input: StrictStr | list[StrictStr] | TokenIds | list[TokenIds] = Field(
+        description="A string, an array of strings, an array of token ids, or an array of arrays of token ids"
+    )
+    model: StrictStr = Field(description="Id of a model in the store, e.g. `gemma3:270m`")
+    encoding_format: Literal["float", "base64"] | None = Field(
+        "float", description="`float` (default) or `base64` (little-endian float32 bytes)"
+    )
+    dimensions: StrictInt | None = Field(
+        None, description="Truncate each vector to this many dimensions, then L2-normalise it again"
+    )
+    user: StrictStr | None = Field(None, description="Accepted and ignored")
+
+    def inputs(self) -> list[str] | list[list[int]]:
+        """The inputs as a list of strings or a list of token-id lists."""
+        if isinstance(self.input, str):
+            return [self.input]
+        if self.input and isinstance(self.input[0], int):
+            return [self.input]  # type: ignore[list-item]
+        return self.input  # type: ignore[return-value]
+
+
+class Embedding(BaseModel):
+    object: Literal["embedding"] = "embedding"
+    index: int
+    embedding: list[float] | str
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class EmbeddingResponse(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[Embedding]
+    model: str
+    usage: Usage
+
+
+_FIELD_ERRORS = {
+    "input": "'input' must be a string, an array of strings, an array of integers (token ids) "
+    "or an array of arrays of integers.",
+    "model": "'model' must be a string naming a model, such as `gemma3:270m`.",
+    "encoding_format": "Invalid value for 'encoding_format': supported values are 'float' and 'base64'.",
+    "dimensions": "'dimensions' must be a positive integer.",
+    "user": "'user' must be a string.",
+}
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _load_json(body: bytes) -> object:
+    """orjson first (fast); the standard library as a fallback for JSON that escapes lone
+    surrogates, which orjson refuses: those become U+FFFD."""
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        pass
+    try:
+        value = json.loads(body)
+    except (ValueError, RecursionError) as exc:
+        raise InvalidRequest(
+            "We could not parse the JSON body of your request. The API expects a JSON object, "
+            "but what was sent was not valid JSON."
+        ) from exc
+    return _replace_surrogates(value)
+
+
+def _replace_surrogates(value: object) -> object:
+    if isinstance(value, str):
+        return _SURROGATE.sub("\ufffd", value)
+    if isinstance(value, list):
+        return [_replace_surrogates(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _replace_surrogates(v) for k, v in value.items()}
+    return value
+
+
+def parse_embedding_request(body: bytes) -> EmbeddingRequest:
+    """Parse and type-check a request body; raise InvalidRequest in OpenAI's terms."""
+    data = _load_json(body)
+    if not isinstance(data, dict):
+        raise InvalidRequest("The request body must be a JSON object.")
+    if "model" not in data:
+        raise InvalidRequest("You must provide a model parameter.", param="model")
+    if "input" not in data:
+        raise InvalidRequest("You must provide an input parameter.", param="input")
+    try:
+        return EmbeddingRequest.model_validate(data)
+    except ValidationError as exc:
+        field = str(exc.errors()[0]["loc"][0])
+        raise InvalidRequest(_FIELD_ERRORS.get(field, f"Invalid value for '{field}'."), param=field) from exc
+
+
+def check_inputs(inputs: list[str] | list[list[int]], max_inputs: int) -> None:
+    """Reject empty inputs and too many of them."""
+    if not inputs:
+        raise InvalidRequest("'input' must not be an empty array.", param="input")
+    if len(inputs) > max_inputs:
+        raise InvalidRequest(
+            f"Too many inputs: {len(inputs)} given, at most {max_inputs} per request.", param="input"
+        )
+    for i, item in enumerate(inputs):
+        if len(item) == 0:
+            what = "string" if isinstance(item, str) else "array of token ids"
+            raise InvalidRequest(
+                f"Input at index {i} is an empty {what}: inputs must not be empty.", param="input"
+            )
+
+
+def check_dimensions(dimensions: int | None, n_embd: int) -> None:
+    if dimensions is None:
+        return
+    if dimensions <= 0:
+        raise InvalidRequest("'dimensions' must be a positive integer.", param="dimensions")
+    if dimensions > n_embd:
+        raise InvalidRequest(
+            f"'dimensions' is {dimensions}, but this model's embeddings have {n_embd} dimensions.",
+            param="dimensions",
+        )
+
+
+def truncate_dimensions(vectors: np.ndarray, dimensions: int | None) -> np.ndarray:
+    """Keep the first `dimensions` components of each row and L2-normalise it again."""
+    if dimensions is None or dimensions == vectors.shape[1]:
+        return vectors
+    cut = np.ascontiguousarray(vectors[:, :dimensions])
+    norms = np.linalg.norm(cut, axis=1, keepdims=True)
+    np.maximum(norms, 1e-12, out=norms)
+    return cut / norms
+
+
+def encode_embeddings(
+    vectors: np.ndarray, *, model: str, prompt_tokens: int, encoding_format: str | None
+) -> bytes:
+    """The response body. base64 comes straight from the float32 buffer; floats go through orjson."""
+    vectors = vectors.astype("<f4", copy=False)
+    if encoding_format == "base64":
+        data = [
+            {"object": "embedding", "index": i, "embedding": base64.b64encode(row.tobytes()).decode("ascii")}
+            for i, row in enumerate(vectors)
+        ]
+    else:
+        data = [{"object": "embedding", "index": i, "embedding": row} for i, row in enumerate(vectors)]
+    body = {
+        "object": "list",
+        "data": data,
+        "model": model,
+        "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
+    }
+    return orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)

@@ -1,0 +1,47 @@
+"""The CLI's HTTP client: every command but `start` talks to the server like any other client."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+
+class ApiError(Exception):
+    """An error answer from the server, or no answer at all."""
+
+    def __init__(self, message: str, status: int | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+
+
+class Client:
+    def __init__(self, base_url: str, timeout: float = 600.0) -> None:
+        self.base_url = base_url
+        self._http = httpx.Client(base_url=base_url, timeout=timeout)
+
+    def request(self, method: str, path: str, json: Any = None) -> Any:
+        try:
+            r = self._http.request(method, path, json=json)
+        except httpx.HTTPError as exc:
+            raise ApiError(f"Cannot reach the server at {self.base_url}: {exc}") from exc
+        try:
+            body = r.json()
+        except ValueError:
+            body = None
+        if r.status_code >= 400:
+            err = (body or {}).get("error") if isinstance(body, dict) else None
+            if isinstance(err, dict):
+                raise ApiError(str(err.get("message")), r.status_code, err.get("code"))
+            raise ApiError(f"HTTP {r.status_code}: {r.text[:500]}", r.status_code)
+        return body
+
+    def get(self, path: str) -> Any:
+        return self.request("GET", path)
+
+    def post(self, path: str, json: Any) -> Any:
+        return self.request("POST", path, json=json)
+
+    def delete(self, path: str) -> Any:
+        return self.request("DELETE", path)

@@ -1,0 +1,285 @@
+"""The `cortex` command. `start --foreground` runs the server; everything else is an HTTP client."""
+
+from __future__ import annotations
+
+import json
+import shlex
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from cortex.cli.client import ApiError, Client
+from cortex.cli.daemon import DaemonError, ServerInfo, running_server, start_background, stop_server
+from cortex.config import Settings, load_settings
+
+app = typer.Typer(help="cortex: a local, OpenAI-compatible model server.", no_args_is_help=True)
+models_app = typer.Typer(help="Manage the models in the store.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+
+out = Console()
+err = Console(stderr=True)
+
+
+class _State:
+    data_dir: Path | None = None
+
+
+_state = _State()
+
+
+def _settings(**flags: object) -> Settings:
+    return load_settings(data_dir=_state.data_dir, **flags)
+
+
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    err.print(f"[red]error:[/red] {message}", highlight=False)
+    return typer.Exit(code)
+
+
+def _ensure_server(settings: Settings) -> ServerInfo:
+    """The running server for this data folder, started in the background if there is none."""
+    info = running_server(settings)
+    if info is not None:
+        return info
+    try:
+        info = start_background(settings)
+    except DaemonError as exc:
+        raise _fail(str(exc)) from exc
+    err.print(f"Started cortex server at {info.base_url} (pid {info.pid})")
+    return info
+
+
+def _client() -> Client:
+    return Client(_ensure_server(_settings()).base_url)
+
+
+def _call(fn, *args):
+    try:
+        return fn(*args)
+    except ApiError as exc:
+        raise _fail(str(exc)) from exc
+
+
+def _human_bytes(n: int | None) -> str:
+    if n is None:
+        return "-"
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"
+
+
+@app.callback()
+def _main(
+    data_dir: Annotated[
+        Path | None, typer.Option("--data-dir", help="Data folder (default: $CORTEX_DATA_DIR or ~/cortexcpp)")
+    ] = None,
+) -> None:
+    _state.data_dir = data_dir
+
+
+@app.command()
+def start(
+    host: Annotated[str | None, typer.Option(help="Address to bind (default 127.0.0.1)")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default 39281)")] = None,
+    foreground: Annotated[
+        bool, typer.Option("--foreground", help="Run in this process (containers)")
+    ] = False,
+) -> None:
+    """Start the server (in the background unless --foreground) and wait until it answers."""
+    settings = _settings(host=host, port=port)
+    info = running_server(settings)
+    if info is not None:
+        if foreground:
+            raise _fail(f"A cortex server is already running for {settings.data_dir} (pid {info.pid}).")
+        out.print(f"cortex is already running at {info.base_url} (pid {info.pid})")
+        return
+    if foreground:
+        from cortex.api.server import serve
+
+        serve(settings)
+        return
+    try:
+        info = start_background(settings)
+    except DaemonError as exc:
+        raise _fail(str(exc)) from exc
+    out.print(f"cortex is running at {info.base_url} (pid {info.pid}); API at {info.base_url}/v1")
+
+
+@app.command()
+def stop() -> None:
+    """Stop the server gracefully (in-flight requests finish)."""
+    settings = _settings()
+    info = running_server(settings)
+    if info is None:
+        out.print("cortex is not running")
+        return
+    try:
+        stop_server(info)
+    except DaemonError as exc:
+        raise _fail(str(exc)) from exc
+    out.print(f"cortex stopped (pid {info.pid})")
+
+
+@app.command()
+def status() -> None:
+    """Say whether the server is running, where, and what it has loaded."""
+    settings = _settings()
+    info = running_server(settings)
+    if info is None:
+        out.print(f"cortex is not running (data folder {settings.data_dir})")
+        raise typer.Exit(3)
+    models = _call(Client(info.base_url).get, "/v1/models")["data"]
+    loaded = [m["id"] for m in models if m["status"] == "loaded"]
+    out.print(f"cortex is running at {info.base_url} (pid {info.pid}, data folder {settings.data_dir})")
+    out.print(f"models: {len(models)} stored, loaded: {', '.join(loaded) or 'none'}")
+
+
+@app.command()
+def run(
+    model: Annotated[str | None, typer.Argument(help="Model id (default: the configured default)")] = None,
+) -> None:
+    """Start the server if needed, import a built-in model if missing, load it, print how to use it."""
+    settings = _settings()
+    model_id = model or settings.default_model
+    client = Client(_ensure_server(settings).base_url)
+    try:
+        client.get(f"/v1/models/{model_id}")
+    except ApiError as exc:
+        if exc.status != 404:
+            raise _fail(str(exc)) from exc
+        from cortex.store.builtin import BUILTINS
+
+        if model_id not in BUILTINS:
+            raise _fail(
+                f"Model `{model_id}` is not in the store. Import a GGUF file with\n"
+                f"  cortex models import --model_id {model_id} --model_path FILE.gguf"
+            ) from exc
+        err.print(f"Importing built-in model {model_id} ...")
+        _call(client.post, "/v1/models/import", {"model": model_id})
+    loaded = _call(client.post, "/v1/models/start", {"model": model_id})
+    base = client.base_url
+    body = json.dumps({"model": model_id, "input": "embedding"})
+    out.print(f"Model [bold]{loaded['id']}[/bold] is loaded ({loaded['n_embd']} dimensions).")
+    out.print(f"OpenAI base URL: {base}/v1")
+    out.print("Try:", highlight=False)
+    out.print(
+        f"  curl {base}/v1/embeddings -H 'Content-Type: application/json' -d {shlex.quote(body)}",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+@app.command()
+def ps() -> None:
+    """List the loaded models and the memory they hold."""
+    models = [m for m in _call(_client().get, "/v1/models")["data"] if m["status"] == "loaded"]
+    table = Table("model", "engine", "ctx_len", "dims", "memory")
+    for m in models:
+        table.add_row(
+            m["id"], m["engine"], str(m["ctx_len"]), str(m["n_embd"]), _human_bytes(m["memory_bytes"])
+        )
+    out.print(table)
+
+
+@app.command()
+def embeddings(
+    model: Annotated[str, typer.Argument(help="Model id")],
+    texts: Annotated[list[str], typer.Argument(help="One or more texts")],
+    dimensions: Annotated[int | None, typer.Option(help="Truncate to this many dimensions")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the raw API response")] = False,
+) -> None:
+    """Embed texts from the shell and show the start of each vector."""
+    body: dict = {"model": model, "input": texts}
+    if dimensions is not None:
+        body["dimensions"] = dimensions
+    resp = _call(_client().post, "/v1/embeddings", body)
+    if as_json:
+        out.print_json(data=resp)
+        return
+    table = Table("index", "text", "dims", "embedding (first 6)")
+    for item, text in zip(resp["data"], texts, strict=True):
+        vec = item["embedding"]
+        head = ", ".join(f"{v:+.4f}" for v in vec[:6])
+        table.add_row(
+            str(item["index"]),
+            text if len(text) <= 40 else text[:37] + "...",
+            str(len(vec)),
+            f"[{head}, ...]",
+        )
+    out.print(table)
+    out.print(f"usage: {resp['usage']['prompt_tokens']} prompt tokens")
+
+
+@models_app.command("import")
+def models_import(
+    model_id: Annotated[str, typer.Option("--model_id", "--model-id", help="Id for the model, NAME[:TAG]")],
+    model_path: Annotated[
+        Path | None,
+        typer.Option("--model_path", "--model-path", help="A .gguf file (omit for a built-in model)"),
+    ] = None,
+    pooling: Annotated[
+        str | None, typer.Option(help="mean, cls or last (default: the GGUF's, else mean)")
+    ] = None,
+    ctx_len: Annotated[int | None, typer.Option("--ctx-len", help="Most tokens per input")] = None,
+    name: Annotated[str | None, typer.Option(help="Display name")] = None,
+) -> None:
+    """Copy a GGUF file into the store under MODEL_ID."""
+    body: dict = {"model": model_id, "pooling": pooling, "ctx_len": ctx_len, "name": name}
+    if model_path is not None:
+        body["model_path"] = str(model_path.expanduser().resolve())
+    with err.status(f"Importing {model_id} ..."):
+        record = _call(_client().post, "/v1/models/import", body)
+    out.print(
+        f"Imported {record['id']} ({_human_bytes(record['size'])}, {record['n_embd']} dimensions, "
+        f"pooling {record['pooling']}, context {record['ctx_len']})"
+    )
+
+
+@models_app.command("list")
+def models_list() -> None:
+    """Show the models in the store."""
+    data = _call(_client().get, "/v1/models")["data"]
+    table = Table("id", "name", "engine", "pooling", "ctx_len", "dims", "size", "status")
+    for m in data:
+        table.add_row(
+            m["id"], m["name"], m["engine"], m["pooling"], str(m["ctx_len"]), str(m["n_embd"]),
+            _human_bytes(m["size"]), m["status"],
+        )  # fmt: skip
+    out.print(table)
+
+
+@models_app.command("get")
+def models_get(model_id: Annotated[str, typer.Argument(help="Model id")]) -> None:
+    """Show one model's record as JSON."""
+    out.print_json(data=_call(_client().get, f"/v1/models/{model_id}"))
+
+
+@models_app.command("delete")
+def models_delete(model_id: Annotated[str, typer.Argument(help="Model id")]) -> None:
+    """Unload and delete a model and its files."""
+    result = _call(_client().delete, f"/v1/models/{model_id}")
+    out.print(f"Deleted {result['id']}")
+
+
+@models_app.command("start")
+def models_start(model_id: Annotated[str, typer.Argument(help="Model id")]) -> None:
+    """Load a model into memory."""
+    m = _call(_client().post, "/v1/models/start", {"model": model_id})
+    out.print(f"Loaded {m['id']} ({_human_bytes(m['memory_bytes'])})")
+
+
+@models_app.command("stop")
+def models_stop(model_id: Annotated[str, typer.Argument(help="Model id")]) -> None:
+    """Unload a model from memory."""
+    r = _call(_client().post, "/v1/models/stop", {"model": model_id})
+    out.print(f"Stopped {r['id']}" if r["was_loaded"] else f"{r['id']} was not loaded")
+
+
+def main() -> None:
+    app()

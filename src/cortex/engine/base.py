@@ -1,0 +1,37 @@
+"""The engine interface: what the scheduler and the API may ask of any inference backend."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+import numpy as np
+
+
+class Engine(Protocol):
+    """An embedding model loaded in memory. Knows nothing of HTTP or queues.
+
+    `tokenize` may be called from any thread; `embed` is called from one thread at a time.
+    """
+
+    n_embd: int  # size of each vector
+    n_ctx: int  # most tokens one input may have
+    n_vocab: int  # token ids must lie in [0, n_vocab)
+    max_batch_tokens: int  # most tokens one `embed` call takes (a longer single input runs alone)
+    max_batch_seqs: int  # most sequences one `embed` call takes
+
+    def tokenize(self, text: str) -> list[int]:
+        """Token ids of `text`, with the special tokens the model adds (BOS, CLS/SEP, ...)."""
+        ...
+
+    def embed(self, seqs: Sequence[Sequence[int]]) -> np.ndarray:
+        """Pooled, L2-normalised float32 vectors, one row per sequence, in order."""
+        ...
+
+    def memory_bytes(self) -> int:
+        """Bytes the loaded weights and buffers take."""
+        ...
+
+    def close(self) -> None:
+        """Free native resources. The engine is unusable afterwards."""
+        ...

@@ -1,0 +1,104 @@
+"""Domain errors. Each carries its HTTP status and OpenAI error fields; the API maps them once.
+
+No web framework is imported here: the store, engines and scheduler raise these, and only
+`cortex.api.errors` turns them into responses.
+"""
+
+from __future__ import annotations
+
+
+class CortexError(Exception):
+    """Base of every error that cortex reports to a client."""
+
+    status: int = 500
+    type: str = "server_error"
+    code: str | None = None
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+
+    def to_dict(self) -> dict:
+        """The body OpenAI sends for an error: `{"error": {message, type, param, code}}`."""
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+class InvalidRequest(CortexError):
+    """The client sent something we cannot serve (400)."""
+
+    status = 400
+    type = "invalid_request_error"
+
+
+class ContextLengthExceeded(InvalidRequest):
+    """An input has more tokens than the model's context."""
+
+    code = "context_length_exceeded"
+
+    def __init__(self, limit: int, requested: int, *, index: int | None = None) -> None:
+        where = "" if index is None else f" (input at index {index})"
+        super().__init__(
+            f"This model's maximum context length is {limit} tokens, however you requested "
+            f"{requested} tokens{where}. Please reduce the length of the input.",
+            param="input",
+        )
+
+
+class ModelNotFound(CortexError):
+    """No model with this id is in the store (404, as OpenAI answers)."""
+
+    status = 404
+    type = "invalid_request_error"
+    code = "model_not_found"
+
+    def __init__(self, model_id: str, hint: str = "") -> None:
+        super().__init__(f"The model `{model_id}` does not exist.{hint}", param="model")
+
+
+class ModelNotLoaded(CortexError):
+    """The model is in the store but not loaded, and loading on demand is off (409)."""
+
+    status = 409
+    type = "invalid_request_error"
+    code = "model_not_loaded"
+
+    def __init__(self, model_id: str) -> None:
+        super().__init__(
+            f"The model `{model_id}` is not loaded. Start it with `cortex models start {model_id}` "
+            "or POST /v1/models/start.",
+            param="model",
+        )
+
+
+class Conflict(CortexError):
+    """The request conflicts with the store's state, e.g. importing an id that exists (409)."""
+
+    status = 409
+    type = "invalid_request_error"
+    code = "conflict"
+
+
+class InvalidModelFile(InvalidRequest):
+    """A model file that is missing, unreadable or not a valid GGUF."""
+
+    code = "invalid_model_file"
+
+
+class Overloaded(CortexError):
+    """The queue is full; the client should retry later (503 with Retry-After)."""
+
+    status = 503
+    type = "server_error"
+    code = "server_overloaded"
+    retry_after_s = 1
+
+
+class EngineFailure(CortexError):
+    """The inference engine failed on a batch: a server fault, not the client's (500)."""
+
+    status = 500
+    type = "server_error"
+    code = "engine_error"

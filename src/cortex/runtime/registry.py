@@ -1,0 +1,100 @@
+"""Loaded models: load (explicitly or on first use), look up, unload. Owned by the app's lifespan."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+
+from cortex.config import Settings
+from cortex.engine.base import Engine
+from cortex.engine.llama import LlamaCppEngine
+from cortex.errors import ModelNotLoaded
+from cortex.runtime.scheduler import BatchScheduler
+from cortex.store.store import ModelRecord, ModelStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LoadedModel:
+    record: ModelRecord
+    engine: Engine
+    scheduler: BatchScheduler
+    loaded_at: float = field(default_factory=time.time)
+
+
+class ModelRegistry:
+    """The models held in memory, keyed by their stored id."""
+
+    def __init__(self, store: ModelStore, settings: Settings) -> None:
+        self.store = store
+        self.settings = settings
+        self._loaded: dict[str, LoadedModel] = {}
+        self._lock = asyncio.Lock()
+
+    def loaded(self) -> list[LoadedModel]:
+        return list(self._loaded.values())
+
+    def is_loaded(self, model_id: str) -> bool:
+        return model_id in self._loaded
+
+    async def get(self, model_id: str) -> LoadedModel:
+        """The loaded model that `model_id` names, loading it first if allowed."""
+        hit = self._loaded.get(model_id)
+        if hit is not None:
+            return hit
+        resolved = self.store.resolve(model_id)  # ModelNotFound for an unknown id
+        hit = self._loaded.get(resolved)
+        if hit is not None:
+            return hit
+        if not self.settings.load_on_demand:
+            raise ModelNotLoaded(model_id)
+        return await self.load(resolved)
+
+    async def load(self, model_id: str) -> LoadedModel:
+        """Load a stored model (no-op if it is loaded)."""
+        record = self.store.get(model_id)
+        async with self._lock:
+            hit = self._loaded.get(record.id)
+            if hit is not None:
+                return hit
+            t0 = time.perf_counter()
+            engine = await asyncio.to_thread(self._open_engine, record)
+            scheduler = BatchScheduler(
+                engine, model_id=record.id, max_queue_inputs=self.settings.max_queue_inputs
+            )
+            loaded = LoadedModel(record, engine, scheduler)
+            self._loaded[record.id] = loaded
+            log.info("loaded %s in %.2fs", record.id, time.perf_counter() - t0)
+            return loaded
+
+    def _open_engine(self, record: ModelRecord) -> Engine:
+        s = self.settings
+        return LlamaCppEngine(
+            self.store.weights_path(record),
+            pooling=record.pooling,
+            ctx_len=record.ctx_len,
+            n_threads=s.n_threads,
+            max_batch_tokens=s.max_batch_tokens,
+            max_batch_seqs=s.max_batch_seqs,
+        )
+
+    async def unload(self, model_id: str) -> bool:
+        """Unload after finishing its queued inputs. Returns False if it was not loaded."""
+        async with self._lock:
+            loaded = self._loaded.pop(model_id, None)
+            if loaded is None:
+                resolved = self.store.resolve(model_id)
+                loaded = self._loaded.pop(resolved, None)
+            if loaded is None:
+                return False
+            await loaded.scheduler.close()
+            await asyncio.to_thread(loaded.engine.close)
+            log.info("unloaded %s", loaded.record.id)
+            return True
+
+    async def close(self) -> None:
+        for model_id in list(self._loaded):
+            await self.unload(model_id)

@@ -1,0 +1,134 @@
+"""Per-model dynamic batching: one owner task gathers the inputs of all concurrent requests into
+engine batches under a token budget and a sequence limit, runs each batch on the model's own
+engine thread (llama.cpp releases the GIL), and completes each input's future as soon as its
+batch is done. A failed batch fails exactly its own inputs; the owner keeps serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+from cortex.engine.base import Engine
+from cortex.errors import CortexError, EngineFailure, ModelNotLoaded, Overloaded
+
+log = logging.getLogger(__name__)
+
+# How far past the head of the queue the packer looks for inputs that still fit the budget.
+# The head itself is always taken, so nothing waits forever.
+_LOOKAHEAD = 256
+
+
+@dataclass(slots=True)
+class _Item:
+    tokens: Sequence[int]
+    future: asyncio.Future
+
+
+class BatchScheduler:
+    """Queue and batch loop for one loaded model."""
+
+    def __init__(self, engine: Engine, *, model_id: str, max_queue_inputs: int) -> None:
+        self.engine = engine
+        self.model_id = model_id
+        self.max_queue_inputs = max_queue_inputs
+        self._pending: deque[_Item] = deque()
+        self._wakeup = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._closed = False
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"engine-{model_id}")
+        self._task = asyncio.create_task(self._run(), name=f"scheduler-{model_id}")
+
+    @property
+    def queued(self) -> int:
+        return len(self._pending)
+
+    async def embed(self, seqs: Sequence[Sequence[int]]) -> np.ndarray:
+        """Vectors for `seqs` (each at most `engine.n_ctx` tokens), one row per sequence, in order."""
+        if self._closed:
+            raise ModelNotLoaded(self.model_id)
+        if len(self._pending) + len(seqs) > self.max_queue_inputs:
+            raise Overloaded(
+                f"The server is busy: {len(self._pending)} inputs are waiting for `{self.model_id}` "
+                f"(limit {self.max_queue_inputs}). Retry shortly."
+            )
+        loop = asyncio.get_running_loop()
+        futures = [loop.create_future() for _ in seqs]
+        self._pending.extend(_Item(s, f) for s, f in zip(seqs, futures, strict=True))
+        self._idle.clear()
+        self._wakeup.set()
+        try:
+            rows = await asyncio.gather(*futures)
+        except BaseException:
+            for f in futures:  # drop this request's inputs that have not run yet
+                f.cancel()
+            raise
+        return np.stack(rows)
+
+    def _take_batch(self) -> list[_Item]:
+        """First-fit packing from the head of the queue under the engine's budget."""
+        budget = self.engine.max_batch_tokens
+        max_seqs = self.engine.max_batch_seqs
+        batch: list[_Item] = []
+        used = 0
+        skipped: list[_Item] = []
+        looked = 0
+        while self._pending and len(batch) < max_seqs and looked < _LOOKAHEAD:
+            item = self._pending.popleft()
+            if item.future.done():  # cancelled: its client went away
+                continue
+            looked += 1
+            n = len(item.tokens)
+            if not batch or used + n <= budget:
+                batch.append(item)
+                used += n
+            else:
+                skipped.append(item)
+        self._pending.extendleft(reversed(skipped))
+        return batch
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            while self._pending:
+                batch = self._take_batch()
+                if not batch:
+                    continue
+                try:
+                    out = await loop.run_in_executor(
+                        self._executor, self.engine.embed, [i.tokens for i in batch]
+                    )
+                except Exception as exc:
+                    if not isinstance(exc, CortexError):
+                        log.exception(
+                            "engine failed on a batch of %d inputs for %s", len(batch), self.model_id
+                        )
+                        exc = EngineFailure(f"The engine failed while embedding with `{self.model_id}`.")
+                    for item in batch:
+                        if not item.future.done():
+                            item.future.set_exception(exc)
+                    continue
+                for item, row in zip(batch, out, strict=True):
+                    if not item.future.done():
+                        item.future.set_result(row)
+            self._idle.set()
+
+    async def close(self) -> None:
+        """Finish the inputs already queued, then stop the loop and the engine thread."""
+        self._closed = True
+        await self._idle.wait()
+        self._task.cancel()
+        try:
+            await self._task
+        except asyncio.CancelledError:
+            pass
+        self._executor.shutdown(wait=True)

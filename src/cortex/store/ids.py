@@ -1,0 +1,42 @@
+"""Model ids: parse, validate, and map to folder names. The only place an id becomes a path.
+
+An id is `NAME[:TAG]`, or `ORG/NAME[:TAG]` as pull names are. Each part starts with a letter or
+digit and holds only letters, digits, `.`, `_` and `-`, so no id can spell `..`, an absolute path,
+a backslash or a NUL. The folder name replaces `/` with `+` and `:` with `@`; neither may appear in
+a part, so the mapping is one-to-one and the folder always sits directly under the store.
+"""
+
+from __future__ import annotations
+
+import re
+
+from cortex.errors import InvalidRequest
+
+_PART = r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}"
+_ID_RE = re.compile(rf"(?:{_PART}/)?{_PART}(?::{_PART})?")
+MAX_ID_LENGTH = 256
+
+
+def validate_model_id(model_id: object, *, param: str = "model") -> str:
+    """Return `model_id` if it is a well-formed id, else raise InvalidRequest naming `param`."""
+    if not isinstance(model_id, str) or not model_id:
+        raise InvalidRequest("A model id is required: a non-empty string such as `gemma3:270m`.", param=param)
+    if len(model_id) > MAX_ID_LENGTH or not _ID_RE.fullmatch(model_id):
+        shown = model_id if len(model_id) <= 80 else model_id[:80] + "..."
+        raise InvalidRequest(
+            f"Invalid model id {shown!r}: use NAME[:TAG] or ORG/NAME[:TAG], where each part starts with a "
+            "letter or digit and holds only letters, digits, '.', '_' and '-'.",
+            param=param,
+        )
+    return model_id
+
+
+def folder_name(model_id: str) -> str:
+    """The store folder of a validated id: `gemma3:270m` -> `gemma3@270m`."""
+    return validate_model_id(model_id).replace("/", "+").replace(":", "@")
+
+
+def split_tag(model_id: str) -> tuple[str, str | None]:
+    """`name:tag` -> (`name`, `tag`); an id without a tag gives (`id`, None)."""
+    name, sep, tag = model_id.partition(":")
+    return name, (tag if sep else None)

@@ -1,0 +1,202 @@
+"""The model store: `models/<folder>/model.yml` plus the weights, one folder per model id.
+
+A model enters the store whole or not at all: it is assembled in a staging folder (weights
+copied, checked, model.yml written and fsynced), then the folder is renamed into place. Deletion
+renames the folder away before removing it. Leftovers of a crash are swept on open.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import stat
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, Field, ValidationError
+
+from cortex.errors import Conflict, InvalidModelFile, InvalidRequest, ModelNotFound
+from cortex.store.atomic import fsync_dir, write_atomic
+from cortex.store.gguf_info import inspect_gguf
+from cortex.store.ids import folder_name, split_tag, validate_model_id
+
+log = logging.getLogger(__name__)
+
+Pooling = Literal["mean", "cls", "last"]
+POOLINGS: tuple[str, ...] = ("mean", "cls", "last")
+MODEL_FILE = "model.yml"
+WEIGHTS_FILE = "model.gguf"
+_STAGING = ".staging-"
+_TRASH = ".trash-"
+
+
+class ModelRecord(BaseModel):
+    """The contents of a model's model.yml."""
+
+    id: str
+    name: str
+    engine: Literal["llama-cpp"] = "llama-cpp"
+    files: list[str]
+    architecture: str
+    pooling: Pooling
+    ctx_len: int = Field(gt=0)
+    n_ctx_train: int = Field(gt=0)
+    n_embd: int = Field(gt=0)
+    size: int = Field(ge=0, description="Bytes of weights on disk")
+    created: int = Field(description="Unix time of import")
+
+
+class ModelStore:
+    """Models on disk under `root`; safe against crashes and hostile ids."""
+
+    def __init__(self, root: Path, *, default_ctx_len: int = 2048) -> None:
+        self.root = root
+        self.default_ctx_len = default_ctx_len
+        root.mkdir(parents=True, exist_ok=True)
+        self._sweep()
+
+    def _sweep(self) -> None:
+        """Remove staging and trash folders left by an interrupted import or delete."""
+        for entry in self.root.iterdir():
+            if entry.name.startswith((_STAGING, _TRASH)):
+                shutil.rmtree(entry, ignore_errors=True)
+
+    def folder(self, model_id: str) -> Path:
+        """The folder of `model_id`: always a direct child of the store."""
+        return self.root / folder_name(model_id)
+
+    def weights_path(self, record: ModelRecord) -> Path:
+        return self.folder(record.id) / record.files[0]
+
+    def list(self) -> list[ModelRecord]:
+        """Every intact model, sorted by id. A folder with a broken model.yml is logged and skipped."""
+        records = []
+        for entry in sorted(self.root.iterdir()):
+            if entry.name.startswith(".") or not (entry / MODEL_FILE).is_file():
+                continue
+            try:
+                records.append(self._read(entry))
+            except (OSError, ValueError, ValidationError) as exc:
+                log.warning("skipping %s: unreadable %s (%s)", entry.name, MODEL_FILE, exc)
+        return sorted(records, key=lambda r: r.id)
+
+    def _read(self, folder: Path) -> ModelRecord:
+        return ModelRecord.model_validate(yaml.safe_load((folder / MODEL_FILE).read_text(encoding="utf-8")))
+
+    def resolve(self, model_id: str) -> str:
+        """The stored id that `model_id` names: itself, or for a bare NAME the only NAME:TAG stored."""
+        validate_model_id(model_id)
+        if (self.folder(model_id) / MODEL_FILE).is_file():
+            return model_id
+        name, tag = split_tag(model_id)
+        if tag is None:
+            matches = [r.id for r in self.list() if split_tag(r.id)[0] == name]
+            if len(matches) == 1:
+                return matches[0]
+        raise ModelNotFound(model_id)
+
+    def get(self, model_id: str) -> ModelRecord:
+        """The record of `model_id` (see `resolve`), or ModelNotFound."""
+        resolved = self.resolve(model_id)
+        try:
+            return self._read(self.folder(resolved))
+        except (OSError, ValueError, ValidationError) as exc:
+            log.warning("model %s has an unreadable %s: %s", resolved, MODEL_FILE, exc)
+            raise ModelNotFound(model_id) from exc
+
+    def import_gguf(
+        self,
+        model_id: str,
+        source: Path | Callable[[Path], None],
+        *,
+        name: str | None = None,
+        pooling: str | None = None,
+        ctx_len: int | None = None,
+    ) -> ModelRecord:
+        """Add a GGUF model under `model_id`.
+
+        `source` is a GGUF file to copy, or a function that writes the weights to the path it is
+        given (for weights assembled from a package). The copy is inspected, not the original, so
+        the file checked is the file served.
+        """
+        validate_model_id(model_id)
+        if pooling is not None and pooling not in POOLINGS:
+            raise InvalidRequest(
+                f"Unknown pooling {pooling!r}; use one of {', '.join(POOLINGS)}.", param="pooling"
+            )
+        if ctx_len is not None and ctx_len <= 0:
+            raise InvalidRequest("ctx_len must be a positive number of tokens.", param="ctx_len")
+        final = self.folder(model_id)
+        if final.exists():
+            raise Conflict(f"A model with id `{model_id}` already exists.", param="model")
+        if isinstance(source, Path):
+            _check_regular_file(source)
+        staging = self.root / f"{_STAGING}{uuid.uuid4().hex}"
+        staging.mkdir(mode=0o700)
+        try:
+            weights = staging / WEIGHTS_FILE
+            if isinstance(source, Path):
+                _copy_file(source, weights)
+            else:
+                source(weights)
+            info = inspect_gguf(weights)
+            record = ModelRecord(
+                id=model_id,
+                name=name or info.name or model_id,
+                files=[WEIGHTS_FILE],
+                architecture=info.architecture,
+                pooling=pooling or info.pooling or "mean",
+                ctx_len=min(ctx_len or self.default_ctx_len, info.n_ctx_train),
+                n_ctx_train=info.n_ctx_train,
+                n_embd=info.n_embd,
+                size=weights.stat().st_size,
+                created=int(time.time()),
+            )
+            write_atomic(staging / MODEL_FILE, yaml.safe_dump(record.model_dump(), sort_keys=False).encode())
+            try:
+                os.rename(staging, final)  # atomic; fails if another import of this id won the race
+            except OSError as exc:
+                raise Conflict(f"A model with id `{model_id}` already exists.", param="model") from exc
+            fsync_dir(self.root)
+            return record
+        finally:
+            if staging.exists():
+                shutil.rmtree(staging, ignore_errors=True)
+
+    def delete(self, model_id: str) -> str:
+        """Remove a model; returns the id removed."""
+        resolved = self.resolve(model_id)
+        trash = self.root / f"{_TRASH}{uuid.uuid4().hex}"
+        os.rename(self.folder(resolved), trash)
+        fsync_dir(self.root)
+        shutil.rmtree(trash, ignore_errors=True)
+        return resolved
+
+
+def _check_regular_file(path: Path) -> None:
+    """Refuse anything but a regular file (after symlinks): no devices, FIFOs or folders."""
+    try:
+        st = path.resolve(strict=True).stat()
+    except (OSError, RuntimeError) as exc:
+        raise InvalidModelFile(
+            f"Cannot read model file {str(path)!r}: no such file.", param="model_path"
+        ) from exc
+    if not stat.S_ISREG(st.st_mode):
+        raise InvalidModelFile(f"{str(path)!r} is not a regular file.", param="model_path")
+
+
+def _copy_file(src: Path, dst: Path) -> None:
+    try:
+        with open(src, "rb") as fin, open(dst, "wb") as fout:
+            shutil.copyfileobj(fin, fout, 8 << 20)
+            fout.flush()
+            os.fsync(fout.fileno())
+    except PermissionError as exc:
+        raise InvalidModelFile(
+            f"Cannot read model file {str(src)!r}: permission denied.", param="model_path"
+        ) from exc
