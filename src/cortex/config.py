@@ -35,9 +35,7 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="CORTEX_", extra="ignore")
 
-    data_dir: Path = Field(
-        default_factory=default_data_dir, description="Holds models/, logs/ and config.yml"
-    )
+    data_dir: Path = Field(default_factory=default_data_dir, description="Holds models/, logs/ and config.yml")
     host: str = Field("127.0.0.1", description="Address the server binds")
     port: int = Field(DEFAULT_PORT, ge=1, le=65535, description="Port the server listens on")
     default_model: str = Field("gemma3:270m", description="Model that `cortex run` serves when none is named")
@@ -51,9 +49,7 @@ class Settings(BaseSettings):
     max_inputs: int = Field(2048, ge=1, description="Inputs per embeddings request")
     max_batch_tokens: int = Field(512, ge=8, description="Token budget of one engine batch")
     max_batch_seqs: int = Field(64, ge=1, le=256, description="Sequences in one engine batch")
-    max_queue_inputs: int = Field(
-        16384, ge=1, description="Inputs waiting per model before new requests get 503"
-    )
+    max_queue_inputs: int = Field(16384, ge=1, description="Inputs waiting per model before new requests get 503")
     log_level: str = Field("info", description="Server log level")
 
     @classmethod

@@ -124,15 +124,11 @@ def check_inputs(inputs: list[str] | list[list[int]], max_inputs: int) -> None:
     if not inputs:
         raise InvalidRequest("'input' must not be an empty array.", param="input")
     if len(inputs) > max_inputs:
-        raise InvalidRequest(
-            f"Too many inputs: {len(inputs)} given, at most {max_inputs} per request.", param="input"
-        )
+        raise InvalidRequest(f"Too many inputs: {len(inputs)} given, at most {max_inputs} per request.", param="input")
     for i, item in enumerate(inputs):
         if len(item) == 0:
             what = "string" if isinstance(item, str) else "array of token ids"
-            raise InvalidRequest(
-                f"Input at index {i} is an empty {what}: inputs must not be empty.", param="input"
-            )
+            raise InvalidRequest(f"Input at index {i} is an empty {what}: inputs must not be empty.", param="input")
 
 
 def check_dimensions(dimensions: int | None, n_embd: int) -> None:
@@ -157,9 +153,7 @@ def truncate_dimensions(vectors: np.ndarray, dimensions: int | None) -> np.ndarr
     return cut / norms
 
 
-def encode_embeddings(
-    vectors: np.ndarray, *, model: str, prompt_tokens: int, encoding_format: str | None
-) -> bytes:
+def encode_embeddings(vectors: np.ndarray, *, model: str, prompt_tokens: int, encoding_format: str | None) -> bytes:
     """The response body. base64 comes straight from the float32 buffer; floats go through orjson."""
     vectors = vectors.astype("<f4", copy=False)
     if encoding_format == "base64":

@@ -26,9 +26,7 @@ def serve(settings: Settings) -> None:
     """Serve until SIGINT/SIGTERM; shutdown lets in-flight requests finish."""
     for sub in (settings.data_dir, settings.models_dir, settings.logs_dir):
         sub.mkdir(parents=True, exist_ok=True, mode=0o700)
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = uvicorn.Config(
         create_app(settings),
         host=settings.host,

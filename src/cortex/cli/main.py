@@ -87,9 +87,7 @@ def _main(
 def start(
     host: Annotated[str | None, typer.Option(help="Address to bind (default 127.0.0.1)")] = None,
     port: Annotated[int | None, typer.Option(help="Port (default 39281)")] = None,
-    foreground: Annotated[
-        bool, typer.Option("--foreground", help="Run in this process (containers)")
-    ] = False,
+    foreground: Annotated[bool, typer.Option("--foreground", help="Run in this process (containers)")] = False,
 ) -> None:
     """Start the server (in the background unless --foreground) and wait until it answers."""
     settings = _settings(host=host, port=port)
@@ -181,9 +179,7 @@ def ps() -> None:
     models = [m for m in _call(_client().get, "/v1/models")["data"] if m["status"] == "loaded"]
     table = Table("model", "engine", "ctx_len", "dims", "memory")
     for m in models:
-        table.add_row(
-            m["id"], m["engine"], str(m["ctx_len"]), str(m["n_embd"]), _human_bytes(m["memory_bytes"])
-        )
+        table.add_row(m["id"], m["engine"], str(m["ctx_len"]), str(m["n_embd"]), _human_bytes(m["memory_bytes"]))
     out.print(table)
 
 
@@ -223,9 +219,7 @@ def models_import(
         Path | None,
         typer.Option("--model_path", "--model-path", help="A .gguf file (omit for a built-in model)"),
     ] = None,
-    pooling: Annotated[
-        str | None, typer.Option(help="mean, cls or last (default: the GGUF's, else mean)")
-    ] = None,
+    pooling: Annotated[str | None, typer.Option(help="mean, cls or last (default: the GGUF's, else mean)")] = None,
     ctx_len: Annotated[int | None, typer.Option("--ctx-len", help="Most tokens per input")] = None,
     name: Annotated[str | None, typer.Option(help="Display name")] = None,
 ) -> None:

@@ -16,6 +16,7 @@ one must too for its vector to cover all its tokens.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -63,17 +64,14 @@ class LlamaCppEngine:
         mparams = llama_cpp.llama_model_default_params()
         self._model = llama_cpp.llama_model_load_from_file(str(path).encode(), mparams)
         if not self._model:
-            raise InvalidModelFile(
-                f"llama.cpp could not load {path.name} (unsupported architecture or corrupt file)"
-            )
+            raise InvalidModelFile(f"llama.cpp could not load {path.name} (unsupported architecture or corrupt file)")
         self._vocab = llama_cpp.llama_model_get_vocab(self._model)
         self.n_vocab = llama_cpp.llama_vocab_n_tokens(self._vocab)
         self.n_embd = llama_cpp.llama_model_n_embd(self._model)
         self.n_ctx = min(ctx_len, llama_cpp.llama_model_n_ctx_train(self._model))
         # Encoder-only models (BERT) have no KV cache and run through llama_encode.
         self._encoder_only = bool(
-            llama_cpp.llama_model_has_encoder(self._model)
-            and not llama_cpp.llama_model_has_decoder(self._model)
+            llama_cpp.llama_model_has_encoder(self._model) and not llama_cpp.llama_model_has_decoder(self._model)
         )
         capacity = max(self.n_ctx, max_batch_tokens)
         cparams = llama_cpp.llama_context_default_params()
@@ -116,9 +114,7 @@ class LlamaCppEngine:
     def embed(self, seqs: Sequence[Sequence[int]]) -> np.ndarray:
         total = sum(len(s) for s in seqs)
         if not seqs or total > self._capacity or len(seqs) > self.max_batch_seqs:
-            raise EngineFailure(
-                f"batch of {len(seqs)} sequences / {total} tokens exceeds the engine's capacity"
-            )
+            raise EngineFailure(f"batch of {len(seqs)} sequences / {total} tokens exceeds the engine's capacity")
         offset = 0
         seq_id = self._batch.seq_id
         for sid, toks in enumerate(seqs):
@@ -162,7 +158,5 @@ class LlamaCppEngine:
             self._model = None
 
     def __del__(self) -> None:
-        try:
+        with contextlib.suppress(Exception):
             self.close()
-        except Exception:
-            pass

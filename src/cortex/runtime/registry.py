@@ -62,9 +62,7 @@ class ModelRegistry:
                 return hit
             t0 = time.perf_counter()
             engine = await asyncio.to_thread(self._open_engine, record)
-            scheduler = BatchScheduler(
-                engine, model_id=record.id, max_queue_inputs=self.settings.max_queue_inputs
-            )
+            scheduler = BatchScheduler(engine, model_id=record.id, max_queue_inputs=self.settings.max_queue_inputs)
             loaded = LoadedModel(record, engine, scheduler)
             self._loaded[record.id] = loaded
             log.info("loaded %s in %.2fs", record.id, time.perf_counter() - t0)

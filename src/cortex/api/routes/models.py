@@ -57,9 +57,7 @@ class ImportRequest(BaseModel):
     pooling: Literal["mean", "cls", "last"] | None = Field(
         None, description="Overrides the GGUF's pooling; models that declare none get mean"
     )
-    ctx_len: int | None = Field(
-        None, gt=0, description="Most tokens per input; capped by the model's training context"
-    )
+    ctx_len: int | None = Field(None, gt=0, description="Most tokens per input; capped by the model's training context")
 
 
 class StopResult(BaseModel):
@@ -118,8 +116,7 @@ async def import_model(body: ImportRequest, request: Request) -> ModelObject:
         name = name or BUILTINS[model_id].name
     else:
         raise InvalidRequest(
-            f"'model_path' is required: `{model_id}` is not a built-in model "
-            f"(built-in: {', '.join(BUILTINS)}).",
+            f"'model_path' is required: `{model_id}` is not a built-in model (built-in: {', '.join(BUILTINS)}).",
             param="model_path",
         )
     record = await asyncio.to_thread(
@@ -153,9 +150,7 @@ async def get_model(model_id: str, request: Request) -> ModelObject:
     return _model_object(_registry(request), record)
 
 
-@router.delete(
-    "/v1/models/{model_id:path}", response_model=DeleteResult, summary="Delete a model from the store"
-)
+@router.delete("/v1/models/{model_id:path}", response_model=DeleteResult, summary="Delete a model from the store")
 async def delete_model(model_id: str, request: Request) -> DeleteResult:
     registry = _registry(request)
     store = _store(request)
