@@ -98,6 +98,8 @@ class ModelStore:
             matches = [r.id for r in self.list() if split_tag(r.id)[0] == name]
             if len(matches) == 1:
                 return matches[0]
+            if matches:
+                raise ModelNotFound(model_id, f" It could mean {', '.join(matches)}: name one with its tag.")
         raise ModelNotFound(model_id)
 
     def get(self, model_id: str) -> ModelRecord:
