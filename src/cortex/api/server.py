@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import signal
 import time
+from collections.abc import Iterator
 
 import uvicorn
 
@@ -20,6 +23,20 @@ def _loop() -> str:
     except ImportError:
         return "asyncio"
     return "uvloop"
+
+
+class _Server(uvicorn.Server):
+    """uvicorn re-raises SIGTERM/SIGINT once it has shut down, so the process would die of the signal
+    before our clean-up runs. A graceful stop should clean up and exit 0, so handle them here."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        previous = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
 
 def serve(settings: Settings) -> None:
@@ -37,7 +54,7 @@ def serve(settings: Settings) -> None:
         access_log=False,
         timeout_graceful_shutdown=30,
     )
-    server = uvicorn.Server(config)
+    server = _Server(config)
     state = {"pid": os.getpid(), "host": settings.host, "port": settings.port, "started": int(time.time())}
     write_atomic(settings.server_file, json.dumps(state).encode(), mode=0o600)
     try:

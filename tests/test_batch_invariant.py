@@ -1,0 +1,38 @@
+"""With one sequence per engine batch, vectors are identical however requests arrive."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+from conftest import ServerProcess
+
+TEXTS = [
+    "embedding",
+    "The quick brown fox jumps over the lazy dog.",
+    "A man is eating food.",
+    "Ünïcödé — naïve café résumé",
+]
+
+
+def test_batch_invariant_mode_and_graceful_exit(tmp_path: Path, gemma_gguf: Path) -> None:
+    srv = ServerProcess(tmp_path / "data", CORTEX_MAX_BATCH_SEQS="1").start()
+    try:
+        with srv.client() as c:
+            r = c.post("/v1/models/import", json={"model": "g:1", "model_path": str(gemma_gguf)})
+            assert r.status_code == 200, r.text
+
+            def embed(inp):
+                body = c.post("/v1/embeddings", json={"model": "g:1", "input": inp}).json()
+                return np.array([d["embedding"] for d in body["data"]], dtype=np.float32)
+
+            single = np.concatenate([embed(t) for t in TEXTS])
+            batched = embed(TEXTS * 3)
+            with ThreadPoolExecutor(8) as pool:
+                concurrent = list(pool.map(embed, [TEXTS] * 8))
+        np.testing.assert_array_equal(batched, np.tile(single, (3, 1)))
+        for got in concurrent:
+            np.testing.assert_array_equal(got, single)
+    finally:
+        assert srv.stop() == 0  # SIGTERM: graceful shutdown, exit status 0

@@ -1,0 +1,124 @@
+"""The CLI round trip in a temporary data folder, including a restart after SIGKILL."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from conftest import cortex_env, free_port
+
+
+def cortex(data_dir: Path, *args: str, check: bool = True, timeout: float = 180) -> subprocess.CompletedProcess:
+    env = cortex_env(data_dir)
+    env["COLUMNS"] = "200"  # rich tables: no wrapping inside cells
+    proc = subprocess.run(
+        [sys.executable, "-m", "cortex", "--data-dir", str(data_dir), *args],
+        env=env, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    if check:
+        assert proc.returncode == 0, f"cortex {' '.join(args)}: {proc.stdout}\n{proc.stderr}"
+    return proc
+
+
+def _server_state(data_dir: Path) -> dict:
+    return json.loads((data_dir / "server.json").read_text())
+
+
+def _wait_gone(pid: int, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path):
+    d = tmp_path / "cortexcpp"
+    yield d
+    try:  # never leave a server behind
+        os.kill(_server_state(d)["pid"], signal.SIGKILL)
+    except (OSError, ValueError, KeyError):
+        pass
+
+
+def test_cli_round_trip(data_dir: Path, gemma_gguf: Path) -> None:
+    port = free_port()
+    out = cortex(data_dir, "start", "--port", str(port)).stdout
+    assert f"http://127.0.0.1:{port}" in out
+    for sub in ("models", "logs"):
+        assert (data_dir / sub).is_dir()
+    pid = _server_state(data_dir)["pid"]
+    assert "running" in cortex(data_dir, "status").stdout
+
+    # run: imports the built-in default model from its PyPI package, loads it, prints how to call it
+    run = cortex(data_dir, "run")
+    assert "gemma3:270m" in run.stdout and f"http://127.0.0.1:{port}/v1" in run.stdout
+    assert "curl" in run.stdout
+    assert (data_dir / "models" / "gemma3@270m" / "model.yml").is_file()
+
+    # import a file under another id, then list and get
+    cortex(data_dir, "models", "import", "--model_id", "mine:q4", "--model_path", str(gemma_gguf), "--pooling", "last")
+    listing = cortex(data_dir, "models", "list").stdout
+    assert "gemma3:270m" in listing and "mine:q4" in listing and "last" in listing
+    record = json.loads(cortex(data_dir, "models", "get", "mine:q4").stdout)
+    assert record["pooling"] == "last" and record["status"] == "stored"
+
+    # start, ps, embeddings, stop a model
+    cortex(data_dir, "models", "start", "mine:q4")
+    ps = cortex(data_dir, "ps").stdout
+    assert "mine:q4" in ps and "gemma3:270m" in ps and "MiB" in ps
+    emb = cortex(data_dir, "embeddings", "mine:q4", "hello world", "second text").stdout
+    assert "640" in emb and "prompt tokens" in emb
+    raw = json.loads(cortex(data_dir, "embeddings", "mine:q4", "hi", "--json", "--dimensions", "8").stdout)
+    assert len(raw["data"][0]["embedding"]) == 8
+    assert "Stopped mine:q4" in cortex(data_dir, "models", "stop", "mine:q4").stdout
+    assert "mine:q4" not in cortex(data_dir, "ps").stdout
+
+    # errors are one clear line and a non-zero exit
+    bad = cortex(data_dir, "models", "get", "absent:1", check=False)
+    assert bad.returncode == 1 and "does not exist" in bad.stderr
+    bad = cortex(data_dir, "run", "absent:1", check=False)
+    assert bad.returncode == 1 and "cortex models import" in bad.stderr
+
+    # SIGKILL leaves a stale server.json; status notices, and start works again with the store intact
+    os.kill(pid, signal.SIGKILL)
+    _wait_gone(pid)
+    assert cortex(data_dir, "status", check=False).returncode == 3
+    cortex(data_dir, "start", "--port", str(port))
+    new_pid = _server_state(data_dir)["pid"]
+    assert new_pid != pid
+    listing = cortex(data_dir, "models", "list").stdout
+    assert "gemma3:270m" in listing and "mine:q4" in listing
+
+    # delete, then stop gracefully
+    assert "Deleted mine:q4" in cortex(data_dir, "models", "delete", "mine:q4").stdout
+    assert not (data_dir / "models" / "mine@q4").exists()
+    assert "mine:q4" not in cortex(data_dir, "models", "list").stdout
+    assert "stopped" in cortex(data_dir, "stop").stdout
+    _wait_gone(new_pid)
+    assert not (data_dir / "server.json").exists()
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
+    assert "not running" in cortex(data_dir, "stop").stdout
+
+
+def test_start_reports_a_port_in_use(data_dir: Path) -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        proc = cortex(data_dir, "start", "--port", str(port), check=False, timeout=90)
+    assert proc.returncode == 1
+    assert "exited" in proc.stderr and "address already in use" in proc.stderr.lower()

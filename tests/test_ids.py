@@ -1,0 +1,45 @@
+"""Model ids: the one place a name becomes a path."""
+
+from __future__ import annotations
+
+import pytest
+
+from cortex.errors import InvalidRequest
+from cortex.store.ids import folder_name, validate_model_id
+
+
+@pytest.mark.parametrize(
+    ("model_id", "folder"),
+    [
+        ("gemma3:270m", "gemma3@270m"),
+        ("llama3.1:8b-gguf-q4-km", "llama3.1@8b-gguf-q4-km"),
+        ("all-minilm", "all-minilm"),
+        ("org/repo", "org+repo"),
+        ("org/repo:Q4_K_M", "org+repo@Q4_K_M"),
+    ],
+)
+def test_valid_ids_map_to_one_folder_level(model_id: str, folder: str) -> None:
+    assert folder_name(model_id) == folder
+    assert "/" not in folder and "\\" not in folder and folder not in (".", "..")
+
+
+@pytest.mark.parametrize(
+    "model_id",
+    ["", "..", "../x", "a/../b", "/etc/passwd", "a\\b", "a\x00b", ".hidden", "a:b:c", "a/b/c", "a:", ":b",
+     "a b", "x" * 257, "ü", "a/.."],
+)  # fmt: skip
+def test_ids_that_could_escape_are_refused(model_id: str) -> None:
+    with pytest.raises(InvalidRequest) as exc:
+        folder_name(model_id)
+    assert exc.value.param == "model"
+
+
+def test_non_string_ids_are_refused() -> None:
+    for bad in (None, 3, ["a"]):
+        with pytest.raises(InvalidRequest):
+            validate_model_id(bad)
+
+
+def test_distinct_ids_get_distinct_folders() -> None:
+    ids = ["a:b", "a/b", "a-b", "a_b", "a.b", "ab", "a/b:c", "a:b-c", "a-b:c"]
+    assert len({folder_name(i) for i in ids}) == len(ids)

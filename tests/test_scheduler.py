@@ -1,0 +1,119 @@
+"""The batching scheduler's ordering and failure rules, with a stub engine (no inference here:
+the API tests cover the real engine)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import numpy as np
+import pytest
+
+from cortex.errors import EngineFailure, Overloaded
+from cortex.runtime.scheduler import BatchScheduler
+
+
+class StubEngine:
+    """Returns each sequence's first token id as a 1-d 'vector'; records the batches it saw."""
+
+    n_embd = 1
+    n_ctx = 64
+    n_vocab = 1000
+    max_batch_tokens = 8
+    max_batch_seqs = 3
+
+    def __init__(self, fail_on: int | None = None) -> None:
+        self.batches: list[list[list[int]]] = []
+        self.fail_on = fail_on
+        self.gate = threading.Event()
+        self.gate.set()
+
+    def embed(self, seqs):
+        self.gate.wait()
+        self.batches.append([list(s) for s in seqs])
+        if self.fail_on is not None and any(s[0] == self.fail_on for s in seqs):
+            raise RuntimeError("boom")
+        return np.array([[float(s[0])] for s in seqs], dtype=np.float32)
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_each_request_gets_its_own_vectors_in_order() -> None:
+    async def main():
+        engine = StubEngine()
+        sched = BatchScheduler(engine, model_id="m", max_queue_inputs=1000)
+        reqs = [[[i * 10 + j] * (1 + (i + j) % 4) for j in range(5)] for i in range(20)]
+        outs = await asyncio.gather(*(sched.embed(r) for r in reqs))
+        await sched.close()
+        for r, out in zip(reqs, outs, strict=True):
+            assert out[:, 0].tolist() == [float(s[0]) for s in r]
+        for batch in engine.batches:
+            assert len(batch) <= 3
+            assert len(batch) == 1 or sum(map(len, batch)) <= 8
+        assert len(engine.batches) < 100  # inputs were packed, not run one by one
+
+    run(main())
+
+
+def test_a_long_input_runs_alone_and_nothing_starves() -> None:
+    async def main():
+        engine = StubEngine()
+        sched = BatchScheduler(engine, model_id="m", max_queue_inputs=1000)
+        out = await asyncio.gather(sched.embed([[1] * 40]), sched.embed([[2], [3]]))
+        await sched.close()
+        assert out[0][:, 0].tolist() == [1.0] and out[1][:, 0].tolist() == [2.0, 3.0]
+        assert [len(b) for b in engine.batches if b[0][0] == 1] == [1]
+
+    run(main())
+
+
+def test_a_failed_batch_fails_only_its_requests_and_the_loop_lives() -> None:
+    async def main():
+        engine = StubEngine(fail_on=7)
+        sched = BatchScheduler(engine, model_id="m", max_queue_inputs=1000)
+        with pytest.raises(EngineFailure):
+            await sched.embed([[7]])
+        ok = await sched.embed([[5], [6]])
+        await sched.close()
+        assert ok[:, 0].tolist() == [5.0, 6.0]
+
+    run(main())
+
+
+def test_a_full_queue_answers_overloaded() -> None:
+    async def main():
+        engine = StubEngine()
+        engine.gate.clear()  # the engine is busy
+        sched = BatchScheduler(engine, model_id="m", max_queue_inputs=4)
+        first = asyncio.create_task(sched.embed([[1]]))
+        await asyncio.sleep(0.05)  # the first batch is now inside the engine
+        waiting = asyncio.create_task(sched.embed([[2], [3], [4]]))
+        await asyncio.sleep(0)
+        with pytest.raises(Overloaded):
+            await sched.embed([[5], [6]])
+        engine.gate.set()
+        assert (await first)[:, 0].tolist() == [1.0]
+        assert (await waiting)[:, 0].tolist() == [2.0, 3.0, 4.0]
+        await sched.close()
+
+    run(main())
+
+
+def test_a_cancelled_request_is_dropped_from_the_queue() -> None:
+    async def main():
+        engine = StubEngine()
+        engine.gate.clear()
+        sched = BatchScheduler(engine, model_id="m", max_queue_inputs=100)
+        busy = asyncio.create_task(sched.embed([[1]]))
+        await asyncio.sleep(0.05)
+        gone = asyncio.create_task(sched.embed([[99]]))
+        await asyncio.sleep(0)
+        gone.cancel()
+        engine.gate.set()
+        await busy
+        await sched.close()
+        assert all(s[0] != 99 for b in engine.batches for s in b)
+
+    run(main())
