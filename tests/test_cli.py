@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -45,10 +46,8 @@ def _wait_gone(pid: int, timeout: float = 10) -> None:
 def data_dir(tmp_path: Path):
     d = tmp_path / "cortexcpp"
     yield d
-    try:  # never leave a server behind
+    with contextlib.suppress(OSError, ValueError, KeyError):  # never leave a server behind
         os.kill(_server_state(d)["pid"], signal.SIGKILL)
-    except (OSError, ValueError, KeyError):
-        pass
 
 
 def test_cli_round_trip(data_dir: Path, gemma_gguf: Path) -> None:
