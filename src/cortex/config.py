@@ -44,7 +44,7 @@ class Settings(BaseSettings):
     default_ctx_len: int = Field(
         2048,
         ge=8,
-        description="Context length given to a model whose model.yml names none (capped by training)",
+        description="Context length given at import when none is named (capped by the training context)",
     )
     max_inputs: int = Field(2048, ge=1, description="Inputs per embeddings request")
     max_batch_tokens: int = Field(512, ge=8, description="Token budget of one engine batch")
@@ -96,6 +96,20 @@ class _ConfigFileSource(PydanticBaseSettingsSource):
 
     def __call__(self) -> dict[str, Any]:
         return {k: v for k, v in self._values.items() if k in self.settings_cls.model_fields}
+
+
+def write_default_config(settings: Settings) -> None:
+    """Create the data folder's config.yml, every setting commented out at its default, if absent."""
+    path = settings.data_dir / CONFIG_FILE
+    if path.exists():
+        return
+    lines = ["# cortex settings. Flags and CORTEX_* variables override these. Uncomment to change."]
+    for name, field in Settings.model_fields.items():
+        if name == "data_dir":
+            continue
+        default = field.default_factory() if field.default_factory else field.default
+        lines += [f"# {field.description}", f"# {name}: {yaml.safe_dump(default).splitlines()[0]}"]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
 def load_settings(**flags: Any) -> Settings:

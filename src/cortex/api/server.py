@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import uvicorn
 
 from cortex.api.app import create_app
-from cortex.config import Settings
+from cortex.config import Settings, write_default_config
 from cortex.store.atomic import write_atomic
 
 
@@ -43,6 +43,7 @@ def serve(settings: Settings) -> None:
     """Serve until SIGINT/SIGTERM; shutdown lets in-flight requests finish."""
     for sub in (settings.data_dir, settings.models_dir, settings.logs_dir):
         sub.mkdir(parents=True, exist_ok=True, mode=0o700)
+    write_default_config(settings)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = uvicorn.Config(
         create_app(settings),

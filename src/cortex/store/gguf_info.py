@@ -1,20 +1,34 @@
-"""Read and check a GGUF file's header and tensor table with the `gguf` library, before llama.cpp
-ever maps it: a file that is not GGUF, is truncated, or whose tensor table points past its end is
-refused with a clear error instead of reaching native code.
+"""Read and check a GGUF file's header and tensor table before llama.cpp ever maps it.
+
+A file that is not GGUF, is truncated, or whose metadata lies (counts, string lengths, tensor shapes
+or offsets beyond the file) is refused with a clear error instead of reaching native code.
+
+The format's constants (magic, value types, quantisation block sizes) come from the `gguf` library that
+llama.cpp publishes. Its `GGUFReader` is not used for the walk itself: it builds a numpy view per value,
+which takes 8 s for a 262k-token vocabulary; this walk skips arrays it does not need in ~0.1 s and
+bounds-checks every read.
 """
 
 from __future__ import annotations
 
-import os
+import mmap
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-import gguf
+from gguf import GGML_QUANT_SIZES, GGUF_DEFAULT_ALIGNMENT, GGUF_MAGIC, GGMLQuantizationType, GGUFValueType
 
 from cortex.errors import InvalidModelFile
 
 # llama.cpp's enum llama_pooling_type, as written under `{arch}.pooling_type`.
 _POOLING_BY_CODE = {0: "none", 1: "mean", 2: "cls", 3: "last", 4: "rank"}
+_SCALARS = {
+    GGUFValueType.UINT8: "<B", GGUFValueType.INT8: "<b", GGUFValueType.UINT16: "<H", GGUFValueType.INT16: "<h",
+    GGUFValueType.UINT32: "<I", GGUFValueType.INT32: "<i", GGUFValueType.FLOAT32: "<f", GGUFValueType.BOOL: "<?",
+    GGUFValueType.UINT64: "<Q", GGUFValueType.INT64: "<q", GGUFValueType.FLOAT64: "<d",
+}  # fmt: skip
+_MAX_DIMS = 4  # GGML_MAX_DIMS
+_MAX_COUNT = 1 << 24  # more tensors or metadata keys than any real model has
 
 
 @dataclass(frozen=True)
@@ -29,39 +43,122 @@ class GGUFInfo:
     n_tensors: int
 
 
-def _value(reader: gguf.GGUFReader, key: str) -> object | None:
-    field = reader.fields.get(key)
-    return None if field is None else field.contents()
+class _Corrupt(Exception):
+    pass
+
+
+class _Cursor:
+    """Bounds-checked little-endian reads over a mapped file."""
+
+    def __init__(self, buf: mmap.mmap) -> None:
+        self.buf = buf
+        self.pos = 0
+        self.size = len(buf)
+
+    def take(self, n: int) -> int:
+        start = self.pos
+        if n < 0 or start + n > self.size:
+            raise _Corrupt(f"a value at byte {start} runs past the end of the file")
+        self.pos = start + n
+        return start
+
+    def unpack(self, fmt: str) -> object:
+        return struct.unpack_from(fmt, self.buf, self.take(struct.calcsize(fmt)))[0]
+
+    def string(self) -> str:
+        n = self.unpack("<Q")
+        start = self.take(n)
+        return bytes(self.buf[start : start + n]).decode("utf-8", errors="replace")
+
+    def skip_string(self) -> None:
+        self.take(self.unpack("<Q"))
+
+    def value(self, vtype: int) -> object:
+        """A scalar or string value; arrays are skipped and give None."""
+        if vtype in _SCALARS:
+            return self.unpack(_SCALARS[vtype])
+        if vtype == GGUFValueType.STRING:
+            return self.string()
+        if vtype == GGUFValueType.ARRAY:
+            itype, count = self.unpack("<I"), self.unpack("<Q")
+            if itype in _SCALARS:
+                self.take(struct.calcsize(_SCALARS[itype]) * count)
+            elif itype == GGUFValueType.STRING:
+                for _ in range(count):
+                    self.skip_string()
+            elif itype == GGUFValueType.ARRAY:
+                raise _Corrupt("nested arrays are not used by any model format")
+            else:
+                raise _Corrupt(f"unknown array item type {itype}")
+            return None
+        raise _Corrupt(f"unknown metadata value type {vtype}")
+
+
+def _walk(cur: _Cursor) -> tuple[dict[str, object], int]:
+    if cur.unpack("<I") != GGUF_MAGIC:
+        raise _Corrupt("no GGUF magic at the start")
+    version = cur.unpack("<I")
+    if version not in (2, 3):
+        raise _Corrupt(f"unsupported GGUF version {version}")
+    n_tensors, n_kv = cur.unpack("<Q"), cur.unpack("<Q")
+    if n_tensors > _MAX_COUNT or n_kv > _MAX_COUNT:
+        raise _Corrupt(f"implausible counts: {n_tensors} tensors, {n_kv} metadata keys")
+    meta: dict[str, object] = {}
+    for _ in range(n_kv):
+        key = cur.string()
+        meta[key] = cur.value(cur.unpack("<I"))
+    tensors = []
+    for _ in range(n_tensors):
+        name = cur.string()
+        n_dims = cur.unpack("<I")
+        if not 1 <= n_dims <= _MAX_DIMS:
+            raise _Corrupt(f"tensor {name!r} has {n_dims} dimensions")
+        dims = [cur.unpack("<Q") for _ in range(n_dims)]
+        ggml_type, offset = cur.unpack("<I"), cur.unpack("<Q")
+        try:
+            block, type_size = GGML_QUANT_SIZES[GGMLQuantizationType(ggml_type)]
+        except (ValueError, KeyError):
+            raise _Corrupt(f"tensor {name!r} has unknown type {ggml_type}") from None
+        n_elements = 1
+        for d in dims:
+            n_elements *= d
+        if n_elements == 0 or n_elements % block:
+            raise _Corrupt(f"tensor {name!r} has shape {dims}, not a whole number of {block}-element blocks")
+        tensors.append((name, offset, n_elements // block * type_size))
+    alignment = meta.get("general.alignment", GGUF_DEFAULT_ALIGNMENT)
+    if not isinstance(alignment, int) or alignment <= 0 or alignment & (alignment - 1):
+        raise _Corrupt(f"invalid general.alignment {alignment!r}")
+    data_start = -(-cur.pos // alignment) * alignment
+    for name, offset, n_bytes in tensors:
+        end = data_start + offset + n_bytes
+        if end > cur.size:
+            raise _Corrupt(f"tensor {name!r} ends at byte {end}, but the file has {cur.size} bytes (truncated?)")
+    return meta, len(tensors)
 
 
 def inspect_gguf(path: Path) -> GGUFInfo:
     """Parse `path` as GGUF and check that every tensor lies inside the file."""
     try:
-        reader = gguf.GGUFReader(path, "r")
-    except Exception as exc:  # the reader raises ValueError, IndexError, struct and numpy errors alike
-        raise InvalidModelFile(f"{path.name} is not a valid GGUF file ({type(exc).__name__}: {exc})") from exc
-    size = os.path.getsize(path)
-    for tensor in reader.tensors:
-        if tensor.data_offset + tensor.n_bytes > size:
-            raise InvalidModelFile(
-                f"{path.name} is truncated or corrupt: tensor {tensor.name!r} ends at byte "
-                f"{tensor.data_offset + tensor.n_bytes}, but the file has {size} bytes"
-            )
-    arch = _value(reader, "general.architecture")
+        with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+            meta, n_tensors = _walk(_Cursor(buf))
+    except (_Corrupt, ValueError, OSError, struct.error) as exc:  # ValueError: an empty file cannot be mapped
+        raise InvalidModelFile(f"{path.name} is not a valid GGUF file: {exc}", param="model_path") from exc
+    arch = meta.get("general.architecture")
     if not isinstance(arch, str) or not arch:
-        raise InvalidModelFile(f"{path.name} has no general.architecture: not a model GGUF")
-    n_embd = _value(reader, f"{arch}.embedding_length")
-    n_ctx = _value(reader, f"{arch}.context_length")
+        raise InvalidModelFile(f"{path.name} has no general.architecture: not a model GGUF", param="model_path")
+    n_embd = meta.get(f"{arch}.embedding_length")
+    n_ctx = meta.get(f"{arch}.context_length")
     if not isinstance(n_embd, int) or n_embd <= 0 or not isinstance(n_ctx, int) or n_ctx <= 0:
-        raise InvalidModelFile(f"{path.name} lacks {arch}.embedding_length or {arch}.context_length")
-    pooling_code = _value(reader, f"{arch}.pooling_type")
-    pooling = _POOLING_BY_CODE.get(pooling_code) if isinstance(pooling_code, int) else None
-    name = _value(reader, "general.name")
+        raise InvalidModelFile(
+            f"{path.name} lacks {arch}.embedding_length or {arch}.context_length", param="model_path"
+        )
+    pooling = _POOLING_BY_CODE.get(meta.get(f"{arch}.pooling_type"))  # type: ignore[arg-type]
+    name = meta.get("general.name")
     return GGUFInfo(
         architecture=arch,
         name=name if isinstance(name, str) else None,
         n_embd=n_embd,
         n_ctx_train=n_ctx,
-        pooling=None if pooling == "none" else pooling,
-        n_tensors=len(reader.tensors),
+        pooling=None if pooling in (None, "none") else pooling,
+        n_tensors=n_tensors,
     )

@@ -1,4 +1,4 @@
-"""With one sequence per engine batch, vectors are identical however requests arrive."""
+"""Servers started with non-default settings."""
 
 from __future__ import annotations
 
@@ -36,3 +36,18 @@ def test_batch_invariant_mode_and_graceful_exit(tmp_path: Path, gemma_gguf: Path
             np.testing.assert_array_equal(got, single)
     finally:
         assert srv.stop() == 0  # SIGTERM: graceful shutdown, exit status 0
+
+
+def test_load_on_demand_off(tmp_path: Path, gemma_gguf: Path) -> None:
+    srv = ServerProcess(tmp_path / "data", CORTEX_LOAD_ON_DEMAND="false").start()
+    try:
+        with srv.client() as c:
+            assert c.post("/v1/models/import", json={"model": "g:1", "model_path": str(gemma_gguf)}).status_code == 200
+            r = c.post("/v1/embeddings", json={"model": "g:1", "input": "x"})
+            assert r.status_code == 409
+            assert r.json()["error"]["code"] == "model_not_loaded"
+            assert c.post("/v1/models/start", json={"model": "g:1"}).status_code == 200
+            assert c.post("/v1/embeddings", json={"model": "g:1", "input": "x"}).status_code == 200
+        assert (srv.data_dir / "config.yml").is_file()
+    finally:
+        srv.stop()
