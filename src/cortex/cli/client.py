@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
+import orjson
 
 
 class ApiError(Exception):
@@ -26,6 +28,31 @@ class Client:
             r = self._http.request(method, path, json=json)
         except httpx.HTTPError as exc:
             raise ApiError(f"Cannot reach the server at {self.base_url}: {exc}") from exc
+        return self._body(r)
+
+    def events(self, path: str, json: Any) -> Iterator[tuple[str, Any]]:
+        """POST and read the answer as server-sent events: (event name, decoded data)."""
+        try:
+            with self._http.stream("POST", path, json=json) as r:
+                if r.status_code >= 400 or not r.headers.get("content-type", "").startswith("text/event-stream"):
+                    r.read()
+                    yield "done", self._body(r)
+                    return
+                event = "message"
+                for line in r.iter_lines():
+                    if line.startswith("event:"):
+                        event = line[6:].strip()
+                    elif line.startswith("data:"):
+                        data = orjson.loads(line[5:].strip())
+                        if event == "error":
+                            err = data.get("error", {})
+                            raise ApiError(str(err.get("message")), None, err.get("code"))
+                        yield event, data
+        except httpx.HTTPError as exc:
+            raise ApiError(f"Lost the server at {self.base_url}: {exc}") from exc
+
+    @staticmethod
+    def _body(r: httpx.Response) -> Any:
         try:
             body = r.json()
         except ValueError:

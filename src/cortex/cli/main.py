@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from cortex.cli.client import ApiError, Client
@@ -151,15 +152,15 @@ def run(
     except ApiError as exc:
         if exc.status != 404:
             raise _fail(str(exc)) from exc
-        from cortex.store.builtin import BUILTINS
+        from cortex.store.builtin import find_builtin
 
-        if model_id not in BUILTINS:
+        if find_builtin(model_id) is None:
             raise _fail(
-                f"Model `{model_id}` is not in the store. Import a GGUF file with\n"
-                f"  cortex models import --model_id {model_id} --model_path FILE.gguf"
+                f"Model `{model_id}` is not in the store. Import a GGUF file or a sentence-transformers folder:\n"
+                f"  cortex models import --model_id {model_id} --model_path FILE.gguf|FOLDER"
             ) from exc
         err.print(f"Importing built-in model {model_id} ...")
-        _call(client.post, "/v1/models/import", {"model": model_id})
+        _import(client, {"model": model_id})
     loaded = _call(client.post, "/v1/models/start", {"model": model_id})
     base = client.base_url
     body = json.dumps({"model": model_id, "input": "embedding"})
@@ -212,23 +213,45 @@ def embeddings(
     out.print(f"usage: {resp['usage']['prompt_tokens']} prompt tokens")
 
 
+_STAGES = {"copy": "Copying", "convert": "Converting"}
+
+
+def _import(client: Client, body: dict) -> dict:
+    """Import through the API, its progress events shown as a bar; returns the model object."""
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    tasks: dict[str, TaskID] = {}
+    try:
+        with Progress(*columns, console=err, transient=True) as bar:
+            for event, data in client.events("/v1/models/import", {**body, "stream": True}):
+                if event == "progress":
+                    stage = data["stage"]
+                    if stage not in tasks:
+                        tasks[stage] = bar.add_task(_STAGES.get(stage, stage), total=data["total"])
+                    bar.update(tasks[stage], completed=data["done"], total=data["total"])
+                elif event == "done":
+                    return data
+    except ApiError as exc:
+        raise _fail(str(exc)) from exc
+    raise _fail("The server ended the import without a result.")
+
+
 @models_app.command("import")
 def models_import(
     model_id: Annotated[str, typer.Option("--model_id", "--model-id", help="Id for the model, NAME[:TAG]")],
     model_path: Annotated[
         Path | None,
-        typer.Option("--model_path", "--model-path", help="A .gguf file (omit for a built-in model)"),
+        typer.Option("--model_path", "--model-path", help="A .gguf file or a sentence-transformers folder"),
     ] = None,
-    pooling: Annotated[str | None, typer.Option(help="mean, cls or last (default: the GGUF's, else mean)")] = None,
+    outtype: Annotated[str | None, typer.Option(help="f32, f16 (default) or q8_0, when converting a folder")] = None,
+    pooling: Annotated[str | None, typer.Option(help="mean, cls or last (default: the model's, else mean)")] = None,
     ctx_len: Annotated[int | None, typer.Option("--ctx-len", help="Most tokens per input")] = None,
     name: Annotated[str | None, typer.Option(help="Display name")] = None,
 ) -> None:
-    """Copy a GGUF file into the store under MODEL_ID."""
-    body: dict = {"model": model_id, "pooling": pooling, "ctx_len": ctx_len, "name": name}
+    """Add a GGUF file, or a sentence-transformers folder converted to GGUF, to the store."""
+    body: dict = {"model": model_id, "pooling": pooling, "ctx_len": ctx_len, "name": name, "outtype": outtype}
     if model_path is not None:
         body["model_path"] = str(model_path.expanduser().resolve())
-    with err.status(f"Importing {model_id} ..."):
-        record = _call(_client().post, "/v1/models/import", body)
+    record = _import(_client(), body)
     out.print(
         f"Imported {record['id']} ({_human_bytes(record['size'])}, {record['n_embd']} dimensions, "
         f"pooling {record['pooling']}, context {record['ctx_len']})"

@@ -24,8 +24,12 @@ class Engine(Protocol):
         """Token ids of `text`, with the special tokens the model adds (BOS, CLS/SEP, ...)."""
         ...
 
+    def truncate(self, tokens: list[int], n: int) -> list[int]:
+        """`tokens` of a text cut to `n`, keeping the special token the tokenizer appends, if any."""
+        ...
+
     def embed(self, seqs: Sequence[Sequence[int]]) -> np.ndarray:
-        """Pooled, L2-normalised float32 vectors, one row per sequence, in order."""
+        """Pooled float32 vectors (L2-normalised unless the model says not), one row per sequence, in order."""
         ...
 
     def memory_bytes(self) -> int:

@@ -55,10 +55,12 @@ class LlamaCppEngine:
         pooling: str,
         ctx_len: int,
         n_threads: int,
+        normalize: bool = True,
         max_batch_tokens: int = 512,
         max_batch_seqs: int = 64,
     ) -> None:
         _init_backend()
+        self.normalize = normalize
         self.max_batch_seqs = max_batch_seqs
         self.max_batch_tokens = max_batch_tokens
         mparams = llama_cpp.llama_model_default_params()
@@ -69,6 +71,13 @@ class LlamaCppEngine:
         self.n_vocab = llama_cpp.llama_vocab_n_tokens(self._vocab)
         self.n_embd = llama_cpp.llama_model_n_embd(self._model)
         self.n_ctx = min(ctx_len, llama_cpp.llama_model_n_ctx_train(self._model))
+        # tokens that tokenize() appends after the text ([SEP] for BERT, EOS where a model adds one)
+        trailing = []
+        if llama_cpp.llama_vocab_get_add_eos(self._vocab):
+            trailing.append(llama_cpp.llama_vocab_eos(self._vocab))
+        if llama_cpp.llama_vocab_get_add_sep(self._vocab):
+            trailing.append(llama_cpp.llama_vocab_sep(self._vocab))
+        self._trailing = frozenset(t for t in trailing if t >= 0)
         # Encoder-only models (BERT) have no KV cache and run through llama_encode.
         self._encoder_only = bool(
             llama_cpp.llama_model_has_encoder(self._model) and not llama_cpp.llama_model_has_decoder(self._model)
@@ -111,6 +120,14 @@ class LlamaCppEngine:
                 return buf[:n]
             n_max = -n
 
+    def truncate(self, tokens: list[int], n: int) -> list[int]:
+        """Cut a tokenized text to `n` tokens, keeping a trailing special token as tokenizers do."""
+        if len(tokens) <= n:
+            return tokens
+        if tokens[-1] in self._trailing:
+            return [*tokens[: n - 1], tokens[-1]]
+        return tokens[:n]
+
     def embed(self, seqs: Sequence[Sequence[int]]) -> np.ndarray:
         total = sum(len(s) for s in seqs)
         if not seqs or total > self._capacity or len(seqs) > self.max_batch_seqs:
@@ -141,9 +158,10 @@ class LlamaCppEngine:
         finally:
             if self._memory is not None:
                 llama_cpp.llama_memory_clear(self._memory, True)
-        norms = np.linalg.norm(out, axis=1, keepdims=True)
-        np.maximum(norms, 1e-12, out=norms)
-        out /= norms
+        if self.normalize:
+            norms = np.linalg.norm(out, axis=1, keepdims=True)
+            np.maximum(norms, 1e-12, out=norms)
+            out /= norms
         return out
 
     def memory_bytes(self) -> int:

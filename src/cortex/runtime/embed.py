@@ -36,18 +36,29 @@ def _check_lengths(seqs: Sequence[Sequence[int]], n_ctx: int) -> None:
             raise ContextLengthExceeded(n_ctx, len(seq), index=i)
 
 
-async def embed_inputs(model: LoadedModel, inputs: list[str] | list[list[int]]) -> tuple[np.ndarray, int]:
-    """Vectors for non-empty `inputs` (texts, or token-id lists used as given) and the tokens used."""
+async def embed_inputs(
+    model: LoadedModel, inputs: list[str] | list[list[int]], *, truncate: bool = False
+) -> tuple[np.ndarray, int]:
+    """Vectors for non-empty `inputs` (texts, or token-id lists used as given) and the tokens used.
+
+    An input longer than the context is a 400, or with `truncate` is cut to the context (a text keeps
+    the special token its tokenizer appends; token ids are cut as given).
+    """
     engine = model.engine
+    n_ctx = engine.n_ctx
     if isinstance(inputs[0], str):
         texts: list[str] = inputs  # type: ignore[assignment]
         if sum(len(t) for t in texts) <= _INLINE_TOKENIZE_CHARS:
             seqs = _tokenize_all(model, texts)
         else:
             seqs = await asyncio.to_thread(_tokenize_all, model, texts)
+        if truncate:
+            seqs = [engine.truncate(s, n_ctx) for s in seqs]
     else:
         seqs = inputs  # type: ignore[assignment]
         _check_token_ids(seqs, engine.n_vocab)
-    _check_lengths(seqs, engine.n_ctx)
+        if truncate:
+            seqs = [s[:n_ctx] for s in seqs]
+    _check_lengths(seqs, n_ctx)
     vectors = await model.scheduler.embed(seqs)
     return vectors, sum(len(s) for s in seqs)

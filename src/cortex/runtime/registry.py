@@ -75,6 +75,7 @@ class ModelRegistry:
             pooling=record.pooling,
             ctx_len=record.ctx_len,
             n_threads=s.n_threads,
+            normalize=record.normalize,
             max_batch_tokens=s.max_batch_tokens,
             max_batch_seqs=s.max_batch_seqs,
         )

@@ -20,12 +20,16 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, Field, ValidationError
 
+from cortex.convert.bert_gguf import write_bert_gguf
+from cortex.convert.st_folder import STModel, read_st_folder
 from cortex.errors import Conflict, InvalidModelFile, InvalidRequest, ModelNotFound
 from cortex.store.atomic import fsync_dir, write_atomic
 from cortex.store.gguf_info import inspect_gguf
 from cortex.store.ids import folder_name, split_tag, validate_model_id
 
 log = logging.getLogger(__name__)
+
+Progress = Callable[[str, int, int], None]  # (stage, done, total)
 
 Pooling = Literal["mean", "cls", "last"]
 POOLINGS: tuple[str, ...] = ("mean", "cls", "last")
@@ -47,6 +51,9 @@ class ModelRecord(BaseModel):
     ctx_len: int = Field(gt=0)
     n_ctx_train: int = Field(gt=0)
     n_embd: int = Field(gt=0)
+    normalize: bool = Field(True, description="L2-normalise vectors (sentence-transformers' Normalize module)")
+    source_format: Literal["gguf", "sentence-transformers"] = "gguf"
+    outtype: str | None = Field(None, description="Weight type chosen when converting a folder")
     size: int = Field(ge=0, description="Bytes of weights on disk")
     created: int = Field(description="Unix time of import")
 
@@ -111,7 +118,7 @@ class ModelStore:
             log.warning("model %s has an unreadable %s: %s", resolved, MODEL_FILE, exc)
             raise ModelNotFound(model_id) from exc
 
-    def import_gguf(
+    def import_model(
         self,
         model_id: str,
         source: Path | Callable[[Path], None],
@@ -119,12 +126,15 @@ class ModelStore:
         name: str | None = None,
         pooling: str | None = None,
         ctx_len: int | None = None,
+        outtype: str | None = None,
+        progress: Progress | None = None,
     ) -> ModelRecord:
-        """Add a GGUF model under `model_id`.
+        """Add a model under `model_id`, whole or not at all.
 
-        `source` is a GGUF file to copy, or a function that writes the weights to the path it is
-        given (for weights assembled from a package). The copy is inspected, not the original, so
-        the file checked is the file served.
+        `source` is a GGUF file to copy, a sentence-transformers folder to convert to GGUF (`outtype`
+        f32, f16 or q8_0; default f16), or a function that writes GGUF weights to the path it is given.
+        The written file is inspected, not the original, so the file checked is the file served.
+        `progress(stage, done, total)` is called from this thread as work advances.
         """
         validate_model_id(model_id)
         if pooling is not None and pooling not in POOLINGS:
@@ -134,26 +144,38 @@ class ModelStore:
         final = self.folder(model_id)
         if final.exists():
             raise Conflict(f"A model with id `{model_id}` already exists.", param="model")
+        folder: STModel | None = None
         if isinstance(source, Path):
-            _check_regular_file(source)
+            source = _resolve_source(source)
+            if source.is_dir():
+                folder = read_st_folder(source)
+            elif outtype is not None:
+                raise InvalidRequest(
+                    "'outtype' applies to sentence-transformers folders, not GGUF files.", param="outtype"
+                )
         staging = self.root / f"{_STAGING}{uuid.uuid4().hex}"
         staging.mkdir(mode=0o700)
         try:
             weights = staging / WEIGHTS_FILE
-            if isinstance(source, Path):
-                _copy_file(source, weights)
+            if folder is not None:
+                write_bert_gguf(folder, weights, outtype or "f16", progress=_stage(progress, "convert"))
+            elif isinstance(source, Path):
+                _copy_file(source, weights, _stage(progress, "copy"))
             else:
                 source(weights)
             info = inspect_gguf(weights)
             record = ModelRecord(
                 id=model_id,
-                name=name or info.name or model_id,
+                name=name or (folder.name if folder else None) or info.name or model_id,
                 files=[WEIGHTS_FILE],
                 architecture=info.architecture,
                 pooling=pooling or info.pooling or "mean",
                 ctx_len=min(ctx_len or self.default_ctx_len, info.n_ctx_train),
                 n_ctx_train=info.n_ctx_train,
                 n_embd=info.n_embd,
+                normalize=folder.normalize if folder else True,
+                source_format="sentence-transformers" if folder else "gguf",
+                outtype=(outtype or "f16") if folder else None,
                 size=weights.stat().st_size,
                 created=int(time.time()),
             )
@@ -178,20 +200,34 @@ class ModelStore:
         return resolved
 
 
-def _check_regular_file(path: Path) -> None:
-    """Refuse anything but a regular file (after symlinks): no devices, FIFOs or folders."""
+def _resolve_source(path: Path) -> Path:
+    """The real path of a regular file or a folder (symlinks resolved); no devices, FIFOs or /proc."""
     try:
-        st = path.resolve(strict=True).stat()
+        real = path.resolve(strict=True)
+        st = real.stat()
     except (OSError, RuntimeError) as exc:
-        raise InvalidModelFile(f"Cannot read model file {str(path)!r}: no such file.", param="model_path") from exc
-    if not stat.S_ISREG(st.st_mode):
-        raise InvalidModelFile(f"{str(path)!r} is not a regular file.", param="model_path")
+        raise InvalidModelFile(f"Cannot read {str(path)!r}: no such file or folder.", param="model_path") from exc
+    if real.parts[:2] in (("/", "proc"), ("/", "sys"), ("/", "dev")) or not (
+        stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)
+    ):
+        raise InvalidModelFile(f"{str(path)!r} is not a regular file or a model folder.", param="model_path")
+    return real
 
 
-def _copy_file(src: Path, dst: Path) -> None:
+def _stage(progress: Progress | None, stage: str) -> Callable[[int, int], None] | None:
+    return None if progress is None else lambda done, total: progress(stage, done, total)
+
+
+def _copy_file(src: Path, dst: Path, progress: Callable[[int, int], None] | None = None) -> None:
+    total = src.stat().st_size
+    done = 0
     try:
         with open(src, "rb") as fin, open(dst, "wb") as fout:
-            shutil.copyfileobj(fin, fout, 8 << 20)
+            while chunk := fin.read(8 << 20):
+                fout.write(chunk)
+                done += len(chunk)
+                if progress:
+                    progress(done, total)
             fout.flush()
             os.fsync(fout.fileno())
     except PermissionError as exc:

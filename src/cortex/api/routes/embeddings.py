@@ -41,7 +41,7 @@ async def create_embeddings(request: Request) -> Response:
     registry: ModelRegistry = request.app.state.registry
     model = await registry.get(validate_model_id(req.model))
     check_dimensions(req.dimensions, model.engine.n_embd)
-    vectors, n_tokens = await embed_inputs(model, inputs)
+    vectors, n_tokens = await embed_inputs(model, inputs, truncate=req.truncate)
     vectors = truncate_dimensions(vectors, req.dimensions)
     body = encode_embeddings(vectors, model=req.model, prompt_tokens=n_tokens, encoding_format=req.encoding_format)
     return Response(body, media_type="application/json")

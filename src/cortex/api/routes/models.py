@@ -3,19 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Literal
 
-from fastapi import APIRouter, Request
+import orjson
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from cortex.errors import InvalidRequest
+from cortex.api.errors import json_response
+from cortex.errors import Conflict, CortexError, InvalidRequest
 from cortex.runtime.registry import ModelRegistry
-from cortex.store.builtin import BUILTINS
+from cortex.store.builtin import BUILTINS, find_builtin
 from cortex.store.ids import validate_model_id
-from cortex.store.store import ModelRecord, ModelStore
+from cortex.store.store import ModelRecord, ModelStore, Progress
 
 router = APIRouter(tags=["models"])
+log = logging.getLogger(__name__)
 
 
 class ModelObject(BaseModel):
@@ -31,6 +37,9 @@ class ModelObject(BaseModel):
     pooling: str
     ctx_len: int
     n_embd: int
+    normalize: bool
+    source_format: str
+    outtype: str | None
     size: int
     status: Literal["loaded", "stored"]
     memory_bytes: int | None = Field(None, description="Bytes held in memory while loaded")
@@ -58,6 +67,10 @@ class ImportRequest(BaseModel):
         None, description="Overrides the GGUF's pooling; models that declare none get mean"
     )
     ctx_len: int | None = Field(None, gt=0, description="Most tokens per input; capped by the model's training context")
+    outtype: Literal["f32", "f16", "q8_0"] | None = Field(
+        None, description="Weight type when converting a sentence-transformers folder (default f16)"
+    )
+    stream: bool = Field(False, description="Answer with server-sent progress events")
 
 
 class StopResult(BaseModel):
@@ -91,6 +104,9 @@ def _model_object(registry: ModelRegistry, record: ModelRecord) -> ModelObject:
         pooling=record.pooling,
         ctx_len=record.ctx_len,
         n_embd=record.n_embd,
+        normalize=record.normalize,
+        source_format=record.source_format,
+        outtype=record.outtype,
         size=record.size,
         status="loaded" if loaded else "stored",
         memory_bytes=loaded.engine.memory_bytes() if loaded else None,
@@ -104,30 +120,69 @@ async def list_models(request: Request) -> ModelList:
     return ModelList(data=[_model_object(registry, r) for r in records])
 
 
-@router.post("/v1/models/import", response_model=ModelObject, summary="Import a GGUF file into the store")
-async def import_model(body: ImportRequest, request: Request) -> ModelObject:
+@router.post(
+    "/v1/models/import",
+    response_model=ModelObject,
+    summary="Import a GGUF file or a sentence-transformers folder into the store",
+    description="With `stream: true` the answer is a server-sent event stream: `progress` events "
+    '(`{"stage", "done", "total"}`), then one `done` event with the model object or one `error` event.',
+)
+async def import_model(body: ImportRequest, request: Request) -> Response:
     store = _store(request)
+    registry = _registry(request)
     model_id = validate_model_id(body.model)
     name = body.name
     if body.model_path is not None:
-        source = Path(body.model_path).expanduser()
-    elif model_id in BUILTINS:
-        source = BUILTINS[model_id].writer()
-        name = name or BUILTINS[model_id].name
+        source: Path | Callable[[Path], None] = Path(body.model_path).expanduser()
+    elif (builtin := find_builtin(model_id)) is not None:
+        model_id = builtin.model_id
+        source = builtin.source()
+        name = name or builtin.name
     else:
         raise InvalidRequest(
             f"'model_path' is required: `{model_id}` is not a built-in model (built-in: {', '.join(BUILTINS)}).",
             param="model_path",
         )
-    record = await asyncio.to_thread(
-        store.import_gguf,
-        model_id,
-        source,
-        name=name,
-        pooling=body.pooling,
-        ctx_len=body.ctx_len,
-    )
-    return _model_object(_registry(request), record)
+    if store.folder(model_id).exists():
+        raise Conflict(f"A model with id `{model_id}` already exists.", param="model")
+
+    def run(progress: Progress | None = None) -> ModelRecord:
+        return store.import_model(
+            model_id, source, name=name, pooling=body.pooling, ctx_len=body.ctx_len, outtype=body.outtype,
+            progress=progress,
+        )  # fmt: skip
+
+    if not body.stream:
+        record = await asyncio.to_thread(run)
+        return json_response(_model_object(registry, record).model_dump())
+    return StreamingResponse(_import_events(run, registry), media_type="text/event-stream")
+
+
+async def _import_events(run: Callable[[Progress], ModelRecord], registry: ModelRegistry) -> AsyncIterator[bytes]:
+    """Server-sent events for an import: progress as it goes, then `done` or `error`."""
+    loop = asyncio.get_running_loop()
+    events: asyncio.Queue[tuple[str, dict]] = asyncio.Queue()
+
+    def progress(stage: str, done: int, total: int) -> None:
+        loop.call_soon_threadsafe(events.put_nowait, ("progress", {"stage": stage, "done": done, "total": total}))
+
+    async def work() -> None:
+        try:
+            record = await asyncio.to_thread(run, progress)
+            events.put_nowait(("done", _model_object(registry, record).model_dump()))
+        except CortexError as exc:
+            events.put_nowait(("error", exc.to_dict()))
+        except Exception:  # a bug: log it, tell the client without the detail
+            log.exception("import failed")
+            events.put_nowait(("error", {"error": {"message": "The import failed.", "type": "server_error"}}))
+
+    task = asyncio.create_task(work())
+    while True:
+        kind, data = await events.get()
+        yield f"event: {kind}\ndata: {orjson.dumps(data).decode()}\n\n".encode()
+        if kind != "progress":
+            break
+    await task
 
 
 @router.post("/v1/models/start", response_model=ModelObject, summary="Load a model into memory")
