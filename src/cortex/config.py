@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import yaml
-from pydantic import Field
+from pydantic import AliasChoices, Field, field_validator
 from pydantic.fields import FieldInfo
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
 DEFAULT_PORT = 39281
 CONFIG_FILE = "config.yml"
@@ -47,10 +47,56 @@ class Settings(BaseSettings):
         description="Context length given at import when none is named (capped by the training context)",
     )
     max_inputs: int = Field(2048, ge=1, description="Inputs per embeddings request")
-    max_batch_tokens: int = Field(512, ge=8, description="Token budget of one engine batch")
+    max_batch_tokens: int = Field(
+        256,
+        ge=8,
+        description="Token budget of one engine batch (llama.cpp attends across the whole batch: 256 measured best)",
+    )
     max_batch_seqs: int = Field(64, ge=1, le=256, description="Sequences in one engine batch")
     max_queue_inputs: int = Field(16384, ge=1, description="Inputs waiting per model before new requests get 503")
     log_level: str = Field("info", description="Server log level")
+
+    # access control
+    api_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        validation_alias=AliasChoices("api_keys", "cortex_api_key", "cortex_api_keys"),
+        description="Keys clients must send as `Authorization: Bearer KEY` (env CORTEX_API_KEY, comma-separated)",
+    )
+    api_key_file: Path | None = Field(None, description="A file with one API key per line")
+    insecure: bool = Field(False, description="Allow binding beyond loopback without an API key")
+    allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Host names accepted besides loopback ones (a proxy's name)"
+    )
+    allowed_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Browser origins allowed to call the API (none by default)"
+    )
+    ssl_certfile: Path | None = Field(None, description="TLS certificate (PEM)")
+    ssl_keyfile: Path | None = Field(None, description="TLS private key (PEM)")
+
+    # limits
+    max_body_bytes: int = Field(16 * 2**20, ge=1024, description="Request body size (413 beyond)")
+    max_tokens_per_request: int = Field(300_000, ge=1, description="Tokens of all inputs of one request together")
+    max_json_depth: int = Field(64, ge=4, description="Nesting depth of a JSON body")
+    max_header_bytes: int = Field(16 * 1024, ge=1024, description="Request line and headers (431 beyond)")
+    request_timeout_s: float = Field(30.0, gt=0, description="Time to receive a request's headers and body (408)")
+    keepalive_timeout_s: float = Field(5.0, gt=0, description="Idle keep-alive connections are closed after this")
+    max_connections: int = Field(1024, ge=1, description="Open connections; more are refused")
+    shutdown_grace_s: float = Field(30.0, ge=0, description="Time in-flight requests get to finish on SIGTERM")
+
+    @field_validator("api_keys", "allowed_hosts", "allowed_origins", mode="before")
+    @classmethod
+    def _split_commas(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    def all_api_keys(self) -> list[str]:
+        """Keys from `api_keys` and from `api_key_file` (one per line, `#` comments)."""
+        keys = list(self.api_keys)
+        if self.api_key_file is not None:
+            lines = self.api_key_file.read_text(encoding="utf-8").splitlines()
+            keys += [ln.strip() for ln in lines if ln.strip() and not ln.strip().startswith("#")]
+        return keys
 
     @classmethod
     def settings_customise_sources(
@@ -105,7 +151,7 @@ def write_default_config(settings: Settings) -> None:
         return
     lines = ["# cortex settings. Flags and CORTEX_* variables override these. Uncomment to change."]
     for name, field in Settings.model_fields.items():
-        if name == "data_dir":
+        if name in ("data_dir", "api_keys"):
             continue
         default = field.default_factory() if field.default_factory else field.default
         lines += [f"# {field.description}", f"# {name}: {yaml.safe_dump(default).splitlines()[0]}"]

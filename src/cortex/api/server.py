@@ -13,6 +13,8 @@ from collections.abc import Iterator
 import uvicorn
 
 from cortex.api.app import create_app
+from cortex.api.guard import Guard, is_loopback_host
+from cortex.api.http_protocol import GuardedHttpToolsProtocol
 from cortex.config import Settings, write_default_config
 from cortex.store.atomic import write_atomic
 
@@ -39,24 +41,60 @@ class _Server(uvicorn.Server):
                 signal.signal(sig, handler)
 
 
+class ExposureError(Exception):
+    """The server would listen beyond loopback without a key."""
+
+
+def check_exposure(settings: Settings) -> list[str]:
+    """Refuse a non-loopback bind without an API key (unless `insecure`); return warnings to print."""
+    if is_loopback_host(settings.host):
+        return []
+    if not settings.all_api_keys() and not settings.insecure:
+        raise ExposureError(
+            f"Refusing to listen on {settings.host} without an API key: anyone who can reach this machine could "
+            "use it. Set one with --api-key KEY, --api-key-file FILE or CORTEX_API_KEY, or pass --insecure if "
+            "a gateway in front of cortex controls access."
+        )
+    if settings.ssl_certfile is None:
+        return [
+            f"Listening on {settings.host} without TLS: API keys and data travel in clear text "
+            "(--ssl-certfile/--ssl-keyfile to encrypt)."
+        ]
+    return []
+
+
 def serve(settings: Settings) -> None:
-    """Serve until SIGINT/SIGTERM; shutdown lets in-flight requests finish."""
+    """Serve until SIGINT/SIGTERM; shutdown lets in-flight requests finish within the grace period."""
+    warnings = check_exposure(settings)
     for sub in (settings.data_dir, settings.models_dir, settings.logs_dir):
         sub.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(settings.data_dir, 0o700)
     write_default_config(settings)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for warning in warnings:
+        logging.getLogger("cortex").warning(warning)
     config = uvicorn.Config(
-        create_app(settings),
+        Guard(create_app(settings), settings),
         host=settings.host,
         port=settings.port,
         loop=_loop(),
-        http="httptools",
+        http=GuardedHttpToolsProtocol,
         log_level=settings.log_level,
         access_log=False,
-        timeout_graceful_shutdown=30,
+        timeout_keep_alive=int(max(1, settings.keepalive_timeout_s)),
+        timeout_graceful_shutdown=int(settings.shutdown_grace_s),
+        ssl_certfile=settings.ssl_certfile,
+        ssl_keyfile=settings.ssl_keyfile,
     )
+    config.cortex_limits = settings  # read by GuardedHttpToolsProtocol
     server = _Server(config)
-    state = {"pid": os.getpid(), "host": settings.host, "port": settings.port, "started": int(time.time())}
+    state = {
+        "pid": os.getpid(),
+        "host": settings.host,
+        "port": settings.port,
+        "started": int(time.time()),
+        "tls": settings.ssl_certfile is not None,
+    }
     write_atomic(settings.server_file, json.dumps(state).encode(), mode=0o600)
     try:
         server.run()

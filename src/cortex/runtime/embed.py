@@ -37,7 +37,7 @@ def _check_lengths(seqs: Sequence[Sequence[int]], n_ctx: int) -> None:
 
 
 async def embed_inputs(
-    model: LoadedModel, inputs: list[str] | list[list[int]], *, truncate: bool = False
+    model: LoadedModel, inputs: list[str] | list[list[int]], *, truncate: bool = False, max_tokens: int | None = None
 ) -> tuple[np.ndarray, int]:
     """Vectors for non-empty `inputs` (texts, or token-id lists used as given) and the tokens used.
 
@@ -60,5 +60,12 @@ async def embed_inputs(
         if truncate:
             seqs = [s[:n_ctx] for s in seqs]
     _check_lengths(seqs, n_ctx)
+    total = sum(len(s) for s in seqs)
+    if max_tokens is not None and total > max_tokens:
+        raise InvalidRequest(
+            f"The request has {total} tokens in all, over the limit of {max_tokens} per request "
+            "(max_tokens_per_request).",
+            param="input",
+        )
     vectors = await model.scheduler.embed(seqs)
-    return vectors, sum(len(s) for s in seqs)
+    return vectors, total

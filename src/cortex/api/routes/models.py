@@ -148,9 +148,14 @@ async def import_model(body: ImportRequest, request: Request) -> Response:
 
     def run(progress: Progress | None = None) -> ModelRecord:
         return store.import_model(
-            model_id, source, name=name, pooling=body.pooling, ctx_len=body.ctx_len, outtype=body.outtype,
+            model_id,
+            source,
+            name=name,
+            pooling=body.pooling,
+            ctx_len=body.ctx_len,
+            outtype=body.outtype,
             progress=progress,
-        )  # fmt: skip
+        )
 
     if not body.stream:
         record = await asyncio.to_thread(run)

