@@ -87,6 +87,19 @@ class InvalidModelFile(InvalidRequest):
     code = "invalid_model_file"
 
 
+class ModelUnavailable(CortexError):
+    """A stored model cannot be loaded because its files were removed or changed (a server-side fault)."""
+
+    status = 500
+    type = "server_error"
+    code = "model_unavailable"
+
+    def __init__(self, model_id: str, why: str) -> None:
+        super().__init__(
+            f"The model `{model_id}` cannot be loaded: {why}. Delete it and import it again.", param="model"
+        )
+
+
 class Overloaded(CortexError):
     """The queue is full; the client should retry later (503 with Retry-After)."""
 

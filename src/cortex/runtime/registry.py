@@ -71,7 +71,7 @@ class ModelRegistry:
     def _open_engine(self, record: ModelRecord) -> Engine:
         s = self.settings
         return LlamaCppEngine(
-            self.store.weights_path(record),
+            self.store.verified_weights(record),
             pooling=record.pooling,
             ctx_len=record.ctx_len,
             n_threads=s.n_threads,

@@ -22,7 +22,8 @@ from pydantic import BaseModel, Field, ValidationError
 
 from cortex.convert.bert_gguf import write_bert_gguf
 from cortex.convert.st_folder import STModel, read_st_folder
-from cortex.errors import Conflict, InvalidModelFile, InvalidRequest, ModelNotFound
+from cortex.engine.probe import probe_gguf
+from cortex.errors import Conflict, InvalidModelFile, InvalidRequest, ModelNotFound, ModelUnavailable
 from cortex.store.atomic import fsync_dir, write_atomic
 from cortex.store.gguf_info import inspect_gguf
 from cortex.store.ids import folder_name, split_tag, validate_model_id
@@ -79,6 +80,22 @@ class ModelStore:
 
     def weights_path(self, record: ModelRecord) -> Path:
         return self.folder(record.id) / record.files[0]
+
+    def verified_weights(self, record: ModelRecord) -> Path:
+        """The weights path, after checking the file is still the one imported (present, same size,
+        a sound GGUF). Errors name the model, never a server path."""
+        path = self.weights_path(record)
+        try:
+            size = path.stat().st_size
+        except OSError as exc:
+            raise ModelUnavailable(record.id, "its weights file is missing") from exc
+        if size != record.size:
+            raise ModelUnavailable(record.id, f"its weights file changed size ({size} bytes, imported {record.size})")
+        try:
+            inspect_gguf(path)
+        except InvalidModelFile as exc:
+            raise ModelUnavailable(record.id, "its weights file is no longer a valid GGUF") from exc
+        return path
 
     def list(self) -> list[ModelRecord]:
         """Every intact model, sorted by id. A folder with a broken model.yml is logged and skipped."""
@@ -164,6 +181,9 @@ class ModelStore:
             else:
                 source(weights)
             info = inspect_gguf(weights)
+            probe_gguf(
+                weights, pooling or info.pooling or "mean", min(ctx_len or self.default_ctx_len, info.n_ctx_train)
+            )
             record = ModelRecord(
                 id=model_id,
                 name=name or (folder.name if folder else None) or info.name or model_id,
