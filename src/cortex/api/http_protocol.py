@@ -81,6 +81,10 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
                 return
         super().data_received(data)
 
+    def send_400_response(self, msg: str) -> None:
+        """uvicorn answers an unparsable request in plain text; answer in OpenAI's shape."""
+        self._reject(raw_error(400, "Bad Request", msg, "invalid_http_request"))
+
     def _headers_end_in(self, data: bytes) -> bool:
         """True if the headers end within the allowed size (the rest of `data` is body)."""
         end = data.find(b"\r\n\r\n")
