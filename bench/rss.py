@@ -39,7 +39,7 @@ async def drive(base: str, total: int, concurrency: int, pid: int) -> list[tuple
     rnd = random.Random(7)
     bodies = [
         {"model": "all-minilm", "input": [rnd.choice(sents) for _ in range(rnd.randint(1, 8))],
-         "encoding_format": "base64" if i % 2 else "float"}
+         "encoding_format": "base64" if i % 2 else "float", "truncate": True}
         for i in range(total)
     ]  # fmt: skip
     samples: list[tuple[int, float]] = []

@@ -30,6 +30,7 @@ def cortex_env(data_dir: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CORTEX_")}
     env["CORTEX_DATA_DIR"] = str(data_dir)
     env["CORTEX_N_THREADS"] = "2"
+    env["HF_HOME"] = str(data_dir.parent / f"{data_dir.name}-hf-home")  # never the user's hub cache
     return env
 
 

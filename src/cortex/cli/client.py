@@ -32,10 +32,10 @@ class Client:
             raise ApiError(f"Cannot reach the server at {self.base_url}: {exc}") from exc
         return self._body(r)
 
-    def events(self, path: str, json: Any) -> Iterator[tuple[str, Any]]:
-        """POST and read the answer as server-sent events: (event name, decoded data)."""
+    def events(self, path: str, json: Any = None, method: str = "POST") -> Iterator[tuple[str, Any]]:
+        """Send a request and read the answer as server-sent events: (event name, decoded data)."""
         try:
-            with self._http.stream("POST", path, json=json) as r:
+            with self._http.stream(method, path, json=json) as r:
                 if r.status_code >= 400 or not r.headers.get("content-type", "").startswith("text/event-stream"):
                     r.read()
                     yield "done", self._body(r)

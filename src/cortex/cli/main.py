@@ -4,17 +4,30 @@ from __future__ import annotations
 
 import json
 import shlex
+import sys
 from pathlib import Path
 from typing import Annotated
 
+import click
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
 from rich.table import Table
 
 from cortex.cli.client import ApiError, Client
 from cortex.cli.daemon import DaemonError, ServerInfo, running_server, start_background, stop_server
 from cortex.config import Settings, load_settings
+from cortex.errors import CortexError
 
 app = typer.Typer(help="cortex: a local, OpenAI-compatible model server.", no_args_is_help=True)
 models_app = typer.Typer(help="Manage the models in the store.", no_args_is_help=True)
@@ -211,13 +224,12 @@ def run(
             raise _fail(str(exc)) from exc
         from cortex.store.builtin import find_builtin
 
-        if find_builtin(model_id) is None:
-            raise _fail(
-                f"Model `{model_id}` is not in the store. Import a GGUF file or a sentence-transformers folder:\n"
-                f"  cortex models import --model_id {model_id} --model_path FILE.gguf|FOLDER"
-            ) from exc
-        err.print(f"Importing built-in model {model_id} ...")
-        _import(client, {"model": model_id})
+        if find_builtin(model_id) is not None:
+            err.print(f"Importing built-in model {model_id} ...")
+            model_id = _import(client, {"model": model_id})["id"]
+        else:
+            err.print(f"`{model_id}` is not in the store; pulling it from the hub ...")
+            model_id = _pull(client, model_id, None)
     loaded = _call(client.post, "/v1/models/start", {"model": model_id})
     base = client.base_url
     body = json.dumps({"model": model_id, "input": "embedding"})
@@ -229,6 +241,73 @@ def run(
         highlight=False,
         soft_wrap=True,
     )
+
+
+def _choose(client: Client, name: str, quant: str | None) -> tuple[str, str | None]:
+    """At a terminal, let the user pick a variant the name leaves open."""
+    from cortex.hub.names import parse_pull_name
+
+    try:
+        parsed = parse_pull_name(name)
+    except CortexError as exc:
+        raise _fail(exc.message) from exc
+    open_choice = (parsed.kind == "cortexso" and parsed.tag is None) or (parsed.kind == "repo" and not parsed.tag)
+    if not open_choice or quant or not sys.stdin.isatty():
+        return name, quant
+    variants = _call(client.get, f"/v1/models/pull/variants?model={name}")["data"]
+    if len(variants) < 2:
+        return name, quant
+    table = Table("#", "variant", "file", "size")
+    for i, v in enumerate(variants, 1):
+        table.add_row(str(i), v["variant"], v.get("file", ""), _human_bytes(v.get("size")))
+    out.print(table)
+    pick = variants[typer.prompt("Choose", type=click.IntRange(1, len(variants))) - 1]
+    return (f"{name}:{pick['variant']}", None) if parsed.kind == "cortexso" else (name, pick["variant"])
+
+
+def _pull(client: Client, name: str, quant: str | None) -> str:
+    """Pull through the API with a progress bar; Ctrl-C pauses (the next pull resumes). Returns the id."""
+    name, quant = _choose(client, name, quant)
+    task = _call(client.post, "/v1/models/pull", {"model": name, "quant": quant})
+    columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+               TimeRemainingColumn())  # fmt: skip
+    state = task
+    try:
+        with Progress(*columns, console=err, transient=True) as bar:
+            row = bar.add_task(f"Pulling {task['model']}", total=task["total_bytes"] or None)
+            for _, state in client.events(f"/v1/models/pull/{task['task']}/events", method="GET"):
+                bar.update(row, completed=state["done_bytes"], total=state["total_bytes"] or None)
+                if state["status"] == "importing":
+                    bar.update(row, description=f"Importing {task['model']}")
+    except KeyboardInterrupt:
+        _call(client.delete, f"/v1/models/pull/{task['task']}?keep_partial=true")
+        err.print(f"Paused. Run `cortex pull {name}` again to resume.")
+        raise typer.Exit(130) from None
+    except ApiError as exc:
+        raise _fail(str(exc)) from exc
+    if state["status"] != "done":
+        message = (state.get("error") or {}).get("error", {}).get("message") or f"The pull ended {state['status']}."
+        raise _fail(message)
+    out.print(f"Pulled {state['model']}")
+    return state["model"]
+
+
+@app.command()
+def pull(
+    model: Annotated[str, typer.Argument(help="NAME[:TAG], ORG/REPO[:QUANT], or a hub URL of a .gguf file")],
+    quant: Annotated[str | None, typer.Option(help="Which GGUF of ORG/REPO to take (e.g. Q4_K_M)")] = None,
+) -> None:
+    """Pull a model from Hugging Face into the store (resumable; Ctrl-C pauses)."""
+    _pull(_client(), model, quant)
+
+
+@models_app.command("pull")
+def models_pull(
+    model: Annotated[str, typer.Argument(help="NAME[:TAG], ORG/REPO[:QUANT], or a hub URL of a .gguf file")],
+    quant: Annotated[str | None, typer.Option(help="Which GGUF of ORG/REPO to take (e.g. Q4_K_M)")] = None,
+) -> None:
+    """Same as `cortex pull`."""
+    _pull(_client(), model, quant)
 
 
 @app.command()

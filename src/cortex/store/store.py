@@ -145,13 +145,15 @@ class ModelStore:
         ctx_len: int | None = None,
         outtype: str | None = None,
         progress: Progress | None = None,
+        move: bool = False,
     ) -> ModelRecord:
         """Add a model under `model_id`, whole or not at all.
 
         `source` is a GGUF file to copy, a sentence-transformers folder to convert to GGUF (`outtype`
         f32, f16 or q8_0; default f16), or a function that writes GGUF weights to the path it is given.
         The written file is inspected, not the original, so the file checked is the file served.
-        `progress(stage, done, total)` is called from this thread as work advances.
+        `progress(stage, done, total)` is called from this thread as work advances. With `move`, a GGUF
+        file (a finished download) is moved into the store instead of copied.
         """
         validate_model_id(model_id)
         if pooling is not None and pooling not in POOLINGS:
@@ -176,6 +178,8 @@ class ModelStore:
             weights = staging / WEIGHTS_FILE
             if folder is not None:
                 write_bert_gguf(folder, weights, outtype or "f16", progress=_stage(progress, "convert"))
+            elif isinstance(source, Path) and move:
+                os.replace(source, weights)
             elif isinstance(source, Path):
                 _copy_file(source, weights, _stage(progress, "copy"))
             else:

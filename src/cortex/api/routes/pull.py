@@ -1,0 +1,91 @@
+"""`/v1/models/pull`: start (or join) a pull, follow it (polling or server-sent events), cancel it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+import orjson
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from cortex.hub.names import parse_pull_name
+from cortex.hub.resolve import list_variants
+from cortex.hub.tasks import FINAL, PullManager, PullTask
+
+router = APIRouter(tags=["pull"])
+
+
+class PullRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    model: str = Field(description="NAME[:TAG] (cortexso), ORG/REPO[:QUANT], or the URL of a .gguf file on the hub")
+    quant: str | None = Field(None, description="Which GGUF of an ORG/REPO to take, e.g. Q4_K_M")
+
+
+class PullStatus(BaseModel):
+    task: str
+    model: str
+    name: str
+    status: str
+    total_bytes: int
+    done_bytes: int
+    fetched_bytes: int
+    files: list[str]
+    error: dict | None
+
+
+def _pulls(request: Request) -> PullManager:
+    return request.app.state.pulls
+
+
+@router.get("/v1/models/pull/variants", summary="List the variants or GGUF files a name offers")
+async def variants(request: Request, model: str = Query(description="NAME or ORG/REPO")) -> dict:
+    found = await asyncio.to_thread(list_variants, parse_pull_name(model))
+    return {"object": "list", "data": found}
+
+
+@router.post("/v1/models/pull", response_model=PullStatus, status_code=202, summary="Pull a model from the hub")
+async def start_pull(body: PullRequest, request: Request) -> dict:
+    task = await _pulls(request).start(body.model, body.quant)
+    return task.view()
+
+
+@router.get("/v1/models/pull/{task_id}", response_model=PullStatus, summary="A pull's progress")
+async def pull_status(task_id: str, request: Request) -> dict:
+    return _pulls(request).get(task_id).view()
+
+
+@router.get(
+    "/v1/models/pull/{task_id}/events",
+    summary="A pull's progress as server-sent events",
+    description="`progress` events with the task's state, until one with status done, failed, cancelled or paused.",
+)
+async def pull_events(task_id: str, request: Request) -> StreamingResponse:
+    task = _pulls(request).get(task_id)
+    return StreamingResponse(_events(task), media_type="text/event-stream")
+
+
+async def _events(task: PullTask) -> AsyncIterator[bytes]:
+    while True:
+        task.changed.clear()
+        view = task.view()
+        yield f"event: progress\ndata: {orjson.dumps(view).decode()}\n\n".encode()
+        if view["status"] in FINAL:
+            return
+        with contextlib.suppress(TimeoutError):  # after 15 s without change, a heartbeat of the same state
+            await asyncio.wait_for(task.changed.wait(), timeout=15)
+
+
+@router.delete("/v1/models/pull/{task_id}", response_model=PullStatus, summary="Cancel (or pause) a pull")
+async def cancel_pull(
+    task_id: str,
+    request: Request,
+    keep_partial: bool = Query(False, description="Pause: keep the partial files so the next pull resumes"),
+) -> dict:
+    pulls = _pulls(request)
+    task = pulls.cancel(task_id, keep_partial=keep_partial)
+    await pulls.wait(task)
+    await asyncio.sleep(0)  # let the thread's last state change land
+    return task.view()
