@@ -31,6 +31,7 @@ def cortex_env(data_dir: Path) -> dict[str, str]:
     env["CORTEX_DATA_DIR"] = str(data_dir)
     env["CORTEX_N_THREADS"] = "2"
     env["HF_HOME"] = str(data_dir.parent / f"{data_dir.name}-hf-home")  # never the user's hub cache
+    env["HF_HUB_OFFLINE"] = "1"  # no test reaches the real hub; the pull tests point HF_ENDPOINT at a fake one
     return env
 
 

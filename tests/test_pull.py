@@ -70,7 +70,9 @@ def hub(ggufs: dict[str, Path]) -> Iterator[tuple[FakeHub, str]]:
 @pytest.fixture(scope="module")
 def srv(tmp_path_factory: pytest.TempPathFactory, hub) -> Iterator[ServerProcess]:
     _, url = hub
-    s = ServerProcess(tmp_path_factory.mktemp("pull") / "data", HF_ENDPOINT=url, HF_TOKEN="hf_test_token").start()
+    s = ServerProcess(
+        tmp_path_factory.mktemp("pull") / "data", HF_ENDPOINT=url, HF_TOKEN="hf_test_token", HF_HUB_OFFLINE="0"
+    ).start()
     yield s
     s.stop()
 
@@ -214,7 +216,9 @@ def test_unknown_repository_or_tag_is_404(c, name: str, words: str) -> None:
 
 def test_not_enough_disk_space_and_offline(tmp_path: Path, hub) -> None:
     _, url = hub
-    full = ServerProcess(tmp_path / "full", HF_ENDPOINT=url, CORTEX_MIN_FREE_DISK_BYTES=str(10**18)).start()
+    full = ServerProcess(
+        tmp_path / "full", HF_ENDPOINT=url, HF_HUB_OFFLINE="0", CORTEX_MIN_FREE_DISK_BYTES=str(10**18)
+    ).start()
     try:
         with full.client() as c:
             r = c.post("/v1/models/pull", json={"model": "acme/minilm-gguf", "quant": "F16"})
@@ -234,7 +238,7 @@ def test_not_enough_disk_space_and_offline(tmp_path: Path, hub) -> None:
 def test_cli_pull_and_run(tmp_path: Path, hub) -> None:
     _, url = hub
     data = tmp_path / "cli"
-    env = {**cortex_env(data), "HF_ENDPOINT": url}
+    env = {**cortex_env(data), "HF_ENDPOINT": url, "HF_HUB_OFFLINE": "0"}
     base = [sys.executable, "-m", "cortex", "--data-dir", str(data)]
     try:
         out = subprocess.run([*base, "pull", "acme/minilm-gguf", "--quant", "F16"], env=env, capture_output=True,

@@ -229,7 +229,14 @@ def run(
             model_id = _import(client, {"model": model_id})["id"]
         else:
             err.print(f"`{model_id}` is not in the store; pulling it from the hub ...")
-            model_id = _pull(client, model_id, None)
+            try:
+                model_id = _pull(client, model_id, None)
+            except typer.Exit:
+                err.print(
+                    f"To serve a local file instead: cortex models import --model_id {model_id} "
+                    "--model_path FILE.gguf|FOLDER"
+                )
+                raise
     loaded = _call(client.post, "/v1/models/start", {"model": model_id})
     base = client.base_url
     body = json.dumps({"model": model_id, "input": "embedding"})

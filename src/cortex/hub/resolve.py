@@ -24,6 +24,13 @@ from huggingface_hub.errors import (
 )
 
 from cortex.errors import CortexError, InvalidRequest, ModelNotFound
+
+try:  # huggingface_hub >= 1.x speaks HTTP through its own httpx fork
+    import httpx2
+
+    _TRANSPORT_ERRORS: tuple[type[Exception], ...] = (httpx.HTTPError, httpx2.HTTPError, OSError)
+except ImportError:  # pragma: no cover - older huggingface_hub
+    _TRANSPORT_ERRORS = (httpx.HTTPError, OSError)
 from cortex.hub.names import PullName, quant_of
 
 # Files of a sentence-transformers folder that the importer reads (the weights are required).
@@ -86,7 +93,7 @@ def hub_errors(name: str) -> Iterator[None]:
         raise ModelNotFound(name, " No such repository or file on the hub.") from exc
     except HfHubHTTPError as exc:
         raise HubUnavailable(f"The hub answered an error for `{name}`: {exc}") from exc
-    except (httpx.HTTPError, OSError) as exc:
+    except _TRANSPORT_ERRORS as exc:
         raise HubUnavailable(f"Cannot reach the hub for `{name}`: {exc}") from exc
 
 
