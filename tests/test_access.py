@@ -205,3 +205,54 @@ def test_key_is_not_on_the_command_line_and_the_cli_finds_it(tmp_path: Path) -> 
         assert by_file.returncode == 0 and "running" in by_file.stdout
     finally:
         os.kill(pid, signal.SIGTERM)
+
+
+def test_connection_limit_refuses_new_ones_and_serves_the_rest(tmp_path: Path) -> None:
+    import socket
+
+    srv = ServerProcess(tmp_path / "data", CORTEX_MAX_CONNECTIONS="20", CORTEX_KEEPALIVE_TIMEOUT_S="20").start()
+    socks = []
+    try:
+        with srv.client() as c:
+            assert c.get("/healthz").status_code == 200  # this client now holds one connection
+            for _ in range(19):
+                socks.append(socket.create_connection(("127.0.0.1", srv.port), timeout=5))
+            time.sleep(0.3)
+            extra = socket.create_connection(("127.0.0.1", srv.port), timeout=5)
+            try:  # refused: closed (or reset) without an answer
+                extra.sendall(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+                assert extra.recv(1024) == b""
+            except ConnectionResetError:
+                pass
+            extra.close()
+            assert c.get("/healthz").status_code == 200  # the connections already open are served on
+            for s in socks:
+                s.close()
+            socks.clear()
+            time.sleep(0.3)
+            with httpx.Client(base_url=srv.base_url) as fresh:
+                assert fresh.get("/healthz").status_code == 200  # room again
+    finally:
+        for s in socks:
+            s.close()
+        srv.stop()
+
+
+def test_a_disconnected_client_s_inputs_are_dropped(tmp_path: Path, gemma_gguf: Path) -> None:
+    srv = ServerProcess(tmp_path / "data").start()
+    try:
+        with srv.client() as c:
+            assert c.post("/v1/models/import", json={"model": "g:1", "model_path": str(gemma_gguf)}).is_success
+            assert c.post("/v1/models/start", json={"model": "g:1"}).is_success
+        texts = [f"a sentence of moderate length, number {i}, to keep the engine busy" for i in range(1000)]
+        with pytest.raises(httpx.TimeoutException):  # ~40 s of work on this machine; we leave after 1 s
+            httpx.post(f"{srv.base_url}/v1/embeddings", json={"model": "g:1", "input": texts}, timeout=1)
+        t0 = time.monotonic()
+        with srv.client() as c:
+            assert c.post("/v1/embeddings", json={"model": "g:1", "input": "next"}).status_code == 200
+        assert time.monotonic() - t0 < 15  # it did not wait behind the abandoned request's inputs
+        time.sleep(0.5)
+        log = [json.loads(line) for line in (srv.data_dir / "logs" / "access.jsonl").read_text().splitlines()]
+        assert any(e.get("disconnected") and e.get("inputs") == 1000 for e in log)
+    finally:
+        srv.stop()

@@ -3,6 +3,7 @@ the CLI: the three name forms, resume, integrity, cancel and pause, errors, disk
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import time
@@ -254,3 +255,70 @@ def test_cli_pull_and_run(tmp_path: Path, hub) -> None:
         assert bad.returncode == 1 and "No such repository" in bad.stderr
     finally:
         subprocess.run([*base, "stop"], env=env, capture_output=True, timeout=60)
+
+
+def _wait_for_partial(data: Path, name: str, at_least: int = 1, timeout: float = 60) -> Path:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = [p for p in (data / "models" / ".downloads").rglob(f"{name}.part") if p.stat().st_size >= at_least]
+        if found:
+            return found[0]
+        time.sleep(0.1)
+    raise TimeoutError(name)
+
+
+def test_cli_ctrl_c_pauses_and_the_next_pull_resumes(tmp_path: Path, hub, ggufs) -> None:
+    h, url = hub
+    h.add("acme/interrupted", "main", "interrupted-F16.gguf", ggufs["f16"])
+    h.throttle["interrupted-F16.gguf"] = 0.2
+    data = tmp_path / "cli"
+    env = {**cortex_env(data), "HF_ENDPOINT": url, "HF_HUB_OFFLINE": "0"}
+    base = [sys.executable, "-m", "cortex", "--data-dir", str(data)]
+    subprocess.run([*base, "start"], env=env, check=True, capture_output=True, timeout=90)
+    try:
+        proc = subprocess.Popen([*base, "pull", "acme/interrupted"], env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)  # fmt: skip
+        partial = _wait_for_partial(data, "interrupted-F16.gguf", 2 * 2**20)
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=60)
+        assert proc.returncode == 130 and "Paused" in stderr
+        assert partial.exists()
+        h.throttle.pop("interrupted-F16.gguf")
+        again = subprocess.run([*base, "pull", "acme/interrupted"], env=env, capture_output=True, text=True,
+                               timeout=300, stdin=subprocess.DEVNULL)  # fmt: skip
+        assert again.returncode == 0 and "Pulled acme/interrupted:F16" in again.stdout
+        size = ggufs["f16"].stat().st_size
+        # resumed, not restarted: at most the chunks in flight at the interrupt were sent twice
+        assert size <= h.served["interrupted-F16.gguf"] < size + 4 * 2**20
+    finally:
+        subprocess.run([*base, "stop"], env=env, capture_output=True, timeout=60)
+
+
+def test_sigterm_pauses_a_running_pull_and_ends_its_stream(tmp_path: Path, hub, ggufs) -> None:
+    h, url = hub
+    h.add("acme/terminated", "main", "terminated-F16.gguf", ggufs["f16"])
+    h.throttle["terminated-F16.gguf"] = 0.2
+    srv = ServerProcess(tmp_path / "data", HF_ENDPOINT=url, HF_HUB_OFFLINE="0").start()
+    try:
+        with srv.client() as c:
+            task = pull(c, "acme/terminated", wait=False)
+            _wait_for_partial(srv.data_dir, "terminated-F16.gguf", 2 * 2**20)
+            events = []
+            with c.stream("GET", f"/v1/models/pull/{task['task']}/events") as stream:
+                t0 = time.monotonic()
+                srv.proc.send_signal(signal.SIGTERM)
+                events = [line for line in stream.iter_lines() if line.startswith("data:")]
+            assert time.monotonic() - t0 < 20  # the stream ended; it did not hold the shutdown
+            assert '"status":"paused"' in events[-1]
+        assert srv.proc.wait(timeout=60) == 0
+        assert _wait_for_partial(srv.data_dir, "terminated-F16.gguf", 1, timeout=1).exists()  # kept for resume
+    finally:
+        srv.stop()
+    h.throttle.pop("terminated-F16.gguf")
+    again = ServerProcess(tmp_path / "data", HF_ENDPOINT=url, HF_HUB_OFFLINE="0").start()
+    try:
+        with again.client() as c:
+            done = pull(c, "acme/terminated")
+            assert done["status"] == "done" and 0 < done["fetched_bytes"] < ggufs["f16"].stat().st_size
+    finally:
+        again.stop()

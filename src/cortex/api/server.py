@@ -8,7 +8,8 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from types import FrameType
 
 import uvicorn
 
@@ -29,7 +30,18 @@ def _loop() -> str:
 
 class _Server(uvicorn.Server):
     """uvicorn re-raises SIGTERM/SIGINT once it has shut down, so the process would die of the signal
-    before our clean-up runs. A graceful stop should clean up and exit 0, so handle them here."""
+    before our clean-up runs. A graceful stop should clean up and exit 0, so handle them here.
+
+    `on_exit` runs at the signal itself, before uvicorn waits for open connections: it pauses running
+    pulls, which ends their progress streams, so they do not hold the shutdown for the grace period."""
+
+    def __init__(self, config: uvicorn.Config, on_exit: Callable[[], None]) -> None:
+        super().__init__(config)
+        self._on_exit = on_exit
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        self._on_exit()
+        super().handle_exit(sig, frame)
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
@@ -73,8 +85,9 @@ def serve(settings: Settings) -> None:
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for warning in warnings:
         logging.getLogger("cortex").warning(warning)
+    app = create_app(settings)
     config = uvicorn.Config(
-        Guard(create_app(settings), settings),
+        Guard(app, settings),
         host=settings.host,
         port=settings.port,
         loop=_loop(),
@@ -87,7 +100,7 @@ def serve(settings: Settings) -> None:
         ssl_keyfile=settings.ssl_keyfile,
     )
     config.cortex_limits = settings  # read by GuardedHttpToolsProtocol
-    server = _Server(config)
+    server = _Server(config, on_exit=lambda: app.state.pulls.pause_running() if hasattr(app.state, "pulls") else None)
     state = {
         "pid": os.getpid(),
         "host": settings.host,

@@ -126,12 +126,16 @@ class PullManager:
         if thread is not None:
             await asyncio.to_thread(thread.join)
 
-    async def pause_all(self) -> None:
-        """On shutdown: pause every running pull, keeping its partial files."""
+    def pause_running(self) -> list[PullTask]:
+        """Ask every running pull to pause (partial files kept); returns them."""
         running = [t for t in self.tasks.values() if t.status not in FINAL]
         for task in running:
             self.cancel(task.id, keep_partial=True)
-        for task in running:
+        return running
+
+    async def pause_all(self) -> None:
+        """On shutdown: pause every running pull and wait for its thread."""
+        for task in self.pause_running():
             await self.wait(task)
 
     def _notify(self, task: PullTask, **changes: object) -> None:
