@@ -131,16 +131,21 @@ def test_vanished_and_replaced_weights_answer_clearly(tmp_path: Path) -> None:
     srv = ServerProcess(tmp_path / "data").start()
     try:
         with srv.client() as c:
-            for mid in ("gone:1", "swapped:1"):
-                assert c.post("/v1/models/import", json={"model": mid, "model_path": str(get_model_path())}).is_success
-            (srv.data_dir / "models" / "gone@1" / "model.gguf").unlink()
-            weights = srv.data_dir / "models" / "swapped@1" / "model.gguf"
-            weights.write_bytes(b"GGUF" + os.urandom(weights.stat().st_size - 4))
-            for mid, words in (("gone:1", "missing"), ("swapped:1", "no longer a valid GGUF")):
+            for mid, engine in (("gone:1", "llama-cpp"), ("swapped:1", "llama-cpp"), ("gone:2", "onnxruntime"),
+                                ("swapped:2", "onnxruntime")):  # fmt: skip
+                body = {"model": mid, "model_path": str(get_model_path()), "engine": engine}
+                assert c.post("/v1/models/import", json=body).is_success
+            models = srv.data_dir / "models"
+            (models / "gone@1" / "model.gguf").unlink()
+            (models / "gone@2" / "model.onnx.data").unlink()
+            for weights in (models / "swapped@1" / "model.gguf", models / "swapped@2" / "model.onnx"):
+                weights.write_bytes(b"GGUF" + os.urandom(weights.stat().st_size - 4))
+            for mid, words in (("gone:1", "missing"), ("swapped:1", "no longer a valid GGUF"), ("gone:2", "missing"),
+                               ("swapped:2", "no longer load")):  # fmt: skip
                 r = c.post("/v1/embeddings", json={"model": mid, "input": "x"})
                 assert r.status_code == 500, r.text
                 err = r.json()["error"]
-                assert err["code"] == "model_unavailable" and words in err["message"]
+                assert err["code"] == "model_unavailable" and words in err["message"], err
                 assert str(srv.data_dir) not in err["message"]
             assert c.get("/healthz").status_code == 200
     finally:

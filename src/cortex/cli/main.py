@@ -385,20 +385,25 @@ def models_import(
         Path | None,
         typer.Option("--model_path", "--model-path", help="A .gguf file or a sentence-transformers folder"),
     ] = None,
-    outtype: Annotated[str | None, typer.Option(help="f32, f16 (default) or q8_0, when converting a folder")] = None,
+    engine: Annotated[str | None, typer.Option(help="onnxruntime (default for folders) or llama-cpp (GGUF)")] = None,
+    outtype: Annotated[str | None, typer.Option(help="llama-cpp: f32, f16 (default) or q8_0")] = None,
+    quantize: Annotated[str | None, typer.Option(help="onnxruntime: int8 (opt-in)")] = None,
     pooling: Annotated[str | None, typer.Option(help="mean, cls or last (default: the model's, else mean)")] = None,
     ctx_len: Annotated[int | None, typer.Option("--ctx-len", help="Most tokens per input")] = None,
     name: Annotated[str | None, typer.Option(help="Display name")] = None,
 ) -> None:
     """Add a GGUF file, or a sentence-transformers folder converted to GGUF, to the store."""
-    body: dict = {"model": model_id, "pooling": pooling, "ctx_len": ctx_len, "name": name, "outtype": outtype}
+    body: dict = {"model": model_id, "pooling": pooling, "ctx_len": ctx_len, "name": name, "outtype": outtype,
+                  "engine": engine, "quantize": quantize}  # fmt: skip
     if model_path is not None:
         body["model_path"] = str(model_path.expanduser().resolve())
     record = _import(_client(), body)
     out.print(
-        f"Imported {record['id']} ({_human_bytes(record['size'])}, {record['n_embd']} dimensions, "
+        f"Imported {record['id']} ({record['engine']}, {_human_bytes(record['size'])}, {record['n_embd']} dimensions, "
         f"pooling {record['pooling']}, context {record['ctx_len']})"
     )
+    if record.get("int8_min_cosine") is not None:
+        out.print(f"int8 vs fp32: min cosine {record['int8_min_cosine']} on the probe set")
 
 
 @models_app.command("list")

@@ -11,7 +11,8 @@ import numpy as np
 class Engine(Protocol):
     """An embedding model loaded in memory. Knows nothing of HTTP or queues.
 
-    `tokenize` may be called from any thread; `embed` is called from one thread at a time.
+    `tokenize` may be called from any thread; `embed` from up to `workers` threads at once. `wide` asks
+    for all cores (nothing else is running).
     """
 
     n_embd: int  # size of each vector
@@ -19,6 +20,7 @@ class Engine(Protocol):
     n_vocab: int  # token ids must lie in [0, n_vocab)
     max_batch_tokens: int  # most tokens one `embed` call takes (a longer single input runs alone)
     max_batch_seqs: int  # most sequences one `embed` call takes
+    workers: int  # how many `embed` calls may run at once, from different threads
 
     def tokenize(self, text: str) -> list[int]:
         """Token ids of `text`, with the special tokens the model adds (BOS, CLS/SEP, ...)."""
@@ -28,7 +30,7 @@ class Engine(Protocol):
         """`tokens` of a text cut to `n`, keeping the special token the tokenizer appends, if any."""
         ...
 
-    def embed(self, seqs: Sequence[Sequence[int]]) -> np.ndarray:
+    def embed(self, seqs: Sequence[Sequence[int]], wide: bool = False) -> np.ndarray:
         """Pooled float32 vectors (L2-normalised unless the model says not), one row per sequence, in order."""
         ...
 

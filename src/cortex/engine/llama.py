@@ -128,7 +128,9 @@ class LlamaCppEngine:
             return [*tokens[: n - 1], tokens[-1]]
         return tokens[:n]
 
-    def embed(self, seqs: Sequence[Sequence[int]]) -> np.ndarray:
+    workers = 1  # one context: batches run one after another, each on all threads
+
+    def embed(self, seqs: Sequence[Sequence[int]], wide: bool = False) -> np.ndarray:
         total = sum(len(s) for s in seqs)
         if not seqs or total > self._capacity or len(seqs) > self.max_batch_seqs:
             raise EngineFailure(f"batch of {len(seqs)} sequences / {total} tokens exceeds the engine's capacity")

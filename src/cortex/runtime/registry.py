@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from cortex.config import Settings
 from cortex.engine.base import Engine
 from cortex.engine.llama import LlamaCppEngine
-from cortex.errors import ModelNotLoaded
+from cortex.errors import InvalidModelFile, ModelNotLoaded, ModelUnavailable
 from cortex.runtime.scheduler import BatchScheduler
 from cortex.store.store import ModelRecord, ModelStore
 
@@ -61,7 +61,10 @@ class ModelRegistry:
             if hit is not None:
                 return hit
             t0 = time.perf_counter()
-            engine = await asyncio.to_thread(self._open_engine, record)
+            try:
+                engine = await asyncio.to_thread(self._open_engine, record)
+            except InvalidModelFile as exc:  # it passed the checks at import: its files changed since
+                raise ModelUnavailable(record.id, f"its files no longer load ({exc.message})") from exc
             scheduler = BatchScheduler(engine, model_id=record.id, max_queue_inputs=self.settings.max_queue_inputs)
             loaded = LoadedModel(record, engine, scheduler)
             self._loaded[record.id] = loaded
@@ -70,8 +73,13 @@ class ModelRegistry:
 
     def _open_engine(self, record: ModelRecord) -> Engine:
         s = self.settings
+        weights = self.store.verified_weights(record)
+        if record.engine == "onnxruntime":
+            from cortex.engine.onnx import OnnxEngine
+
+            return OnnxEngine(weights.parent, ctx_len=record.ctx_len, n_threads=s.n_threads)
         return LlamaCppEngine(
-            self.store.verified_weights(record),
+            weights,
             pooling=record.pooling,
             ctx_len=record.ctx_len,
             n_threads=s.n_threads,

@@ -1,7 +1,11 @@
 """Per-model dynamic batching: one owner task gathers the inputs of all concurrent requests into
-engine batches under a token budget and a sequence limit, runs each batch on the model's own
-engine thread (llama.cpp releases the GIL), and completes each input's future as soon as its
-batch is done. A failed batch fails exactly its own inputs; the owner keeps serving.
+engine batches under the engine's token budget and sequence limit, runs up to `engine.workers` batches at
+once on the model's own threads (llama.cpp and ONNX Runtime release the GIL), and completes each input's
+future as soon as its batch is done. A failed batch fails exactly its own inputs; the owner keeps serving.
+
+The engine says how it wants work: llama.cpp takes many sequences packed into one batch on one worker;
+ONNX Runtime takes one input per run on several workers. A batch that finds the queue otherwise empty and
+every other worker idle runs `wide` (on all cores), so a lone input does not run on one core of many.
 """
 
 from __future__ import annotations
@@ -44,7 +48,10 @@ class BatchScheduler:
         self._idle = asyncio.Event()
         self._idle.set()
         self._closed = False
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"engine-{model_id}")
+        self._workers = max(1, getattr(engine, "workers", 1))
+        self._busy = 0
+        self._running: set[asyncio.Task] = set()
+        self._executor = ThreadPoolExecutor(self._workers, thread_name_prefix=f"engine-{model_id}")
         self._task = asyncio.create_task(self._run(), name=f"scheduler-{model_id}")
 
     @property
@@ -96,32 +103,48 @@ class BatchScheduler:
         return batch
 
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             await self._wakeup.wait()
             self._wakeup.clear()
-            while self._pending:
+            while self._pending and self._busy < self._workers:
                 batch = self._take_batch()
                 if not batch:
                     continue
-                try:
-                    out = await loop.run_in_executor(self._executor, self.engine.embed, [i.tokens for i in batch])
-                except Exception as exc:
-                    if not isinstance(exc, CortexError):
-                        log.exception("engine failed on a batch of %d inputs for %s", len(batch), self.model_id)
-                        exc = EngineFailure(f"The engine failed while embedding with `{self.model_id}`.")
-                    for item in batch:
-                        if not item.future.done():
-                            item.future.set_exception(exc)
-                    continue
-                for item, row in zip(batch, out, strict=True):
-                    if not item.future.done():
-                        item.future.set_result(row)
-            self._idle.set()
+                wide = self._workers > 1 and not self._pending and self._busy == 0
+                self._busy += 1
+                task = asyncio.create_task(self._execute(batch, wide))
+                self._running.add(task)
+                task.add_done_callback(self._running.discard)
+            if not self._pending and self._busy == 0:
+                self._idle.set()
+
+    async def _execute(self, batch: list[_Item], wide: bool) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            seqs = [i.tokens for i in batch]
+            out = await loop.run_in_executor(self._executor, self._call_engine, seqs, wide)
+        except Exception as exc:
+            if not isinstance(exc, CortexError):
+                log.exception("engine failed on a batch of %d inputs for %s", len(batch), self.model_id)
+                exc = EngineFailure(f"The engine failed while embedding with `{self.model_id}`.")
+            for item in batch:
+                if not item.future.done():
+                    item.future.set_exception(exc)
+        else:
+            for item, row in zip(batch, out, strict=True):
+                if not item.future.done():
+                    item.future.set_result(row)
+        finally:
+            self._busy -= 1
+            self._wakeup.set()
+
+    def _call_engine(self, seqs: list[Sequence[int]], wide: bool) -> np.ndarray:
+        return self.engine.embed(seqs, wide=wide) if wide else self.engine.embed(seqs)
 
     async def close(self) -> None:
         """Finish the inputs already queued, then stop the loop and the engine thread."""
         self._closed = True
+        self._wakeup.set()
         await self._idle.wait()
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):

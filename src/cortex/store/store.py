@@ -21,6 +21,8 @@ import yaml
 from pydantic import BaseModel, Field, ValidationError
 
 from cortex.convert.bert_gguf import write_bert_gguf
+from cortex.convert.onnx_model import FILES as ONNX_FILES
+from cortex.convert.onnx_model import write_onnx_model
 from cortex.convert.st_folder import STModel, read_st_folder
 from cortex.engine.probe import probe_gguf
 from cortex.errors import Conflict, InvalidModelFile, InvalidRequest, ModelNotFound, ModelUnavailable
@@ -34,6 +36,7 @@ Progress = Callable[[str, int, int], None]  # (stage, done, total)
 
 Pooling = Literal["mean", "cls", "last"]
 POOLINGS: tuple[str, ...] = ("mean", "cls", "last")
+ENGINES: tuple[str, ...] = ("onnxruntime", "llama-cpp")
 MODEL_FILE = "model.yml"
 WEIGHTS_FILE = "model.gguf"
 _STAGING = ".staging-"
@@ -45,7 +48,7 @@ class ModelRecord(BaseModel):
 
     id: str
     name: str
-    engine: Literal["llama-cpp"] = "llama-cpp"
+    engine: Literal["llama-cpp", "onnxruntime"] = "llama-cpp"
     files: list[str]
     architecture: str
     pooling: Pooling
@@ -54,7 +57,10 @@ class ModelRecord(BaseModel):
     n_embd: int = Field(gt=0)
     normalize: bool = Field(True, description="L2-normalise vectors (sentence-transformers' Normalize module)")
     source_format: Literal["gguf", "sentence-transformers"] = "gguf"
-    outtype: str | None = Field(None, description="Weight type chosen when converting a folder")
+    outtype: str | None = Field(None, description="Weight type chosen when converting a folder to GGUF")
+    quantize: str | None = Field(None, description="onnxruntime: int8 graph, if chosen at import")
+    int8_min_cosine: float | None = Field(None, description="int8 vs fp32 graph on the probe set, at import")
+    cpu_features: list[str] | None = Field(None, description="The CPU flags the int8 figure was measured with")
     size: int = Field(ge=0, description="Bytes of weights on disk")
     created: int = Field(description="Unix time of import")
 
@@ -86,15 +92,16 @@ class ModelStore:
         a sound GGUF). Errors name the model, never a server path."""
         path = self.weights_path(record)
         try:
-            size = path.stat().st_size
+            size = sum((self.folder(record.id) / f).stat().st_size for f in record.files)
         except OSError as exc:
             raise ModelUnavailable(record.id, "its weights file is missing") from exc
         if size != record.size:
             raise ModelUnavailable(record.id, f"its weights file changed size ({size} bytes, imported {record.size})")
-        try:
-            inspect_gguf(path)
-        except InvalidModelFile as exc:
-            raise ModelUnavailable(record.id, "its weights file is no longer a valid GGUF") from exc
+        if record.engine == "llama-cpp":
+            try:
+                inspect_gguf(path)
+            except InvalidModelFile as exc:
+                raise ModelUnavailable(record.id, "its weights file is no longer a valid GGUF") from exc
         return path
 
     def list(self) -> list[ModelRecord]:
@@ -146,6 +153,8 @@ class ModelStore:
         outtype: str | None = None,
         progress: Progress | None = None,
         move: bool = False,
+        engine: str | None = None,
+        quantize: str | None = None,
     ) -> ModelRecord:
         """Add a model under `model_id`, whole or not at all.
 
@@ -168,13 +177,22 @@ class ModelStore:
             source = _resolve_source(source)
             if source.is_dir():
                 folder = read_st_folder(source)
-            elif outtype is not None:
-                raise InvalidRequest(
-                    "'outtype' applies to sentence-transformers folders, not GGUF files.", param="outtype"
-                )
+        engine = _choose_engine(folder is not None, engine, outtype, quantize)
         staging = self.root / f"{_STAGING}{uuid.uuid4().hex}"
         staging.mkdir(mode=0o700)
         try:
+            if engine == "onnxruntime":
+                assert folder is not None
+                extra = write_onnx_model(folder, staging, quantize, progress=_stage(progress, "convert"))
+                record = ModelRecord(
+                    id=model_id, name=name or folder.name, engine="onnxruntime", files=list(ONNX_FILES),
+                    architecture="bert", pooling=folder.pooling,
+                    ctx_len=min(ctx_len or folder.max_seq_length, folder.max_seq_length),
+                    n_ctx_train=folder.max_seq_length, n_embd=folder.n_embd, normalize=folder.normalize,
+                    source_format="sentence-transformers", size=sum((staging / f).stat().st_size for f in ONNX_FILES),
+                    created=int(time.time()), **extra,
+                )  # fmt: skip
+                return self._commit(staging, final, record)
             weights = staging / WEIGHTS_FILE
             if folder is not None:
                 write_bert_gguf(folder, weights, outtype or "f16", progress=_stage(progress, "convert"))
@@ -203,16 +221,20 @@ class ModelStore:
                 size=weights.stat().st_size,
                 created=int(time.time()),
             )
-            write_atomic(staging / MODEL_FILE, yaml.safe_dump(record.model_dump(), sort_keys=False).encode())
-            try:
-                os.rename(staging, final)  # atomic; fails if another import of this id won the race
-            except OSError as exc:
-                raise Conflict(f"A model with id `{model_id}` already exists.", param="model") from exc
-            fsync_dir(self.root)
-            return record
+            return self._commit(staging, final, record)
         finally:
             if staging.exists():
                 shutil.rmtree(staging, ignore_errors=True)
+
+    def _commit(self, staging: Path, final: Path, record: ModelRecord) -> ModelRecord:
+        """Write model.yml into the staging folder and rename it into place."""
+        write_atomic(staging / MODEL_FILE, yaml.safe_dump(record.model_dump(), sort_keys=False).encode())
+        try:
+            os.rename(staging, final)  # atomic; fails if another import of this id won the race
+        except OSError as exc:
+            raise Conflict(f"A model with id `{record.id}` already exists.", param="model") from exc
+        fsync_dir(self.root)
+        return record
 
     def delete(self, model_id: str) -> str:
         """Remove a model; returns the id removed."""
@@ -222,6 +244,26 @@ class ModelStore:
         fsync_dir(self.root)
         shutil.rmtree(trash, ignore_errors=True)
         return resolved
+
+
+def _choose_engine(is_folder: bool, engine: str | None, outtype: str | None, quantize: str | None) -> str:
+    """The engine for an import: onnxruntime for folders unless --outtype (a llama-cpp option) says else."""
+    if engine is None:
+        engine = "llama-cpp" if (not is_folder or outtype is not None) else "onnxruntime"
+    if engine not in ENGINES:
+        raise InvalidRequest(f"Unknown engine {engine!r}; use one of {', '.join(ENGINES)}.", param="engine")
+    if engine == "onnxruntime" and not is_folder:
+        raise InvalidRequest("The onnxruntime engine imports sentence-transformers folders, not GGUF files.",
+                             param="engine")  # fmt: skip
+    if engine == "onnxruntime" and outtype is not None:
+        raise InvalidRequest("'outtype' is the llama-cpp engine's option; with onnxruntime use 'quantize'.",
+                             param="outtype")  # fmt: skip
+    if engine == "llama-cpp" and quantize is not None:
+        raise InvalidRequest("'quantize' is the onnxruntime engine's option; with llama-cpp use 'outtype'.",
+                             param="quantize")  # fmt: skip
+    if not is_folder and outtype is not None:
+        raise InvalidRequest("'outtype' applies to sentence-transformers folders, not GGUF files.", param="outtype")
+    return engine
 
 
 def _resolve_source(path: Path) -> Path:

@@ -40,6 +40,9 @@ class ModelObject(BaseModel):
     normalize: bool
     source_format: str
     outtype: str | None
+    quantize: str | None = None
+    int8_min_cosine: float | None = None
+    cpu_features: list[str] | None = None
     size: int
     status: Literal["loaded", "stored"]
     memory_bytes: int | None = Field(None, description="Bytes held in memory while loaded")
@@ -70,6 +73,10 @@ class ImportRequest(BaseModel):
     outtype: Literal["f32", "f16", "q8_0"] | None = Field(
         None, description="Weight type when converting a sentence-transformers folder (default f16)"
     )
+    engine: Literal["onnxruntime", "llama-cpp"] | None = Field(
+        None, description="For a sentence-transformers folder: onnxruntime (default) or llama-cpp (GGUF)"
+    )
+    quantize: Literal["int8"] | None = Field(None, description="onnxruntime: write an int8 graph (opt-in)")
     stream: bool = Field(False, description="Answer with server-sent progress events")
 
 
@@ -107,6 +114,9 @@ def _model_object(registry: ModelRegistry, record: ModelRecord) -> ModelObject:
         normalize=record.normalize,
         source_format=record.source_format,
         outtype=record.outtype,
+        quantize=record.quantize,
+        int8_min_cosine=record.int8_min_cosine,
+        cpu_features=record.cpu_features,
         size=record.size,
         status="loaded" if loaded else "stored",
         memory_bytes=loaded.engine.memory_bytes() if loaded else None,
@@ -155,6 +165,8 @@ async def import_model(body: ImportRequest, request: Request) -> Response:
             ctx_len=body.ctx_len,
             outtype=body.outtype,
             progress=progress,
+            engine=body.engine,
+            quantize=body.quantize,
         )
 
     if not body.stream:

@@ -1,0 +1,106 @@
+"""Write an encoder model for the ONNX Runtime engine: graph + external weights + tokenizer.json, and
+optionally an int8 graph (per-channel dynamic quantisation of the MatMul weights) whose accuracy against
+the fp32 graph is measured on a built-in probe set and recorded with the CPU features it was measured on.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from cortex.convert.bert_onnx import build_bert_onnx
+from cortex.convert.st_folder import STModel
+from cortex.engine.onnx import GRAPH_FILE, TOKENIZER_FILE, OnnxEngine
+from cortex.errors import InvalidModelFile
+
+DATA_FILE = "model.onnx.data"
+FILES = [GRAPH_FILE, DATA_FILE, TOKENIZER_FILE]
+PROBE_TEXTS = [
+    "The quick brown fox jumps over the lazy dog.",
+    "A man is eating food.",
+    "Embeddings map text to vectors that capture meaning.",
+    "What is the capital of France?",
+    "Paris is the capital and most populous city of France.",
+    "def add(a, b): return a + b",
+    "The weather today is sunny with a light breeze from the west.",
+    "Quantum computers use qubits, which can be in superpositions of states.",
+    "short",
+    "Ünïcödé — naïve café résumé",
+    "日本語のテキスト",
+    "Error 404: the page you requested could not be found on this server.",
+    "She sells sea shells by the sea shore, and the shells she sells are surely seashells.",
+    "Invest in a diversified portfolio to manage risk over the long term.",
+    "The mitochondria is the powerhouse of the cell.",
+    "1 2 3 4 5 6 7 8 9 10",
+]
+
+
+def cpu_features() -> list[str]:
+    """The instruction-set flags that change int8 kernels (VNNI) and fp32 ones."""
+    wanted = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8")
+    try:
+        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
+    except (OSError, StopIteration):
+        return []
+    present = set(flags.split(":", 1)[1].split())
+    return [f for f in wanted if f in present]
+
+
+def _save_external(proto: onnx.ModelProto, dest: Path) -> None:
+    onnx.save_model(proto, str(dest / GRAPH_FILE), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location=DATA_FILE, size_threshold=1024)  # fmt: skip
+
+
+def write_onnx_model(
+    model: STModel, dest: Path, quantize: str | None, progress: Callable[[int, int], None] | None = None
+) -> dict:
+    """Write `FILES` into `dest`; return the model.yml fields this adds (quantize and its measured cosine)."""
+    if not (model.folder / TOKENIZER_FILE).is_file():
+        raise InvalidModelFile(
+            "The onnxruntime engine needs tokenizer.json in the folder; import it with --engine llama-cpp instead.",
+            param="model_path",
+        )
+    with tempfile.TemporaryDirectory(dir=dest) as tmp:
+        full = Path(tmp) / "full.onnx"
+        build_bert_onnx(model, full, progress)
+        _save_external(onnx.load(str(full)), dest)
+    shutil.copyfile(model.folder / TOKENIZER_FILE, dest / TOKENIZER_FILE)
+    if quantize is None:
+        return {}
+    if quantize != "int8":
+        raise InvalidModelFile(f"Unknown quantisation {quantize!r}; use int8", param="quantize")
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    with tempfile.TemporaryDirectory(dir=dest) as tmp:
+        fp32 = Path(tmp) / "fp32"
+        fp32.mkdir()
+        for name in FILES:
+            shutil.copyfile(dest / name, fp32 / name)
+        quantized = Path(tmp) / "int8.onnx"
+        quantize_dynamic(
+            fp32 / GRAPH_FILE, quantized, per_channel=True, weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"]
+        )
+        for name in (GRAPH_FILE, DATA_FILE):
+            (dest / name).unlink()
+        _save_external(onnx.load(str(quantized)), dest)
+        min_cos = _min_cosine(fp32, dest, model.max_seq_length)
+    return {"quantize": "int8", "int8_min_cosine": round(min_cos, 6), "cpu_features": cpu_features()}
+
+
+def _min_cosine(reference: Path, candidate: Path, ctx_len: int) -> float:
+    a = OnnxEngine(reference, ctx_len=ctx_len, n_threads=1)
+    b = OnnxEngine(candidate, ctx_len=ctx_len, n_threads=1)
+    try:
+        va = np.concatenate([a.embed([a.tokenize(t)]) for t in PROBE_TEXTS])
+        vb = np.concatenate([b.embed([b.tokenize(t)]) for t in PROBE_TEXTS])
+    finally:
+        a.close()
+        b.close()
+    va /= np.linalg.norm(va, axis=1, keepdims=True)
+    vb /= np.linalg.norm(vb, axis=1, keepdims=True)
+    return float(np.min(np.sum(va * vb, axis=1)))
