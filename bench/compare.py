@@ -50,6 +50,27 @@ def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 120) -> None:
     raise TimeoutError(url)
 
 
+def rss_mib(pid: int) -> float:
+    """Resident memory of a process and its children (Infinity runs under a shell)."""
+    total = 0.0
+    for p in [pid, *_children(pid)]:
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1]) / 1024
+        except OSError:
+            pass
+    return total
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        kids = [int(k) for k in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+    return kids + [g for k in kids for g in _children(k)]
+
+
 def non_embedding_params(path: Path) -> int:
     reader = gguf.GGUFReader(path)
     return sum(int(np.prod(t.shape)) for t in reader.tensors if not t.name.startswith("token_embd"))
@@ -111,8 +132,8 @@ def main() -> int:
     ap.add_argument(
         "--peak-gflops",
         type=float,
-        default=237.0,
-        help="FP32 peak of the cores used (2 Zen 4 cores x 32 FLOP/cycle x 3.7 GHz boost = 237)",
+        default=474.0,
+        help="FP32 peak of the cores used (2 Zen 5 cores x 64 FLOP/cycle (2 full-width AVX-512 FMA) x 3.7 GHz = 474)",
     )
     ap.add_argument("--shapes", default=",".join(f"{c}x{b}" for c, b in SHAPES), help="e.g. 1x1,8x32")
     args = ap.parse_args()
@@ -147,10 +168,12 @@ def main() -> int:
     try:
         port = free_port()
         procs.append(start_llama_server(binary, gguf_path, args.threads, args.pooling, port))
+        names = ["llama-server"]
         servers["llama-server"] = (f"http://127.0.0.1:{port}/v1/embeddings", "any")
         if args.infinity and folder is not None:
             port = free_port()
             procs.append(start_infinity(folder, port))
+            names.append("Infinity")
             servers["Infinity"] = (f"http://127.0.0.1:{port}/embeddings", "all-minilm")
         imports = {"bench:gguf": {"model_path": str(gguf_path), "pooling": args.pooling}}
         if folder is not None:
@@ -158,6 +181,7 @@ def main() -> int:
             imports["bench:int8"] = {"model_path": str(folder), "quantize": "int8"}
         port = free_port()
         procs.append(start_cortex(imports, args.threads, port, tmp / "data"))
+        names.append(f"cortex ({len(imports)} models loaded)")
         labels = {"bench:gguf": "cortex llama-cpp", "bench:onnx": "cortex onnxruntime fp32",
                   "bench:int8": "cortex onnxruntime int8"}  # fmt: skip
         for model_id in imports:
@@ -168,6 +192,7 @@ def main() -> int:
             for name, (url, model) in servers.items():
                 drive(url, model, c, b, max(c, requests // 8))  # warm-up
                 results[(name, c, b)] = drive(url, model, c, b, requests)
+        rss = {name: rss_mib(p.pid) for name, p in zip(names, procs, strict=True)}
     finally:
         for p in procs:
             p.terminate()
@@ -176,6 +201,7 @@ def main() -> int:
     print(f"model: {gguf_path.name}, threads: {args.threads}, inputs per shape: {args.inputs}, "
           f"{flops_per_token / 1e6:.0f} MFLOP/token")  # fmt: skip
     print()
+    print("resident memory at the end (MiB): " + ", ".join(f"{n} {m:.0f}" for n, m in rss.items()))
     peers = [n for n in ("llama-server", "Infinity") if n in servers]
     print("ratio: inputs/s over llama-server's; vs best peer: over the faster of llama-server and Infinity")
     print("(Infinity reports characters as usage, so its tokens/s and FP32 share are not comparable)")

@@ -150,6 +150,9 @@ def test_sentence_transformers_repository_goes_through_the_importer(c) -> None:
     assert task["status"] == "done", task
     m = c.get("/v1/models/sentence-transformers/all-MiniLM-L6-v2").json()
     assert (m["source_format"], m["n_embd"], m["ctx_len"]) == ("sentence-transformers", 384, 256)
+    assert m["engine"] == "onnxruntime"  # the default engine for encoder models
+    r = c.post("/v1/models/pull", json={"model": "acme/minilm-gguf", "quant": "F16", "engine": "onnxruntime"})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "engine"
 
 
 def test_cut_off_download_resumes_with_only_the_rest(c, srv, hub, ggufs) -> None:

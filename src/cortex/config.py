@@ -23,11 +23,18 @@ def default_data_dir() -> Path:
 
 
 def available_cores() -> int:
-    """Cores this process may run on (CPU affinity), at least 1."""
+    """Cores this process may use: its CPU affinity, capped by a cgroup v2 quota (containers); at least 1."""
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
+        cores = os.cpu_count() or 1
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            cores = min(cores, max(1, int(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, cores)
 
 
 class Settings(BaseSettings):

@@ -272,10 +272,10 @@ def _choose(client: Client, name: str, quant: str | None) -> tuple[str, str | No
     return (f"{name}:{pick['variant']}", None) if parsed.kind == "cortexso" else (name, pick["variant"])
 
 
-def _pull(client: Client, name: str, quant: str | None) -> str:
+def _pull(client: Client, name: str, quant: str | None, engine: str | None = None) -> str:
     """Pull through the API with a progress bar; Ctrl-C pauses (the next pull resumes). Returns the id."""
     name, quant = _choose(client, name, quant)
-    task = _call(client.post, "/v1/models/pull", {"model": name, "quant": quant})
+    task = _call(client.post, "/v1/models/pull", {"model": name, "quant": quant, "engine": engine})
     columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
                TimeRemainingColumn())  # fmt: skip
     state = task
@@ -303,18 +303,24 @@ def _pull(client: Client, name: str, quant: str | None) -> str:
 def pull(
     model: Annotated[str, typer.Argument(help="NAME[:TAG], ORG/REPO[:QUANT], or a hub URL of a .gguf file")],
     quant: Annotated[str | None, typer.Option(help="Which GGUF of ORG/REPO to take (e.g. Q4_K_M)")] = None,
+    engine: Annotated[
+        str | None, typer.Option(help="sentence-transformers repositories: onnxruntime or llama-cpp")
+    ] = None,
 ) -> None:
     """Pull a model from Hugging Face into the store (resumable; Ctrl-C pauses)."""
-    _pull(_client(), model, quant)
+    _pull(_client(), model, quant, engine)
 
 
 @models_app.command("pull")
 def models_pull(
     model: Annotated[str, typer.Argument(help="NAME[:TAG], ORG/REPO[:QUANT], or a hub URL of a .gguf file")],
     quant: Annotated[str | None, typer.Option(help="Which GGUF of ORG/REPO to take (e.g. Q4_K_M)")] = None,
+    engine: Annotated[
+        str | None, typer.Option(help="sentence-transformers repositories: onnxruntime or llama-cpp")
+    ] = None,
 ) -> None:
     """Same as `cortex pull`."""
-    _pull(_client(), model, quant)
+    _pull(_client(), model, quant, engine)
 
 
 @app.command()

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from cortex.errors import CortexError, ModelNotFound
+from cortex.errors import CortexError, InvalidRequest, ModelNotFound
 from cortex.hub.download import Cancelled, download, part_path
 from cortex.hub.names import parse_pull_name
 from cortex.hub.resolve import Plan, resolve
@@ -50,6 +50,7 @@ class PullTask:
     created: float = field(default_factory=time.time)
     stop: threading.Event = field(default_factory=threading.Event)
     keep_partial: bool = False
+    engine: str | None = None
     changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     def view(self) -> dict:
@@ -77,10 +78,12 @@ class PullManager:
             raise ModelNotFound(task_id, " No pull task has this id.")
         return task
 
-    async def start(self, name: str, quant: str | None = None) -> PullTask:
+    async def start(self, name: str, quant: str | None = None, engine: str | None = None) -> PullTask:
         """Start pulling `name`, or join the pull of the same model that is running."""
         self._loop = asyncio.get_running_loop()
         plan = await asyncio.to_thread(resolve, parse_pull_name(name), quant)
+        if engine is not None and plan.format == "gguf" and engine != "llama-cpp":
+            raise InvalidRequest(f"`{plan.model_id}` is a GGUF: only the llama-cpp engine serves it.", param="engine")
         for task in self.tasks.values():
             if task.model == plan.model_id and task.status not in FINAL:
                 return task
@@ -92,7 +95,7 @@ class PullManager:
             return task
         workdir = self.downloads / folder_name(plan.model_id)
         self._check_space(plan, workdir)
-        task = PullTask(uuid.uuid4().hex[:16], plan.model_id, name, plan)
+        task = PullTask(uuid.uuid4().hex[:16], plan.model_id, name, plan, engine=engine)
         self.tasks[task.id] = task
         thread = threading.Thread(target=self._run, args=(task, workdir), name=f"pull-{task.id}", daemon=True)
         self._threads[task.id] = thread
@@ -175,7 +178,7 @@ class PullManager:
             source = workdir if plan.format == "sentence-transformers" else workdir / plan.files[0].path
             self.store.import_model(
                 plan.model_id, source, name=plan.seed.get("name"), ctx_len=plan.seed.get("ctx_len"),
-                move=plan.format == "gguf",
+                move=plan.format == "gguf", engine=task.engine,
             )  # fmt: skip
             shutil.rmtree(workdir, ignore_errors=True)
             self._notify(task, status="done")

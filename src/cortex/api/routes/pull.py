@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from typing import Literal
 
 import orjson
 from fastapi import APIRouter, Query, Request
@@ -22,6 +23,9 @@ class PullRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
     model: str = Field(description="NAME[:TAG] (cortexso), ORG/REPO[:QUANT], or the URL of a .gguf file on the hub")
     quant: str | None = Field(None, description="Which GGUF of an ORG/REPO to take, e.g. Q4_K_M")
+    engine: Literal["onnxruntime", "llama-cpp"] | None = Field(
+        None, description="For a sentence-transformers repository: onnxruntime (default) or llama-cpp"
+    )
 
 
 class PullStatus(BaseModel):
@@ -48,7 +52,7 @@ async def variants(request: Request, model: str = Query(description="NAME or ORG
 
 @router.post("/v1/models/pull", response_model=PullStatus, status_code=202, summary="Pull a model from the hub")
 async def start_pull(body: PullRequest, request: Request) -> dict:
-    task = await _pulls(request).start(body.model, body.quant)
+    task = await _pulls(request).start(body.model, body.quant, engine=body.engine)
     return task.view()
 
 
