@@ -81,6 +81,8 @@ class OnnxEngine:
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
+        # A pool thread that spins after a run steals a core from the workers' runs: sleep instead.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         for name, value in self._weights.items():
             options.add_initializer(name, value)
         try:

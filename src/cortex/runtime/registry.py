@@ -32,6 +32,7 @@ class ModelRegistry:
         self.store = store
         self.settings = settings
         self._loaded: dict[str, LoadedModel] = {}
+        self._aliases: dict[str, str] = {}  # a requested name (`all-minilm`) -> the loaded id it resolved to
         self._lock = asyncio.Lock()
 
     def loaded(self) -> list[LoadedModel]:
@@ -42,12 +43,13 @@ class ModelRegistry:
 
     async def get(self, model_id: str) -> LoadedModel:
         """The loaded model that `model_id` names, loading it first if allowed."""
-        hit = self._loaded.get(model_id)
+        hit = self._loaded.get(self._aliases.get(model_id, model_id))
         if hit is not None:
             return hit
         resolved = self.store.resolve(model_id)  # ModelNotFound for an unknown id
         hit = self._loaded.get(resolved)
         if hit is not None:
+            self._aliases[model_id] = resolved  # a hot path must not read the store on every request
             return hit
         if not self.settings.load_on_demand:
             raise ModelNotLoaded(model_id)
@@ -97,6 +99,7 @@ class ModelRegistry:
                 loaded = self._loaded.pop(resolved, None)
             if loaded is None:
                 return False
+            self._aliases = {k: v for k, v in self._aliases.items() if v != loaded.record.id}
             await loaded.scheduler.close()
             await asyncio.to_thread(loaded.engine.close)
             log.info("unloaded %s", loaded.record.id)
