@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import random
-import subprocess
 import sys
 import tempfile
 import time
@@ -23,8 +21,10 @@ import httpx
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from compare import free_port, wait_ready  # noqa: E402
+from compare import free_port, start_cortex  # noqa: E402
 from load import corpus  # noqa: E402
+
+from cortex.config import available_cores  # noqa: E402
 
 
 def rss_mib(pid: int) -> float:
@@ -65,19 +65,10 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=10_000)
     ap.add_argument("--concurrency", type=int, default=8)
     args = ap.parse_args()
-    data = Path(tempfile.mkdtemp(prefix="cortex-rss-"))
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CORTEX_")}
-    env.update(CORTEX_DATA_DIR=str(data))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "cortex", "start", "--foreground", "--port", str(port)],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+    proc = start_cortex({"all-minilm": {}}, available_cores(), port, Path(tempfile.mkdtemp(prefix="cortex-rss-")))
     base = f"http://127.0.0.1:{port}"
     try:
-        wait_ready(f"{base}/healthz", proc)
-        httpx.post(f"{base}/v1/models/import", json={"model": "all-minilm"}, timeout=300).raise_for_status()
-        httpx.post(f"{base}/v1/models/start", json={"model": "all-minilm"}, timeout=300).raise_for_status()
         t0 = time.perf_counter()
         samples = asyncio.run(drive(base, args.requests, args.concurrency, proc.pid))
         wall = time.perf_counter() - t0

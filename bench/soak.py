@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import random
-import subprocess
 import sys
 import tempfile
 import time
@@ -26,9 +24,11 @@ import httpx
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from compare import free_port, wait_ready  # noqa: E402
+from compare import free_port, start_cortex  # noqa: E402
 from load import corpus  # noqa: E402
 from rss import rss_mib  # noqa: E402
+
+from cortex.config import available_cores  # noqa: E402
 
 M = "all-minilm"
 
@@ -93,19 +93,10 @@ def main() -> None:
     ap.add_argument("--minutes", type=float, default=10)
     ap.add_argument("--clients", type=int, default=32)
     args = ap.parse_args()
-    data = Path(tempfile.mkdtemp(prefix="cortex-soak-"))
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CORTEX_")}
-    env.update(CORTEX_DATA_DIR=str(data))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "cortex", "start", "--foreground", "--port", str(port)],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+    proc = start_cortex({"all-minilm": {}}, available_cores(), port, Path(tempfile.mkdtemp(prefix="cortex-soak-")))
     base = f"http://127.0.0.1:{port}"
     try:
-        wait_ready(f"{base}/healthz", proc)
-        httpx.post(f"{base}/v1/models/import", json={"model": M}, timeout=300).raise_for_status()
-        httpx.post(f"{base}/v1/models/start", json={"model": M}, timeout=300).raise_for_status()
         stats, problems, samples = asyncio.run(run(base, args.clients, args.minutes * 60, proc.pid))
         alive = proc.poll() is None
     finally:

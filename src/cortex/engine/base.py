@@ -41,3 +41,13 @@ class Engine(Protocol):
     def close(self) -> None:
         """Free native resources. The engine is unusable afterwards."""
         ...
+
+
+def truncate_tokens(tokens: list[int], n: int, trailing: frozenset[int]) -> list[int]:
+    """Cut a tokenized text to `n` tokens; a special token the tokenizer appends (in `trailing`, such as
+    BERT's [SEP]) stays last, exactly as tokenizers truncate."""
+    if len(tokens) <= n:
+        return tokens
+    if tokens[-1] in trailing:
+        return [*tokens[: n - 1], tokens[-1]]
+    return tokens[:n]

@@ -25,6 +25,7 @@ import llama_cpp
 import numpy as np
 from llama_cpp import _logger as llama_logger
 
+from cortex.engine.base import truncate_tokens
 from cortex.errors import EngineFailure, InvalidModelFile
 
 _POOLING = {
@@ -122,13 +123,7 @@ class LlamaCppEngine:
 
     def truncate(self, tokens: list[int], n: int) -> list[int]:
         """Cut a tokenized text to `n` tokens, keeping a trailing special token as tokenizers do."""
-        if len(tokens) <= n:
-            return tokens
-        if tokens[-1] in self._trailing:
-            return [*tokens[: n - 1], tokens[-1]]
-        return tokens[:n]
-
-    workers = 1  # one context: batches run one after another, each on all threads
+        return truncate_tokens(tokens, n, self._trailing)
 
     def embed(self, seqs: Sequence[Sequence[int]], wide: bool = False) -> np.ndarray:
         total = sum(len(s) for s in seqs)

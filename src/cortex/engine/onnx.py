@@ -20,6 +20,7 @@ import onnxruntime as ort
 from onnx.external_data_helper import uses_external_data
 from tokenizers import Tokenizer
 
+from cortex.engine.base import truncate_tokens
 from cortex.errors import EngineFailure, InvalidModelFile
 
 GRAPH_FILE = "model.onnx"
@@ -94,11 +95,7 @@ class OnnxEngine:
         return self.tokenizer.encode(text).ids
 
     def truncate(self, tokens: list[int], n: int) -> list[int]:
-        if len(tokens) <= n:
-            return tokens
-        if tokens[-1] in self._trailing:
-            return [*tokens[: n - 1], tokens[-1]]
-        return tokens[:n]
+        return truncate_tokens(tokens, n, self._trailing)
 
     def embed(self, seqs: Sequence[Sequence[int]], wide: bool = False) -> np.ndarray:
         session = self._wide if wide else self._narrow
