@@ -21,6 +21,7 @@ class StubEngine:
     n_vocab = 1000
     max_batch_tokens = 8
     max_batch_seqs = 3
+    workers = 1
 
     def __init__(self, fail_on: int | None = None) -> None:
         self.batches: list[list[list[int]]] = []
@@ -115,5 +116,47 @@ def test_a_cancelled_request_is_dropped_from_the_queue() -> None:
         await busy
         await sched.close()
         assert all(s[0] != 99 for b in engine.batches for s in b)
+
+    run(main())
+
+
+class ParallelStub(StubEngine):
+    """Two workers: records how many embed calls overlap and whether a call ran wide."""
+
+    workers = 2
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.active = 0
+        self.most_active = 0
+        self.wide_calls = 0
+        self.lock = threading.Lock()
+
+    def embed(self, seqs, wide: bool = False):
+        with self.lock:
+            self.active += 1
+            self.most_active = max(self.most_active, self.active)
+            self.wide_calls += wide
+        try:
+            threading.Event().wait(0.02)
+            return super().embed(seqs)
+        finally:
+            with self.lock:
+                self.active -= 1
+
+
+def test_engines_with_workers_run_batches_in_parallel_and_a_lone_input_wide() -> None:
+    async def main():
+        engine = ParallelStub()
+        engine.max_batch_seqs = 1
+        sched = BatchScheduler(engine, model_id="m", max_queue_inputs=1000)
+        lone = await sched.embed([[9]])
+        assert engine.wide_calls == 1  # nothing else to do: the lone input got all cores
+        outs = await asyncio.gather(*(sched.embed([[i], [i + 100]]) for i in range(6)))
+        await sched.close()
+        assert lone[:, 0].tolist() == [9.0]
+        for i, out in enumerate(outs):
+            assert out[:, 0].tolist() == [float(i), float(i + 100)]
+        assert engine.most_active == 2  # never more than `workers` at once, and both used
 
     run(main())

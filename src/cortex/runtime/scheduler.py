@@ -48,15 +48,11 @@ class BatchScheduler:
         self._idle = asyncio.Event()
         self._idle.set()
         self._closed = False
-        self._workers = max(1, getattr(engine, "workers", 1))
+        self._workers = max(1, engine.workers)
         self._busy = 0
         self._running: set[asyncio.Task] = set()
         self._executor = ThreadPoolExecutor(self._workers, thread_name_prefix=f"engine-{model_id}")
         self._task = asyncio.create_task(self._run(), name=f"scheduler-{model_id}")
-
-    @property
-    def queued(self) -> int:
-        return len(self._pending)
 
     async def embed(self, seqs: Sequence[Sequence[int]]) -> np.ndarray:
         """Vectors for `seqs` (each at most `engine.n_ctx` tokens), one row per sequence, in order."""
