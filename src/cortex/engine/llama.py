@@ -49,6 +49,8 @@ def _init_backend() -> None:
 class LlamaCppEngine:
     """One GGUF model and one embedding context."""
 
+    workers = 1  # one context: batches run one after another, each on all threads
+
     def __init__(
         self,
         path: Path,
