@@ -57,7 +57,7 @@ class Settings(BaseSettings):
     max_batch_tokens: int = Field(
         256,
         ge=8,
-        description="Token budget of one engine batch (llama.cpp attends across the whole batch: 256 measured best)",
+        description="Token budget of one llama.cpp batch (it attends across the whole batch: large budgets waste work)",
     )
     max_batch_seqs: int = Field(64, ge=1, le=256, description="Sequences in one engine batch")
     max_queue_inputs: int = Field(16384, ge=1, description="Inputs waiting per model before new requests get 503")

