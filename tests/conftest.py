@@ -62,6 +62,14 @@ class ServerProcess:
             time.sleep(0.1)
         raise TimeoutError(f"server did not start: {self.log_path.read_text()[-3000:]}")
 
+    def import_models(self, *bodies: dict) -> ServerProcess:
+        """POST each body to /v1/models/import; every import must succeed."""
+        with self.client() as c:
+            for body in bodies:
+                r = c.post("/v1/models/import", json=body)
+                assert r.status_code == 200, r.text
+        return self
+
     def client(self, timeout: float = 120) -> httpx.Client:
         return httpx.Client(base_url=self.base_url, timeout=timeout)
 
@@ -95,12 +103,10 @@ def server(tmp_path_factory: pytest.TempPathFactory, gemma_gguf: Path) -> Iterat
     """One server for the API tests, with Gemma imported twice: mean pooling and last pooling."""
     srv = ServerProcess(tmp_path_factory.mktemp("api") / "data").start()
     try:
-        with srv.client() as c:
-            for model_id, pooling in ((MODEL, None), (MODEL_LAST, "last")):
-                r = c.post(
-                    "/v1/models/import", json={"model": model_id, "model_path": str(gemma_gguf), "pooling": pooling}
-                )
-                assert r.status_code == 200, r.text
+        srv.import_models(
+            {"model": MODEL, "model_path": str(gemma_gguf)},
+            {"model": MODEL_LAST, "model_path": str(gemma_gguf), "pooling": "last"},
+        )
         yield srv
     finally:
         srv.stop()

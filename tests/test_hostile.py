@@ -34,9 +34,7 @@ def small(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
 
     srv = ServerProcess(tmp_path_factory.mktemp("hostile") / "data", **LIMITS).start()
     try:
-        with srv.client() as c:
-            r = c.post("/v1/models/import", json={"model": M, "model_path": str(get_model_path())})
-            assert r.status_code == 200, r.text
+        srv.import_models({"model": M, "model_path": str(get_model_path())})
         yield srv
     finally:
         srv.stop()

@@ -28,11 +28,12 @@ def folder() -> Path:
 @pytest.fixture(scope="module")
 def srv(tmp_path_factory: pytest.TempPathFactory, folder: Path) -> Iterator[ServerProcess]:
     s = ServerProcess(tmp_path_factory.mktemp("onnx") / "data").start()
-    with s.client() as c:
-        for body in ({"model": "ort:fp32"}, {"model": "ort:int8", "quantize": "int8"},
-                     {"model": "gguf:f32", "engine": "llama-cpp", "outtype": "f32"}):  # fmt: skip
-            r = c.post("/v1/models/import", json={**body, "model_path": str(folder)})
-            assert r.status_code == 200, r.text
+    s.import_models(
+        {"model": "ort:fp32", "model_path": str(folder)},
+        {"model": "ort:int8", "model_path": str(folder), "quantize": "int8"},
+        {"model": "gguf:f32", "model_path": str(folder), "engine": "llama-cpp", "outtype": "f32"},
+        {"model": "ort:cls", "model_path": str(folder), "pooling": "cls"},
+    )
     yield s
     s.stop()
 
@@ -124,6 +125,14 @@ def test_dimensions_truncate_and_errors_work_on_this_engine(c) -> None:
 def test_each_option_belongs_to_its_engine(c, folder, body, param) -> None:
     r = c.post("/v1/models/import", json={"model": "x:1", "model_path": str(folder), **body})
     assert r.status_code == 400 and r.json()["error"]["param"] == param
+
+
+def test_a_pooling_override_reaches_the_graph(c) -> None:
+    assert c.get("/v1/models/ort:cls").json()["pooling"] == "cls"
+    text = "A man is eating a piece of bread."
+    mean, _ = _embed(c, "ort:fp32", text)
+    cls, _ = _embed(c, "ort:cls", text)
+    assert float(mean[0] @ cls[0]) < 0.99  # a different vector: the graph pools the [CLS] token
 
 
 def test_a_graph_whose_external_data_leaves_its_folder_is_refused(c, srv) -> None:

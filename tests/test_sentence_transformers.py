@@ -33,11 +33,7 @@ def st_reference() -> list[dict]:
 def st_server(tmp_path_factory: pytest.TempPathFactory, st_folder: Path) -> Iterator[ServerProcess]:
     srv = ServerProcess(tmp_path_factory.mktemp("st") / "data").start()
     try:
-        with srv.client() as c:
-            for outtype in OUTTYPES:
-                body = {"model": f"minilm:{outtype}", "model_path": str(st_folder), "outtype": outtype}
-                r = c.post("/v1/models/import", json=body)
-                assert r.status_code == 200, r.text
+        srv.import_models(*({"model": f"minilm:{t}", "model_path": str(st_folder), "outtype": t} for t in OUTTYPES))
         yield srv
     finally:
         srv.stop()

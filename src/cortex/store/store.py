@@ -7,6 +7,7 @@ renames the folder away before removing it. Leftovers of a crash are swept on op
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import shutil
@@ -177,6 +178,8 @@ class ModelStore:
             source = _resolve_source(source)
             if source.is_dir():
                 folder = read_st_folder(source)
+                if pooling is not None:  # an override reaches whichever converter runs
+                    folder = dataclasses.replace(folder, pooling=pooling)
         engine = _choose_engine(folder is not None, engine, outtype, quantize)
         staging = self.root / f"{_STAGING}{uuid.uuid4().hex}"
         staging.mkdir(mode=0o700)

@@ -8,12 +8,12 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Literal
 
-import orjson
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from cortex.api.errors import json_response
+from cortex.api.sse import sse_event
 from cortex.errors import Conflict, CortexError, InvalidRequest
 from cortex.runtime.registry import ModelRegistry
 from cortex.store.builtin import BUILTINS, find_builtin
@@ -196,7 +196,7 @@ async def _import_events(run: Callable[[Progress], ModelRecord], registry: Model
     task = asyncio.create_task(work())
     while True:
         kind, data = await events.get()
-        yield f"event: {kind}\ndata: {orjson.dumps(data).decode()}\n\n".encode()
+        yield sse_event(kind, data)
         if kind != "progress":
             break
     await task

@@ -7,11 +7,11 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import Literal
 
-import orjson
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from cortex.api.sse import sse_event
 from cortex.hub.names import parse_pull_name
 from cortex.hub.resolve import list_variants
 from cortex.hub.tasks import FINAL, PullManager, PullTask
@@ -75,7 +75,7 @@ async def _events(task: PullTask) -> AsyncIterator[bytes]:
     while True:
         task.changed.clear()
         view = task.view()
-        yield f"event: progress\ndata: {orjson.dumps(view).decode()}\n\n".encode()
+        yield sse_event("progress", view)
         if view["status"] in FINAL:
             return
         with contextlib.suppress(TimeoutError):  # after 15 s without change, a heartbeat of the same state
