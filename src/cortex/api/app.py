@@ -2,21 +2,28 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 
 from cortex import __version__
 from cortex.api.errors import install_error_handlers
-from cortex.api.routes import embeddings, health, models, pull
+from cortex.api.routes import embeddings, hardware, health, models, pull
 from cortex.config import Settings
+from cortex.hardware import hardware_report, summary
 from cortex.hub.tasks import PullManager
 from cortex.runtime.registry import ModelRegistry
 from cortex.store.store import ModelStore
 
 log = logging.getLogger("cortex")
+
+
+async def _log_hardware() -> None:
+    log.info("hardware: %s", summary(await asyncio.to_thread(hardware_report)))
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -31,20 +38,26 @@ def create_app(settings: Settings) -> FastAPI:
         app.state.store = store
         app.state.registry = registry
         app.state.pulls = pulls
+        report = asyncio.create_task(_log_hardware())  # in the background: start-up does not wait for it
         try:
             yield
         finally:
+            report.cancel()
             await pulls.pause_all()  # partial downloads are kept for the next pull to resume
             await registry.close()
 
-    app = FastAPI(
+    # /docs and /redoc with their scripts served from the package (fastapi-offline), not from a CDN:
+    # a local server's documentation must load without a network.
+    app = FastAPIOffline(
         title="cortex",
         version=__version__,
         description="A local, OpenAI-compatible model server.",
         lifespan=lifespan,
+        static_url="/docs/assets",
     )
     install_error_handlers(app)
     app.include_router(health.router)
+    app.include_router(hardware.router)
     app.include_router(embeddings.router)
     app.include_router(pull.router)  # before models: /v1/models/pull/... must not match /v1/models/{id}
     app.include_router(models.router)

@@ -30,7 +30,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from cortex.config import Settings
 
-_OPEN_PATHS = frozenset({"/healthz", "/docs", "/docs/oauth2-redirect", "/openapi.json"})
+_OPEN_PATHS = frozenset({"/healthz", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
+_OPEN_PREFIX = "/docs/assets/"  # the docs pages' scripts and styles, served from the package (works offline)
 _JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
 _BRACKETS = re.compile(rb"[\[\]{}]")
 
@@ -147,7 +148,7 @@ class Guard:
         return None
 
     def _authorized(self, path: str, headers: Headers) -> bool:
-        if not self.keys or path in _OPEN_PATHS:
+        if not self.keys or path in _OPEN_PATHS or path.startswith(_OPEN_PREFIX):
             return True
         scheme, _, token = headers.get("authorization", "").partition(" ")
         given = token.strip().encode()

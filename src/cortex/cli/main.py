@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -275,7 +276,8 @@ def _choose(client: Client, name: str, quant: str | None) -> tuple[str, str | No
 def _pull(client: Client, name: str, quant: str | None, engine: str | None = None) -> str:
     """Pull through the API with a progress bar; Ctrl-C pauses (the next pull resumes). Returns the id."""
     name, quant = _choose(client, name, quant)
-    task = _call(client.post, "/v1/models/pull", {"model": name, "quant": quant, "engine": engine})
+    with err.status(f"Looking up {name} on the hub..."):  # a spinner at a terminal, nothing when piped
+        task = _call(client.post, "/v1/models/pull", {"model": name, "quant": quant, "engine": engine})
     columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
                TimeRemainingColumn())  # fmt: skip
     state = task
@@ -283,9 +285,9 @@ def _pull(client: Client, name: str, quant: str | None, engine: str | None = Non
         with Progress(*columns, console=err, transient=True) as bar:
             row = bar.add_task(f"Pulling {task['model']}", total=task["total_bytes"] or None)
             for _, state in client.events(f"/v1/models/pull/{task['task']}/events", method="GET"):
-                bar.update(row, completed=state["done_bytes"], total=state["total_bytes"] or None)
-                if state["status"] == "importing":
-                    bar.update(row, description=f"Importing {task['model']}")
+                doing = {"resolving": "Looking up", "importing": "Importing"}.get(state["status"], "Pulling")
+                bar.update(row, completed=state["done_bytes"], total=state["total_bytes"] or None,
+                           description=f"{doing} {state['model']}")  # fmt: skip
     except KeyboardInterrupt:
         _call(client.delete, f"/v1/models/pull/{task['task']}?keep_partial=true")
         err.print(f"Paused. Run `cortex pull {name}` again to resume.")
@@ -321,6 +323,31 @@ def ps() -> None:
     table = Table("model", "engine", "ctx_len", "dims", "memory")
     for m in models:
         table.add_row(m["id"], m["engine"], str(m["ctx_len"]), str(m["n_embd"]), _human_bytes(m["memory_bytes"]))
+    out.print(table)
+
+
+@app.command()
+def hardware(as_json: Annotated[bool, typer.Option("--json", help="The raw report")] = False) -> None:
+    """Show the CPU, its features, memory, and which llama.cpp and ONNX Runtime code runs on it."""
+    h = _call(_client().get, "/v1/hardware")
+    if as_json:
+        out.print_json(json.dumps(h))
+        return
+    cpu, mem, llama, ort = h["cpu"], h["memory"], h["llama_cpp"], h["onnxruntime"]
+    table = Table(show_header=False, box=None)
+    table.add_row("CPU", f"{cpu['model']} ({cpu['architecture']})")
+    table.add_row("cores", f"{cpu['usable_cores']} usable of {cpu['logical_cores']}")
+    table.add_row("features", ", ".join(cpu["features"]) or "none of note")
+    table.add_row("memory", f"{_human_bytes(mem['available_bytes'])} available of {_human_bytes(mem['total_bytes'])}"
+                  + (f", limit {_human_bytes(mem['limit_bytes'])}" if mem["limit_bytes"] else ""))  # fmt: skip
+    if llama["error"]:
+        table.add_row("llama.cpp", f"[red]cannot run here[/red]: {llama['error']}")
+    else:
+        variant = f", CPU variant {llama['cpu_variant']}" if llama["cpu_variant"] else ""
+        table.add_row("llama.cpp", f"{llama['version']}, {llama['build']} build{variant}")
+        table.add_row("  kernels use", ", ".join(llama["features"]) or "baseline x86-64")
+    available = ", ".join(ort["providers"])
+    table.add_row("onnxruntime", f"{ort['version']} on {', '.join(ort['in_use'])} (available: {available})")
     out.print(table)
 
 
@@ -444,4 +471,8 @@ def models_stop(model_id: Annotated[str, typer.Argument(help="Model id")]) -> No
 
 
 def main() -> None:
+    # Ctrl-C pauses a pull and stops a wait. A process started from a non-interactive shell's background job
+    # inherits SIGINT ignored, and Python then never raises KeyboardInterrupt: take SIGINT back, as Go's
+    # signal.Notify (and so Ollama's CLI) does.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     app()

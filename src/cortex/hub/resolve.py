@@ -6,6 +6,9 @@ hub errors become cortex errors here.
 
 from __future__ import annotations
 
+import socket
+import threading
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -13,7 +16,7 @@ from typing import Literal
 
 import httpx
 import yaml
-from huggingface_hub import HfApi, hf_hub_download
+from huggingface_hub import HfApi, constants, hf_hub_download
 from huggingface_hub.errors import (
     EntryNotFoundError,
     GatedRepoError,
@@ -75,13 +78,77 @@ class Plan:
         return sum(f.size for f in self.files)
 
 
+REACH_TIMEOUT_S = 2.0
+_OFFLINE_HINT = (
+    "Check the network; set HF_ENDPOINT to use a mirror, or HF_HUB_OFFLINE=1 to work offline "
+    "(then bring models in with `cortex models import`)."
+)
+
+
+def _unreachable(why: str) -> HubUnavailable:
+    return HubUnavailable(f"Cannot reach the hub at {constants.ENDPOINT} ({why}). {_OFFLINE_HINT}")
+
+
+HUB_READ_TIMEOUT_S = 30.0
+
+
+def configure_hub_client() -> None:
+    """Give huggingface_hub's HTTP client timeouts: it has none by default, so a hub that accepts the
+    connection and never answers would hold a pull (and its thread) forever."""
+    try:
+        from huggingface_hub import set_client_factory
+        from huggingface_hub.utils._http import default_client_factory
+    except ImportError:  # pragma: no cover - huggingface_hub before 1.0 (requests, with its own timeouts)
+        return
+
+    def client():  # an httpx2.Client
+        made = default_client_factory()
+        made.timeout = httpx2.Timeout(HUB_READ_TIMEOUT_S, connect=REACH_TIMEOUT_S)
+        return made
+
+    set_client_factory(client)
+
+
+def check_reachable(timeout: float = REACH_TIMEOUT_S) -> None:
+    """Raise HubUnavailable within `timeout` seconds unless a TCP connection to the hub (or the proxy
+    that the environment names for it) can be opened.
+
+    huggingface_hub retries a refused connection or a failed name lookup for 23 s or more before it
+    gives up; a user without a network should hear so at once. The name lookup runs in a thread, so
+    a resolver that hangs is bounded too."""
+    url = httpx.URL(constants.ENDPOINT)
+    host, port = url.host, url.port or (443 if url.scheme == "https" else 80)
+    proxy = None if urllib.request.proxy_bypass(host) else urllib.request.getproxies().get(url.scheme)
+    if proxy:
+        proxy_url = httpx.URL(proxy if "://" in proxy else f"http://{proxy}")
+        host, port = proxy_url.host, proxy_url.port or 80
+    failure: list[OSError] = []
+
+    def connect() -> None:
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+        except OSError as exc:
+            failure.append(exc)
+
+    thread = threading.Thread(target=connect, name="hub-reach", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        raise _unreachable(f"no answer from {host} within {timeout:.0f} s")
+    if failure:
+        raise _unreachable(f"{host}:{port}: {failure[0].strerror or failure[0]}")
+
+
 @contextmanager
 def hub_errors(name: str) -> Iterator[None]:
     """Translate huggingface_hub's exceptions into cortex errors."""
     try:
         yield
     except OfflineModeIsEnabled as exc:
-        raise HubUnavailable("The hub is switched off (HF_HUB_OFFLINE is set): cannot pull.") from exc
+        raise HubUnavailable(
+            "The hub is switched off (HF_HUB_OFFLINE is set): cannot pull. Unset HF_HUB_OFFLINE to pull, or bring "
+            "models in with `cortex models import`."
+        ) from exc
     except GatedRepoError as exc:
         raise HubForbidden(
             f"`{name}` is gated: accept its terms on the hub and set HF_TOKEN to a token that may read it.",
@@ -94,7 +161,9 @@ def hub_errors(name: str) -> Iterator[None]:
     except HfHubHTTPError as exc:
         raise HubUnavailable(f"The hub answered an error for `{name}`: {exc}") from exc
     except _TRANSPORT_ERRORS as exc:
-        raise HubUnavailable(f"Cannot reach the hub for `{name}`: {exc}") from exc
+        raise HubUnavailable(
+            f"Cannot reach the hub at {constants.ENDPOINT} for `{name}`: {exc}. {_OFFLINE_HINT}"
+        ) from exc
 
 
 def _files(api: HfApi, repo_id: str, revision: str) -> list[RemoteFile]:
@@ -110,6 +179,8 @@ def list_variants(name: PullName) -> list[dict]:
     """The choices a name leaves open: a cortexso repository's branches, or a repository's .gguf files."""
     api = HfApi()
     with hub_errors(name.repo_id):
+        if not constants.HF_HUB_OFFLINE:
+            check_reachable()
         if name.kind == "cortexso":
             refs = api.list_repo_refs(name.repo_id)
             return [{"variant": b.name} for b in refs.branches if b.name != "main"]
@@ -169,6 +240,8 @@ def resolve(name: PullName, quant: str | None = None) -> Plan:
     """The plan for pulling `name`; ModelNotFound, InvalidRequest or HubUnavailable if there is none."""
     api = HfApi()
     with hub_errors(name.repo_id if name.kind != "cortexso" else name.repo_id.split("/")[1]):
+        if not constants.HF_HUB_OFFLINE:  # offline: huggingface_hub says so itself, at once
+            check_reachable()
         if name.kind == "url":
             files = [f for f in _files(api, name.repo_id, name.revision or "main") if f.path == name.filename]
             if not files:

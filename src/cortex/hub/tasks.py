@@ -14,21 +14,26 @@ import shutil
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 from cortex.errors import CortexError, InvalidRequest, ModelNotFound
 from cortex.hub.download import Cancelled, download, part_path
 from cortex.hub.names import parse_pull_name
-from cortex.hub.resolve import Plan, resolve
+from cortex.hub.resolve import Plan, configure_hub_client, resolve
 from cortex.store.ids import folder_name
 from cortex.store.store import ModelStore
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
-Status = Literal["downloading", "verifying", "importing", "done", "failed", "cancelled", "paused"]
-FINAL = ("done", "failed", "cancelled", "paused")
+Status = Literal["resolving", "downloading", "importing", "done", "failed", "cancelled", "paused"]
+# POST /v1/models/pull answers within this: a name the hub resolves quickly is checked before the answer
+# (404, 400, 507 come back at once); a slow hub gets a task in status "resolving" that goes on alone.
+ANSWER_WITHIN_S = 2.5
+FINAL = frozenset({"done", "failed", "cancelled", "paused"})
 
 
 class InsufficientStorage(CortexError):
@@ -37,12 +42,42 @@ class InsufficientStorage(CortexError):
     code = "insufficient_storage"
 
 
+def _in_daemon_thread(fn: Callable[..., T], *args: object) -> asyncio.Future[T]:
+    """Run `fn` in a thread of its own that never holds up the server's exit (the default executor's
+    threads are waited for at shutdown, and a hub can take its read timeout, retried, to answer)."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+
+    def settle(result: T | None, error: BaseException | None) -> None:
+        if future.done():
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)  # type: ignore[arg-type]
+
+    def run() -> None:
+        try:
+            result, error = fn(*args), None
+        except BaseException as exc:  # handed to the awaiting coroutine
+            result, error = None, exc
+        if not loop.is_closed():
+            loop.call_soon_threadsafe(settle, result, error)
+
+    threading.Thread(target=run, name="pull-resolve", daemon=True).start()
+    return future
+
+
+_PULL_FAILED = {"error": {"message": "The pull failed; see the server log.", "type": "server_error",
+                          "param": None, "code": "pull_failed"}}  # fmt: skip
+
+
 @dataclass
 class PullTask:
     id: str
-    model: str  # the store id the pull creates
+    model: str  # the store id the pull creates (what was asked for, while resolving)
     name: str  # what was asked for
-    plan: Plan
+    plan: Plan | None  # None while resolving
     status: Status = "downloading"
     done_bytes: int = 0
     fetched_bytes: int = 0  # transferred by this task (not counting what an earlier pull left)
@@ -51,13 +86,16 @@ class PullTask:
     stop: threading.Event = field(default_factory=threading.Event)
     keep_partial: bool = False
     engine: str | None = None
+    quant: str | None = None
     changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     def view(self) -> dict:
+        plan = self.plan
         return {
             "task": self.id, "model": self.model, "name": self.name, "status": self.status,
-            "total_bytes": self.plan.total_bytes, "done_bytes": self.done_bytes,
-            "fetched_bytes": self.fetched_bytes, "files": [f.path for f in self.plan.files], "error": self.error,
+            "total_bytes": plan.total_bytes if plan else 0, "done_bytes": self.done_bytes,
+            "fetched_bytes": self.fetched_bytes, "files": [f.path for f in plan.files] if plan else [],
+            "error": self.error,
         }  # fmt: skip
 
 
@@ -71,6 +109,8 @@ class PullManager:
         self.tasks: dict[str, PullTask] = {}
         self._threads: dict[str, threading.Thread] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._watchers: set[asyncio.Task] = set()
+        configure_hub_client()
 
     def get(self, task_id: str) -> PullTask:
         task = self.tasks.get(task_id)
@@ -79,23 +119,75 @@ class PullManager:
         return task
 
     async def start(self, name: str, quant: str | None = None, engine: str | None = None) -> PullTask:
-        """Start pulling `name`, or join the pull of the same model that is running."""
+        """Start pulling `name`, or join the pull of the same model that is running. Answers within
+        ANSWER_WITHIN_S: if the hub has not said what `name` is by then, the task resolves it alone."""
         self._loop = asyncio.get_running_loop()
-        plan = await asyncio.to_thread(resolve, parse_pull_name(name), quant)
+        parsed = parse_pull_name(name)
+        for task in self.tasks.values():
+            if task.status == "resolving" and (task.name, task.quant, task.engine) == (name, quant, engine):
+                return task
+        resolving = _in_daemon_thread(resolve, parsed, quant)
+        try:
+            plan = await asyncio.wait_for(asyncio.shield(resolving), ANSWER_WITHIN_S)
+        except TimeoutError:
+            task = PullTask(uuid.uuid4().hex[:16], name, name, None, status="resolving", engine=engine, quant=quant)
+            self.tasks[task.id] = task
+            resolving.add_done_callback(lambda done: self._resolved(task, done))
+            return task
+        return self._begin(name, plan, engine)
+
+    def _resolved(self, task: PullTask, done: asyncio.Future) -> None:
+        """A slow resolution finished: go on with `task`, or fail it with the hub's answer."""
+        if task.status != "resolving" or done.cancelled():  # cancelled meanwhile, or the server is stopping
+            return
+        try:
+            plan = done.result()
+            begun = self._begin(task.name, plan, task.engine, into=task)
+        except CortexError as exc:
+            task.status, task.error = "failed", exc.to_dict()
+        except Exception:
+            log.exception("pull %s of %s failed while resolving", task.id, task.name)
+            task.status, task.error = "failed", _PULL_FAILED
+        else:
+            if begun is not task:  # joined a running pull of the same model: this task follows it
+                task.model, task.plan, task.status = begun.model, begun.plan, begun.status
+                task.done_bytes, task.error = begun.done_bytes, begun.error
+                self._follow(task, begun)
+        task.changed.set()
+
+    def _follow(self, task: PullTask, other: PullTask) -> None:
+        """Mirror `other`'s progress into `task` until it ends."""
+
+        async def mirror() -> None:
+            while task.status not in FINAL:
+                other.changed.clear()
+                for key in ("status", "done_bytes", "fetched_bytes", "error"):
+                    setattr(task, key, getattr(other, key))
+                task.changed.set()
+                if other.status in FINAL:
+                    return
+                await other.changed.wait()
+
+        watcher = asyncio.get_running_loop().create_task(mirror())
+        self._watchers.add(watcher)
+        watcher.add_done_callback(self._watchers.discard)
+
+    def _begin(self, name: str, plan: Plan, engine: str | None, into: PullTask | None = None) -> PullTask:
+        """Start the download of a resolved plan (in `into`, a task that was resolving), or join one."""
         if engine is not None and plan.format == "gguf" and engine != "llama-cpp":
             raise InvalidRequest(f"`{plan.model_id}` is a GGUF: only the llama-cpp engine serves it.", param="engine")
         for task in self.tasks.values():
-            if task.model == plan.model_id and task.status not in FINAL:
+            if task is not into and task.model == plan.model_id and task.status not in FINAL | {"resolving"}:
                 return task
+        task = into or PullTask(uuid.uuid4().hex[:16], plan.model_id, name, plan, engine=engine)
+        task.model, task.plan = plan.model_id, plan
         if self.store.folder(plan.model_id).exists():  # nothing to do: a finished task says so
-            task = PullTask(
-                uuid.uuid4().hex[:16], plan.model_id, name, plan, status="done", done_bytes=plan.total_bytes
-            )
+            task.status, task.done_bytes = "done", plan.total_bytes
             self.tasks[task.id] = task
             return task
         workdir = self.downloads / folder_name(plan.model_id)
         self._check_space(plan, workdir)
-        task = PullTask(uuid.uuid4().hex[:16], plan.model_id, name, plan, engine=engine)
+        task.status = "downloading"
         self.tasks[task.id] = task
         thread = threading.Thread(target=self._run, args=(task, workdir), name=f"pull-{task.id}", daemon=True)
         self._threads[task.id] = thread
@@ -118,7 +210,10 @@ class PullManager:
     def cancel(self, task_id: str, keep_partial: bool = False) -> PullTask:
         """Stop a running task: cancel (partial files deleted) or pause (kept for resume)."""
         task = self.get(task_id)
-        if task.status not in FINAL:
+        if task.status == "resolving":  # no thread yet: nothing downloaded, nothing to keep
+            task.status = "paused" if keep_partial else "cancelled"
+            task.changed.set()
+        elif task.status not in FINAL:
             task.keep_partial = keep_partial
             task.stop.set()
         return task
@@ -178,7 +273,7 @@ class PullManager:
             source = workdir if plan.format == "sentence-transformers" else workdir / plan.files[0].path
             self.store.import_model(
                 plan.model_id, source, name=plan.seed.get("name"), ctx_len=plan.seed.get("ctx_len"),
-                move=plan.format == "gguf", engine=task.engine,
+                move=plan.format == "gguf", engine=task.engine, label=f"{plan.repo_id}/{plan.files[0].path}",
             )  # fmt: skip
             shutil.rmtree(workdir, ignore_errors=True)
             self._notify(task, status="done")
@@ -194,6 +289,4 @@ class PullManager:
             self._notify(task, status="failed", error=exc.to_dict(), fetched_bytes=fetched)
         except Exception:
             log.exception("pull %s of %s failed", task.id, task.model)
-            error = {"error": {"message": "The pull failed; see the server log.", "type": "server_error",
-                               "param": None, "code": "pull_failed"}}  # fmt: skip
-            self._notify(task, status="failed", error=error, fetched_bytes=fetched)
+            self._notify(task, status="failed", error=_PULL_FAILED, fetched_bytes=fetched)

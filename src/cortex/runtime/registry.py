@@ -11,6 +11,7 @@ from cortex.config import Settings
 from cortex.engine.base import Engine
 from cortex.engine.llama import LlamaCppEngine
 from cortex.errors import InvalidModelFile, ModelNotLoaded, ModelUnavailable
+from cortex.hardware import llama_cpp_report
 from cortex.runtime.scheduler import BatchScheduler
 from cortex.store.store import ModelRecord, ModelStore
 
@@ -22,7 +23,17 @@ class LoadedModel:
     record: ModelRecord
     engine: Engine
     scheduler: BatchScheduler
+    files: tuple[tuple[int, int, int], ...]  # (inode, size, mtime) of each stored file when it was loaded
     loaded_at: float = field(default_factory=time.time)
+
+
+def _files_state(store: ModelStore, record: ModelRecord) -> tuple[tuple[int, int, int], ...]:
+    folder = store.folder(record.id)
+    try:
+        stats = [(folder / name).stat() for name in record.files]
+    except OSError:
+        return ()
+    return tuple((st.st_ino, st.st_size, st.st_mtime_ns) for st in stats)
 
 
 class ModelRegistry:
@@ -34,6 +45,7 @@ class ModelRegistry:
         self._loaded: dict[str, LoadedModel] = {}
         self._aliases: dict[str, str] = {}  # a requested name (`all-minilm`) -> the loaded id it resolved to
         self._lock = asyncio.Lock()
+        self._unloading: set[asyncio.Task] = set()  # unloads started from a request, kept until done
 
     def loaded(self) -> list[LoadedModel]:
         return list(self._loaded.values())
@@ -45,15 +57,31 @@ class ModelRegistry:
         """The loaded model that `model_id` names, loading it first if allowed."""
         hit = self._loaded.get(self._aliases.get(model_id, model_id))
         if hit is not None:
-            return hit
+            return self._unchanged(hit)
         resolved = self.store.resolve(model_id)  # ModelNotFound for an unknown id
         hit = self._loaded.get(resolved)
         if hit is not None:
             self._aliases[model_id] = resolved  # a hot path must not read the store on every request
-            return hit
+            return self._unchanged(hit)
         if not self.settings.load_on_demand:
             raise ModelNotLoaded(model_id)
         return await self.load(resolved)
+
+    def _unchanged(self, hit: LoadedModel) -> LoadedModel:
+        """`hit`, unless its files changed on disk since it was loaded (a few microseconds of stat).
+
+        Engines hold their weights in memory, so a loaded model survives its file being cut short or
+        rewritten; but it no longer matches what the store holds, so it stops serving: it is unloaded
+        (what is in flight finishes) and the next request reloads it, which checks the file again."""
+        if _files_state(self.store, hit.record) == hit.files:
+            return hit
+        model_id = hit.record.id
+        if self._loaded.get(model_id) is hit:
+            log.error("the files of %s changed on disk while it was loaded: unloading it", model_id)
+            task = asyncio.get_running_loop().create_task(self.unload(model_id))
+            self._unloading.add(task)
+            task.add_done_callback(self._unloading.discard)
+        raise ModelUnavailable(model_id, "its weights file changed on disk while it was loaded")
 
     async def load(self, model_id: str) -> LoadedModel:
         """Load a stored model (no-op if it is loaded)."""
@@ -63,12 +91,13 @@ class ModelRegistry:
             if hit is not None:
                 return hit
             t0 = time.perf_counter()
+            files = _files_state(self.store, record)  # before opening: a change during the load is caught too
             try:
                 engine = await asyncio.to_thread(self._open_engine, record)
             except InvalidModelFile as exc:  # it passed the checks at import: its files changed since
                 raise ModelUnavailable(record.id, f"its files no longer load ({exc.message})") from exc
             scheduler = BatchScheduler(engine, model_id=record.id, max_queue_inputs=self.settings.max_queue_inputs)
-            loaded = LoadedModel(record, engine, scheduler)
+            loaded = LoadedModel(record, engine, scheduler, files)
             self._loaded[record.id] = loaded
             log.info("loaded %s in %.2fs", record.id, time.perf_counter() - t0)
             return loaded
@@ -80,6 +109,10 @@ class ModelRegistry:
             from cortex.engine.onnx import OnnxEngine
 
             return OnnxEngine(weights.parent, ctx_len=record.ctx_len, n_threads=s.n_threads)
+        llama = llama_cpp_report()
+        if llama.error is not None:
+            why = f"llama.cpp cannot run on this machine ({llama.error}); see `cortex hardware`"
+            raise ModelUnavailable(record.id, why)
         return LlamaCppEngine(
             weights,
             pooling=record.pooling,

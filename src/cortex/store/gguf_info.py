@@ -1,4 +1,4 @@
-"""Read and check a GGUF file's header and tensor table before llama.cpp ever maps it.
+"""Read and check a GGUF file's header and tensor table before llama.cpp ever loads it.
 
 A file that is not GGUF, is truncated, or whose metadata lies (counts, string lengths, tensor shapes
 or offsets beyond the file) is refused with a clear error instead of reaching native code.
@@ -11,10 +11,11 @@ bounds-checks every read.
 
 from __future__ import annotations
 
-import mmap
+import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from gguf import GGML_QUANT_SIZES, GGUF_DEFAULT_ALIGNMENT, GGUF_MAGIC, GGMLQuantizationType, GGUFValueType
 
@@ -29,6 +30,7 @@ _SCALARS = {
 }  # fmt: skip
 _MAX_DIMS = 4  # GGML_MAX_DIMS
 _MAX_COUNT = 1 << 24  # more tensors or metadata keys than any real model has
+_MAX_STRING = 16 << 20  # a longer key or string value (chat templates are a few KiB) is a lie
 
 
 @dataclass(frozen=True)
@@ -48,12 +50,19 @@ class _Corrupt(Exception):
 
 
 class _Cursor:
-    """Bounds-checked little-endian reads over a mapped file."""
+    """Bounds-checked little-endian reads of a file through a moving window.
 
-    def __init__(self, buf: mmap.mmap) -> None:
-        self.buf = buf
+    Read, not mapped: a mapped file that is cut short while it is walked (`truncate -s` on a model's
+    weights) kills the process with SIGBUS; a read that comes back short is an error like any other."""
+
+    _WINDOW = 1 << 20
+
+    def __init__(self, f: BinaryIO, size: int) -> None:
+        self.f = f
         self.pos = 0
-        self.size = len(buf)
+        self.size = size
+        self._base = 0
+        self._buf = b""
 
     def take(self, n: int) -> int:
         start = self.pos
@@ -62,13 +71,28 @@ class _Cursor:
         self.pos = start + n
         return start
 
+    def _read(self, start: int, n: int) -> tuple[bytes, int]:
+        """The buffer holding bytes [start, start + n) and the offset of `start` in it."""
+        if not (self._base <= start and start + n <= self._base + len(self._buf)):
+            self.f.seek(start)
+            self._buf = self.f.read(max(n, self._WINDOW))
+            self._base = start
+            if len(self._buf) < n:
+                raise _Corrupt("the file shrank while it was read")
+        return self._buf, start - self._base
+
     def unpack(self, fmt: str) -> object:
-        return struct.unpack_from(fmt, self.buf, self.take(struct.calcsize(fmt)))[0]
+        n = struct.calcsize(fmt)
+        buf, offset = self._read(self.take(n), n)
+        return struct.unpack_from(fmt, buf, offset)[0]
 
     def string(self) -> str:
         n = self.unpack("<Q")
         start = self.take(n)
-        return bytes(self.buf[start : start + n]).decode("utf-8", errors="replace")
+        if n > _MAX_STRING:
+            raise _Corrupt(f"a string of {n} bytes at byte {start}")
+        buf, offset = self._read(start, n)
+        return buf[offset : offset + n].decode("utf-8", errors="replace")
 
     def skip_string(self) -> None:
         self.take(self.unpack("<Q"))
@@ -139,9 +163,12 @@ def _walk(cur: _Cursor) -> tuple[dict[str, object], int]:
 def inspect_gguf(path: Path) -> GGUFInfo:
     """Parse `path` as GGUF and check that every tensor lies inside the file."""
     try:
-        with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-            meta, n_tensors = _walk(_Cursor(buf))
-    except (_Corrupt, ValueError, OSError, struct.error) as exc:  # ValueError: an empty file cannot be mapped
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size == 0:
+                raise _Corrupt("the file is empty")
+            meta, n_tensors = _walk(_Cursor(f, size))
+    except (_Corrupt, OSError, struct.error) as exc:
         raise InvalidModelFile(f"{path.name} is not a valid GGUF file: {exc}", param="model_path") from exc
     arch = meta.get("general.architecture")
     if not isinstance(arch, str) or not arch:

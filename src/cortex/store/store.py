@@ -156,6 +156,7 @@ class ModelStore:
         move: bool = False,
         engine: str | None = None,
         quantize: str | None = None,
+        label: str | None = None,
     ) -> ModelRecord:
         """Add a model under `model_id`, whole or not at all.
 
@@ -163,9 +164,12 @@ class ModelStore:
         f32, f16 or q8_0; default f16), or a function that writes GGUF weights to the path it is given.
         The written file is inspected, not the original, so the file checked is the file served.
         `progress(stage, done, total)` is called from this thread as work advances. With `move`, a GGUF
-        file (a finished download) is moved into the store instead of copied.
+        file (a finished download) is moved into the store instead of copied. Errors name the source
+        as `label` (default: the path given), never the store's own file names.
         """
         validate_model_id(model_id)
+        if label is None and isinstance(source, Path):
+            label = str(source)
         if pooling is not None and pooling not in POOLINGS:
             raise InvalidRequest(f"Unknown pooling {pooling!r}; use one of {', '.join(POOLINGS)}.", param="pooling")
         if ctx_len is not None and ctx_len <= 0:
@@ -207,7 +211,10 @@ class ModelStore:
                 source(weights)
             info = inspect_gguf(weights)
             probe_gguf(
-                weights, pooling or info.pooling or "mean", min(ctx_len or self.default_ctx_len, info.n_ctx_train)
+                weights,
+                pooling or info.pooling or "mean",
+                min(ctx_len or self.default_ctx_len, info.n_ctx_train),
+                label=label or model_id,
             )
             record = ModelRecord(
                 id=model_id,

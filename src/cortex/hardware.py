@@ -1,0 +1,154 @@
+"""What this machine offers the engines: CPU, the instruction sets that matter, memory, and which code
+each engine runs on it. Served as `GET /v1/hardware`, printed by `cortex hardware`, logged at start."""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+
+from cortex.config import available_cores
+from cortex.engine.probe import crash_reason
+
+log = logging.getLogger(__name__)
+
+# /proc/cpuinfo flag -> the name people use. The matrix and vector units the engines' kernels use.
+CPU_FEATURES = {
+    "sse4_2": "SSE4.2", "avx": "AVX", "avx2": "AVX2", "fma": "FMA", "f16c": "F16C", "avx_vnni": "AVX-VNNI",
+    "avx512f": "AVX-512", "avx512_vnni": "AVX-512 VNNI", "avx512_bf16": "AVX-512 BF16", "avx512_fp16": "AVX-512 FP16",
+    "amx_tile": "AMX", "amx_int8": "AMX-INT8", "amx_bf16": "AMX-BF16",
+}  # fmt: skip
+
+
+class Cpu(BaseModel):
+    model: str = Field(description="The CPU's model name")
+    architecture: str = Field(description="x86_64, aarch64, ...")
+    logical_cores: int = Field(description="Logical CPUs in the machine")
+    usable_cores: int = Field(description="Cores this process may use (affinity, capped by a cgroup quota)")
+    features: list[str] = Field(description="Instruction sets that matter for inference, as the CPU reports them")
+
+
+class Memory(BaseModel):
+    total_bytes: int | None
+    available_bytes: int | None
+    limit_bytes: int | None = Field(None, description="A cgroup memory limit on this process, if any")
+
+
+class LlamaCpp(BaseModel):
+    version: str | None = Field(description="llama-cpp-python's version")
+    build: str | None = Field(description="runtime-dispatch (CPU variant chosen at load) or native (one CPU backend)")
+    cpu_variant: str | None = Field(description="The CPU backend variant in use (e.g. zen4, haswell)")
+    variants: list[str] = Field(description="CPU backend variants installed")
+    features: list[str] = Field(description="Instruction sets its kernels use, as llama.cpp reports them")
+    error: str | None = Field(None, description="Why llama.cpp could not be loaded, if it could not")
+
+
+class OnnxRuntime(BaseModel):
+    version: str
+    providers: list[str] = Field(description="Execution providers available in this build")
+    in_use: list[str] = Field(description="The providers cortex runs models on")
+
+
+class Hardware(BaseModel):
+    object: str = "hardware"
+    cpu: Cpu
+    memory: Memory
+    llama_cpp: LlamaCpp
+    onnxruntime: OnnxRuntime
+
+
+def _cpuinfo() -> tuple[str, set[str]]:
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return model, flags
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip()
+        if key == "model name" and value.strip():
+            model = value.strip()
+        elif key == "flags":
+            flags = set(value.split())
+            break  # every core reports the same
+    return model, flags
+
+
+def _meminfo() -> Memory:
+    values: dict[str, int] = {}
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            key, _, rest = line.partition(":")
+            if rest.strip().endswith("kB"):
+                values[key] = int(rest.split()[0]) * 1024
+    except (OSError, ValueError):
+        pass
+    limit = None
+    try:
+        raw = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        limit = None if raw == "max" else int(raw)
+    except (OSError, ValueError):
+        pass
+    return Memory(total_bytes=values.get("MemTotal"), available_bytes=values.get("MemAvailable"), limit_bytes=limit)
+
+
+@functools.cache
+def llama_cpp_report() -> LlamaCpp:
+    """llama.cpp's CPU code path, found in a child process: a llama.cpp that cannot run on this CPU
+    (SIGILL) is then reported, not fatal. Computed once per process (about half a second)."""
+    cmd = [sys.executable, "-m", "cortex.engine.llama_backend"]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+        if proc.returncode != 0:
+            raise RuntimeError(f"loading it failed: {crash_reason(proc.returncode)} {proc.stderr.strip()[-300:]}")
+        b = json.loads(proc.stdout.strip().splitlines()[-1])
+    except (RuntimeError, OSError, ValueError, IndexError, subprocess.TimeoutExpired) as exc:
+        log.warning("llama.cpp cannot run here: %s", exc)
+        return LlamaCpp(version=None, build=None, cpu_variant=None, variants=[], features=[], error=str(exc).strip())
+    return LlamaCpp(
+        version=b["version"], build=b["build"], cpu_variant=b["variant"], variants=b["variants"], features=b["features"]
+    )
+
+
+def _onnxruntime() -> OnnxRuntime:
+    import onnxruntime as ort
+
+    providers = ort.get_available_providers()
+    return OnnxRuntime(version=ort.__version__, providers=providers, in_use=["CPUExecutionProvider"])
+
+
+def hardware_report() -> Hardware:
+    """The report (blocking: the first call per process asks a child process about llama.cpp)."""
+    model, flags = _cpuinfo()
+    cpu = Cpu(
+        model=model,
+        architecture=platform.machine(),
+        logical_cores=os.cpu_count() or 1,
+        usable_cores=available_cores(),
+        features=[name for flag, name in CPU_FEATURES.items() if flag in flags],
+    )
+    return Hardware(cpu=cpu, memory=_meminfo(), llama_cpp=llama_cpp_report(), onnxruntime=_onnxruntime())
+
+
+def summary(h: Hardware) -> str:
+    """One log line: CPU, cores, features, memory, and each engine's code path."""
+    gib = (h.memory.total_bytes or 0) / 2**30
+    llama = h.llama_cpp
+    llama_text = (
+        f"llama.cpp {llama.version} {llama.build}" + (f" ({llama.cpu_variant})" if llama.cpu_variant else "")
+        if llama.error is None
+        else f"llama.cpp unavailable ({llama.error})"
+    )
+    return (
+        f"{h.cpu.model}, {h.cpu.usable_cores} of {h.cpu.logical_cores} cores, "
+        f"{', '.join(h.cpu.features) or 'no SIMD'}; "
+        f"{gib:.1f} GiB memory; {llama_text}; onnxruntime {h.onnxruntime.version} on "
+        f"{', '.join(h.onnxruntime.in_use)}"
+    )
