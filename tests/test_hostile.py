@@ -4,6 +4,7 @@ good request always works. Plus property-based bodies (hypothesis)."""
 from __future__ import annotations
 
 import json
+import re
 import socket
 import time
 from collections.abc import Iterator
@@ -211,18 +212,21 @@ def test_property_no_5xx_for_any_bytes(c, raw: bytes) -> None:
 
 
 def raw_exchange(port: int, data: bytes, timeout: float = 10) -> bytes:
-    """Send raw bytes, return everything the server answers until it closes or goes quiet."""
+    """Send raw bytes, return the answer: until its body is whole (headers and body may come in separate
+    packets), the server closes, or it goes quiet."""
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
         sock.sendall(data)
-        chunks = []
+        answer = b""
         try:
             while chunk := sock.recv(65536):
-                chunks.append(chunk)
-                if b"\r\n\r\n" in b"".join(chunks) and b"connection: close" not in b"".join(chunks).lower():
+                answer += chunk
+                head, sep, body = answer.partition(b"\r\n\r\n")
+                length = re.search(rb"(?im)^content-length:\s*(\d+)", head)
+                if sep and length and len(body) >= int(length.group(1)):
                     break
         except TimeoutError:
             pass
-    return b"".join(chunks)
+    return answer
 
 
 def _status(answer: bytes) -> int:

@@ -61,19 +61,32 @@ def test_the_variant_loaded_keeps_this_cpu_s_vector_units(backend: dict) -> None
     assert not any(f.startswith("AMX") for f in features), backend
 
 
+def _amx_instruction_in(lib: Path) -> str | None:
+    objdump = shutil.which("objdump")
+    assert objdump, "objdump (binutils) is needed to check the llama.cpp build"
+    dis = subprocess.run([objdump, "-d", "--no-show-raw-insn", str(lib)], capture_output=True, text=True)
+    assert dis.returncode == 0, dis.stderr
+    found = _AMX.search(dis.stdout)
+    return found.group(0) if found else None
+
+
+def test_the_amx_check_sees_amx_code(tmp_path: Path) -> None:
+    """The check below would see ggml's AMX kernels: it sees AMX in a library built to hold some."""
+    (tmp_path / "amx.c").write_text("#include <immintrin.h>\nvoid z(void) { _tile_zero(0); _tile_release(); }\n")
+    cc = [shutil.which("cc") or "gcc", "-O2", "-mamx-tile", "-shared", "-fPIC", "-o", str(tmp_path / "libamx.so")]
+    subprocess.run([*cc, str(tmp_path / "amx.c")], check=True)
+    assert _amx_instruction_in(tmp_path / "libamx.so") in ("tilezero", "tilerelease")
+
+
 def test_no_installed_llama_cpp_library_holds_amx_instructions() -> None:
     import llama_cpp
 
-    objdump = shutil.which("objdump")
-    assert objdump, "objdump (binutils) is needed to check the llama.cpp build"
     lib_dir = Path(llama_cpp.__file__).parent / "lib"
     libs = sorted(p for p in lib_dir.glob("*.so*") if p.is_file() and not p.is_symlink())
     assert any(p.name.startswith("libggml-cpu") for p in libs) or (lib_dir / "libggml.so").exists()
     for lib in libs:
-        dis = subprocess.run([objdump, "-d", "--no-show-raw-insn", str(lib)], capture_output=True, text=True)
-        assert dis.returncode == 0, dis.stderr
-        found = _AMX.search(dis.stdout)
-        assert found is None, f"{lib.name} contains the AMX instruction {found.group(0)!r}"
+        found = _amx_instruction_in(lib)
+        assert found is None, f"{lib.name} contains the AMX instruction {found!r}"
 
 
 def test_the_llama_cpp_engine_embeds_with_gemma_and_bert_ggufs(tmp_path: Path, gemma_gguf: Path) -> None:
