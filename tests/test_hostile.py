@@ -283,3 +283,20 @@ def test_a_body_sent_too_slowly_gets_408(small) -> None:
         s.sendall(head + b'{"model": "m:1",')
         answer = s.recv(4096)
     assert _status(answer) == 408
+
+
+def test_an_id_too_long_for_a_folder_name_is_a_client_error_on_every_route(c) -> None:
+    long_id = "a" * 127 + ":" + "b" * 128  # each part within the part rule; as a folder name, over 255 bytes
+    calls = [
+        ("GET", f"/v1/models/{long_id}", None),
+        ("DELETE", f"/v1/models/{long_id}", None),
+        ("POST", "/v1/embeddings", {"model": long_id, "input": "x"}),
+        ("POST", "/v1/models/start", {"model": long_id}),
+        ("POST", "/v1/models/stop", {"model": long_id}),
+        ("POST", "/v1/models/import", {"model": long_id, "model_path": "/nonexistent"}),
+    ]
+    for method, path, body in calls:
+        r = c.request(method, path, json=body)
+        assert 400 <= r.status_code < 500, (method, path, r.status_code, r.text)
+        assert set(r.json()["error"]) == {"message", "type", "param", "code"}
+    good_request_works(c)

@@ -26,7 +26,7 @@ def test_valid_ids_map_to_one_folder_level(model_id: str, folder: str) -> None:
 @pytest.mark.parametrize(
     "model_id",
     ["", "..", "../x", "a/../b", "/etc/passwd", "a\\b", "a\x00b", ".hidden", "a:b:c", "a/b/c", "a:", ":b",
-     "a b", "x" * 257, "ü", "a/.."],
+     "a b", "x" * 201, "a" * 100 + ":" + "b" * 100, "ü", "a/.."],
 )  # fmt: skip
 def test_ids_that_could_escape_are_refused(model_id: str) -> None:
     with pytest.raises(InvalidRequest) as exc:

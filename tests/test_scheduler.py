@@ -9,7 +9,7 @@ import threading
 import numpy as np
 import pytest
 
-from cortex.errors import EngineFailure, Overloaded
+from cortex.errors import EngineFailure, InvalidRequest, Overloaded
 from cortex.runtime.scheduler import BatchScheduler
 
 
@@ -97,6 +97,20 @@ def test_a_full_queue_answers_overloaded() -> None:
         engine.gate.set()
         assert (await first)[:, 0].tolist() == [1.0]
         assert (await waiting)[:, 0].tolist() == [2.0, 3.0, 4.0]
+        await sched.close()
+
+    run(main())
+
+
+def test_a_request_larger_than_the_whole_queue_is_a_client_error() -> None:
+    """Retrying could never help it: a 400 naming the limit, not 503 'retry shortly' on an idle server."""
+
+    async def main():
+        sched = BatchScheduler(StubEngine(), model_id="m", max_queue_inputs=4)
+        with pytest.raises(InvalidRequest) as caught:
+            await sched.embed([[1]] * 5)
+        assert caught.value.status == 400 and "max_queue_inputs" in caught.value.message
+        assert (await sched.embed([[1]] * 4)).shape[0] == 4  # the limit itself is served
         await sched.close()
 
     run(main())

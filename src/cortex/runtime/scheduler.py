@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from cortex.engine.base import Engine
-from cortex.errors import CortexError, EngineFailure, ModelNotLoaded, Overloaded
+from cortex.errors import CortexError, EngineFailure, InvalidRequest, ModelNotLoaded, Overloaded
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +58,12 @@ class BatchScheduler:
         """Vectors for `seqs` (each at most `engine.n_ctx` tokens), one row per sequence, in order."""
         if self._closed:
             raise ModelNotLoaded(self.model_id)
+        if len(seqs) > self.max_queue_inputs:  # could never fit, however long the client retried
+            raise InvalidRequest(
+                f"The request has {len(seqs)} inputs; `{self.model_id}` queues at most {self.max_queue_inputs} "
+                "(max_queue_inputs): send fewer inputs per request.",
+                param="input",
+            )
         if len(self._pending) + len(seqs) > self.max_queue_inputs:
             raise Overloaded(
                 f"The server is busy: {len(self._pending)} inputs are waiting for `{self.model_id}` "

@@ -14,7 +14,7 @@ from cortex.errors import InvalidRequest
 
 _PART = r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}"
 _ID_RE = re.compile(rf"(?:{_PART}/)?{_PART}(?::{_PART})?")
-MAX_ID_LENGTH = 256
+MAX_ID_LENGTH = 200  # the id is its folder's name, and a name longer than 255 bytes is ENAMETOOLONG
 
 
 def validate_model_id(model_id: object, *, param: str = "model") -> str:
