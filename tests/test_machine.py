@@ -133,7 +133,7 @@ def test_hardware_route_cli_and_start_up_log(tmp_path: Path) -> None:
         env = cortex_env(srv.data_dir)
         env["CORTEX_PORT"] = str(srv.port)
         base = [sys.executable, "-m", "cortex", "--data-dir", str(srv.data_dir)]
-        _write_server_file(srv)
+        _wait_for_server_file(srv)
         text = subprocess.run([*base, "hardware"], env=env, capture_output=True, text=True, timeout=60)
         assert text.returncode == 0, text.stderr
         assert llama["cpu_variant"] in text.stdout and "runtime-dispatch" in text.stdout
@@ -148,7 +148,7 @@ def test_hardware_route_cli_and_start_up_log(tmp_path: Path) -> None:
         srv.stop()
 
 
-def _write_server_file(srv: ServerProcess) -> None:
+def _wait_for_server_file(srv: ServerProcess) -> None:
     """server.json is written by the server itself; wait until it names this server."""
     deadline = time.monotonic() + 10
     path = srv.data_dir / "server.json"
@@ -255,14 +255,15 @@ def test_docs_load_without_a_network(tmp_path: Path) -> None:
     srv = ServerProcess(tmp_path / "data", CORTEX_API_KEY="k").start()
     try:
         with srv.client() as c:
-            page = c.get("/docs").text
-            assets = re.findall(r"""(?:src|href)=["']([^"']+)["']""", page)
-            assert assets and all(a.startswith("/") for a in assets), assets  # nothing from another host
-            assert "cdn" not in page.lower()
-            for asset in assets:
-                r = c.get(asset)  # open without the key, like /docs itself
-                assert r.status_code == 200 and len(r.content) > 100, asset
-            assert any("swagger-ui-bundle" in a for a in assets)
+            for page_path, script in (("/docs", "swagger-ui-bundle"), ("/redoc", "redoc.standalone")):
+                page = c.get(page_path).text
+                assets = re.findall(r"""(?:src|href)=["']([^"']+)["']""", page)
+                assert assets and all(a.startswith("/") for a in assets), assets  # nothing from another host
+                assert "cdn" not in page.lower() and "googleapis" not in page
+                for asset in assets:
+                    r = c.get(asset)  # open without the key, like the pages themselves
+                    assert r.status_code == 200 and len(r.content) > 100, asset
+                assert any(script in a for a in assets)
             assert c.get("/openapi.json").status_code == 200
             assert c.get("/v1/models").status_code == 401  # the key still guards the API
     finally:
@@ -306,6 +307,27 @@ def silent_hub() -> Iterator[str]:
         server.close()
 
 
+def test_the_reachability_check_goes_through_the_proxy_the_environment_names(
+    monkeypatch: pytest.MonkeyPatch, closed_port: int, silent_hub: str
+) -> None:
+    """Behind a proxy the hub's own name may not resolve: what must answer is the proxy."""
+    from huggingface_hub import constants
+
+    from cortex.errors import CortexError
+    from cortex.hub.resolve import check_reachable
+
+    for var in ("no_proxy", "NO_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(constants, "ENDPOINT", "http://no-such-host.invalid")
+    monkeypatch.setenv("http_proxy", silent_hub)  # a proxy that accepts connections
+    check_reachable()
+    monkeypatch.setenv("http_proxy", f"http://127.0.0.1:{closed_port}")  # a proxy that is down
+    with pytest.raises(CortexError) as caught:
+        check_reachable()
+    assert caught.value.code == "hub_unavailable" and f"127.0.0.1:{closed_port}" in caught.value.message
+    assert "HF_ENDPOINT" in caught.value.message
+
+
 @pytest.mark.parametrize("endpoint", ["refused", "no-such-host"])
 def test_a_pull_without_a_hub_fails_within_3_seconds_and_says_what_to_do(
     tmp_path: Path, closed_port: int, endpoint: str
@@ -327,7 +349,7 @@ def test_a_pull_without_a_hub_fails_within_3_seconds_and_says_what_to_do(
             assert r.status_code == 503 and time.monotonic() - t0 < 3
         base = [sys.executable, "-m", "cortex", "--data-dir", str(srv.data_dir)]
         env = {**cortex_env(srv.data_dir), "HF_ENDPOINT": url, "HF_HUB_OFFLINE": "0"}
-        _write_server_file(srv)
+        _wait_for_server_file(srv)
         t0 = time.monotonic()
         cli = subprocess.run([*base, "pull", "acme/some-repo:Q4_K_M"], env=env, capture_output=True, text=True,
                              timeout=60, stdin=subprocess.DEVNULL)  # fmt: skip

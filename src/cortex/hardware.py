@@ -10,6 +10,7 @@ import os
 import platform
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 from pydantic import BaseModel, Field
@@ -99,10 +100,19 @@ def _meminfo() -> Memory:
     return Memory(total_bytes=values.get("MemTotal"), available_bytes=values.get("MemAvailable"), limit_bytes=limit)
 
 
-@functools.cache
+_llama_lock = threading.Lock()
+
+
 def llama_cpp_report() -> LlamaCpp:
     """llama.cpp's CPU code path, found in a child process: a llama.cpp that cannot run on this CPU
-    (SIGILL) is then reported, not fatal. Computed once per process (about half a second)."""
+    (SIGILL) is then reported, not fatal. Computed once per process (about 0.2 s), even when the start-up
+    log and a first llama.cpp model load ask at the same time."""
+    with _llama_lock:
+        return _llama_cpp_report()
+
+
+@functools.cache
+def _llama_cpp_report() -> LlamaCpp:
     cmd = [sys.executable, "-m", "cortex.engine.llama_backend"]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)

@@ -57,8 +57,9 @@ class LlamaCppEngine:
         mparams = llama_cpp.llama_model_default_params()
         # Read the weights into memory instead of mapping the file: a mapped file that is cut short or
         # rewritten under a loaded model (`truncate -s` on the store's file) kills the whole process with
-        # SIGBUS at the next batch. Resident memory is no higher (Gemma 3 270M Q4_K_M loaded and used: 518 MiB
-        # mapped, 505 MiB read; mapped pages count in RSS too, and Q4_K weights are repacked into copies anyway).
+        # SIGBUS at the next batch. Resident memory is no higher: Gemma 3 270M Q4_K_M loaded and used, 494 MiB
+        # mapped vs 481 MiB read (bench/load_modes.py, AMD EPYC Zen 4): mapped pages count in RSS too, and
+        # Q4_K weights are repacked into copies anyway.
         mparams.load_mode = llama_cpp.LLAMA_LOAD_MODE_NONE
         mparams.lazy_mode = llama_cpp.LLAMA_LAZY_MODE_OFF  # lazy reads need a mapped file
         self._model = llama_cpp.llama_model_load_from_file(str(path).encode(), mparams)

@@ -113,9 +113,9 @@ def check_reachable(timeout: float = REACH_TIMEOUT_S) -> None:
     """Raise HubUnavailable within `timeout` seconds unless a TCP connection to the hub (or the proxy
     that the environment names for it) can be opened.
 
-    huggingface_hub retries a refused connection or a failed name lookup for 23 s or more before it
-    gives up; a user without a network should hear so at once. The name lookup runs in a thread, so
-    a resolver that hangs is bounded too."""
+    huggingface_hub retries a refused connection or a failed name lookup five times, 1 to 8 s apart,
+    before it gives up; a user without a network should hear so at once. The name lookup runs in a
+    thread, so a resolver that hangs is bounded too."""
     url = httpx.URL(constants.ENDPOINT)
     host, port = url.host, url.port or (443 if url.scheme == "https" else 80)
     proxy = None if urllib.request.proxy_bypass(host) else urllib.request.getproxies().get(url.scheme)
