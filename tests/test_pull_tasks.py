@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from cortex.errors import Conflict, ModelNotFound
 from cortex.hub import tasks
 from cortex.hub.resolve import Plan, RemoteFile
 from cortex.hub.tasks import PullManager
@@ -51,7 +52,7 @@ def slow_hub(monkeypatch: pytest.MonkeyPatch) -> threading.Event:
 
 def test_a_slow_lookup_that_lands_on_a_running_pull_follows_it(tmp_path: Path, slow_hub: threading.Event) -> None:
     async def scenario() -> None:
-        pulls = PullManager(ModelStore(tmp_path / "models"), 0)
+        pulls = PullManager(ModelStore(tmp_path / "models"))
         running = await pulls.start("acme/x")
         assert running.status == "downloading" and running.model == "acme/x:F16"
         slow = await pulls.start("acme/slow")
@@ -70,11 +71,73 @@ def test_a_slow_lookup_that_lands_on_a_running_pull_follows_it(tmp_path: Path, s
 
 def test_a_lookup_cancelled_before_the_hub_answers_stays_cancelled(tmp_path: Path, slow_hub: threading.Event) -> None:
     async def scenario() -> None:
-        pulls = PullManager(ModelStore(tmp_path / "models"), 0)
+        pulls = PullManager(ModelStore(tmp_path / "models"))
         slow = await pulls.start("acme/slow")
         assert pulls.cancel(slow.id).status == "cancelled"
         slow_hub.set()
         await asyncio.sleep(0.3)
         assert slow.status == "cancelled" and not (tmp_path / "models" / ".downloads").exists()
+
+    asyncio.run(scenario())
+
+
+def test_an_import_of_an_id_being_pulled_is_refused_at_once(tmp_path: Path, slow_hub: threading.Event) -> None:
+    """Issue 12.13: the import used to run whole while the pull downloaded everything, then the pull failed
+    "already exists" and left its download behind."""
+
+    async def scenario() -> None:
+        store = ModelStore(tmp_path / "models")
+        pulls = PullManager(store)
+        running = await pulls.start("acme/x")
+        assert running.status == "downloading"
+        with pytest.raises(Conflict, match="being imported or pulled"):
+            store.import_model("acme/x:F16", tmp_path / "any.gguf")
+        pulls.cancel(running.id)
+        await pulls.wait(running)
+        assert not store.is_reserved("acme/x:F16")  # a cancelled pull gives the id back
+        with store.reserve("acme/x:F16"), pytest.raises(Conflict):  # and the other way round
+            await pulls.start("acme/x")
+
+    asyncio.run(scenario())
+
+
+def test_a_pull_of_a_model_stored_meanwhile_drops_its_partial_download(
+    tmp_path: Path, slow_hub: threading.Event
+) -> None:
+    """Issue 12.13: a paused `.part` stayed in `.downloads` after the model came another way, and the
+    next pull said "done" with it still there."""
+    models = tmp_path / "models"
+    leftover = models / ".downloads" / "acme+x@F16"
+    kept = models / ".downloads" / "acme+y@F16"  # a paused pull of a model not stored: kept for its resume
+    for folder in (leftover, kept):
+        folder.mkdir(parents=True)
+        (folder / "x.gguf.part").write_bytes(b"\0" * 50)
+    (models / "acme+x@F16").mkdir()
+    PullManager(ModelStore(models))  # at start-up
+    assert not leftover.exists() and kept.exists()
+
+    async def scenario() -> None:
+        pulls = PullManager(ModelStore(models))
+        leftover.mkdir()  # left while the server ran
+        task = await pulls.start("acme/x")
+        assert task.status == "done" and not leftover.exists()
+
+    asyncio.run(scenario())
+
+
+def test_finished_tasks_are_pruned(tmp_path: Path, slow_hub: threading.Event) -> None:
+    """Issue 12.13: every finished task was kept (3,500 after a day of polling clients)."""
+
+    async def scenario() -> None:
+        models = tmp_path / "models"
+        pulls = PullManager(ModelStore(models))
+        (models / "acme+x@F16").mkdir()
+        first = await pulls.start("acme/x")
+        assert first.status == "done"
+        for _ in range(tasks.KEEP_FINISHED + 20):
+            await pulls.start("acme/x")
+        assert len(pulls.tasks) == tasks.KEEP_FINISHED + 1
+        with pytest.raises(ModelNotFound):
+            pulls.get(first.id)
 
     asyncio.run(scenario())

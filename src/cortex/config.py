@@ -90,7 +90,9 @@ class Settings(BaseSettings):
     max_connections: int = Field(1024, ge=1, description="Open connections; more are refused")
     shutdown_grace_s: float = Field(30.0, ge=0, description="Time in-flight requests get to finish on SIGTERM")
     min_free_disk_bytes: int = Field(
-        512 * 2**20, ge=0, description="Disk space a pull must leave free in the data folder (507 otherwise)"
+        512 * 2**20,
+        ge=0,
+        description="Disk space an import or a pull must leave free in the data folder (507 otherwise)",
     )
 
     @field_validator("api_keys", "allowed_hosts", "allowed_origins", mode="before")

@@ -109,9 +109,21 @@ class Overloaded(CortexError):
     retry_after_s = 1
 
 
+class InsufficientStorage(CortexError):
+    """Too little free disk for an import or a pull (507, as WebDAV names it)."""
+
+    status = 507
+    type = "server_error"
+    code = "insufficient_storage"
+
+
 class EngineFailure(CortexError):
     """The inference engine failed on a batch: a server fault, not the client's (500)."""
 
     status = 500
     type = "server_error"
     code = "engine_error"
+
+
+class Cancelled(Exception):
+    """Work stopped because whoever asked for it went away or cancelled it; not reported to a client."""

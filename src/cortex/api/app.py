@@ -31,9 +31,13 @@ def create_app(settings: Settings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        store = ModelStore(settings.models_dir, default_ctx_len=settings.default_ctx_len)
+        store = ModelStore(
+            settings.models_dir,
+            default_ctx_len=settings.default_ctx_len,
+            min_free_bytes=settings.min_free_disk_bytes,
+        )
         registry = ModelRegistry(store, settings)
-        pulls = PullManager(store, settings.min_free_disk_bytes)
+        pulls = PullManager(store)
         app.state.settings = settings
         app.state.store = store
         app.state.registry = registry

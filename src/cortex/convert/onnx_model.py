@@ -60,7 +60,7 @@ def write_onnx_model(
     model: STModel, dest: Path, quantize: str | None, progress: Callable[[int, int], None] | None = None
 ) -> dict:
     """Write `FILES` into `dest`; return the model.yml fields this adds (quantize and its measured cosine)."""
-    if not (model.folder / TOKENIZER_FILE).is_file():
+    if not (model.folder / TOKENIZER_FILE).exists():
         raise InvalidModelFile(
             "The onnxruntime engine needs tokenizer.json in the folder; import it with --engine llama-cpp instead.",
             param="model_path",

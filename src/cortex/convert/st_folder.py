@@ -8,7 +8,17 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from safetensors import SafetensorError, safe_open
+from tokenizers import Tokenizer
+
 from cortex.errors import InvalidModelFile
+from cortex.files import is_regular_file, read_regular_file
+
+# Bounds on what a folder's files may weigh: a config is a few KiB; a tokenizer.json of a large
+# multilingual vocabulary (XLM-R, 250k tokens) is 17 MiB. Beyond these a file is refused, not read.
+_CONFIG_LIMIT = 1 << 20
+_TOKENIZER_LIMIT = 64 << 20
+_VOCAB_LIMIT = 16 << 20
 
 SUPPORTED_ARCHITECTURES = ("bert",)
 _BERT_CLASSES = {"BertModel", "BertForMaskedLM", "BertForPreTraining", "BertForSequenceClassification"}
@@ -33,10 +43,10 @@ class STModel:
         return int(self.config["hidden_size"])
 
 
-def _json(path: Path) -> dict:
+def _json(path: Path, limit: int = _CONFIG_LIMIT) -> dict:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
+        data = json.loads(read_regular_file(path, limit))
+    except ValueError as exc:
         raise InvalidModelFile(f"Cannot read {path.name}: {exc}", param="model_path") from exc
     if not isinstance(data, dict):
         raise InvalidModelFile(f"{path.name} is not a JSON object", param="model_path")
@@ -44,7 +54,7 @@ def _json(path: Path) -> dict:
 
 
 def is_st_folder(path: Path) -> bool:
-    return path.is_dir() and (path / "config.json").is_file()
+    return path.is_dir() and (path / "config.json").exists()
 
 
 def _architecture(config: dict) -> str:
@@ -63,8 +73,9 @@ def _architecture(config: dict) -> str:
 def _vocab(folder: Path) -> tuple[list[str], frozenset[int], bool]:
     """(tokens by id, special ids, lowercase) from tokenizer.json, else vocab.txt."""
     tok_json = folder / "tokenizer.json"
-    if tok_json.is_file():
-        tok = _json(tok_json)
+    if tok_json.exists():
+        tok = _json(tok_json, _TOKENIZER_LIMIT)
+        _check_loads(tok)
         model = tok.get("model") or {}
         if model.get("type") != "WordPiece" or not isinstance(model.get("vocab"), dict):
             raise InvalidModelFile(
@@ -76,12 +87,15 @@ def _vocab(folder: Path) -> tuple[list[str], frozenset[int], bool]:
         special = frozenset(int(a["id"]) for a in tok.get("added_tokens") or [] if a.get("special"))
         normalizer = tok.get("normalizer") or {}
         lowercase = bool(normalizer.get("lowercase", True)) if normalizer.get("type") == "BertNormalizer" else True
-    elif (folder / "vocab.txt").is_file():
-        lines = (folder / "vocab.txt").read_text(encoding="utf-8").splitlines()
+    elif (folder / "vocab.txt").exists():
+        try:
+            lines = read_regular_file(folder / "vocab.txt", _VOCAB_LIMIT).decode("utf-8").splitlines()
+        except UnicodeDecodeError as exc:
+            raise InvalidModelFile("vocab.txt is not UTF-8 text", param="model_path") from exc
         by_id = dict(enumerate(lines))
         special = frozenset(i for i, t in by_id.items() if t in ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"))
         cfg = folder / "tokenizer_config.json"
-        lowercase = bool(_json(cfg).get("do_lower_case", True)) if cfg.is_file() else True
+        lowercase = bool(_json(cfg).get("do_lower_case", True)) if cfg.exists() else True
     else:
         raise InvalidModelFile(
             f"No tokenizer in {folder.name}: it needs tokenizer.json or vocab.txt", param="model_path"
@@ -91,15 +105,33 @@ def _vocab(folder: Path) -> tuple[list[str], frozenset[int], bool]:
     return [by_id[i] for i in range(len(by_id))], special, lowercase
 
 
+def _check_loads(tok: dict) -> None:
+    """Refuse a tokenizer.json that the `tokenizers` library (which serves it) cannot load."""
+    try:
+        Tokenizer.from_str(json.dumps(tok))
+    except Exception as exc:  # tokenizers raises plain Exception for every parse error
+        raise InvalidModelFile(f"tokenizer.json does not load: {exc}", param="model_path") from exc
+
+
+def _modules(folder: Path) -> list:
+    """modules.json's list of modules ([] when absent or not a list)."""
+    path = folder / "modules.json"
+    if not path.exists():
+        return []
+    try:
+        raw = json.loads(read_regular_file(path, _CONFIG_LIMIT))
+    except ValueError as exc:
+        raise InvalidModelFile(f"Cannot read modules.json: {exc}", param="model_path") from exc
+    return [m for m in raw if isinstance(m, dict)] if isinstance(raw, list) else []
+
+
 def _pooling(folder: Path) -> str:
     cfg_path = folder / "1_Pooling" / "config.json"
-    modules = folder / "modules.json"
-    if modules.is_file():
-        raw = json.loads(modules.read_text(encoding="utf-8"))
-        for module in raw if isinstance(raw, list) else []:
+    if (folder / "modules.json").exists():
+        for module in _modules(folder):
             if str(module.get("type", "")).endswith("Pooling") and module.get("path"):
                 cfg_path = folder / str(module["path"]) / "config.json"
-    if not cfg_path.is_file():
+    if not cfg_path.exists():
         return "mean"  # sentence-transformers' default for a plain transformers folder
     cfg = _json(cfg_path)
     if cfg.get("pooling_mode_mean_tokens"):
@@ -113,11 +145,20 @@ def _pooling(folder: Path) -> str:
 
 
 def _normalize(folder: Path) -> bool:
-    modules = folder / "modules.json"
-    if not modules.is_file():
+    if not (folder / "modules.json").exists():
         return True  # a plain transformers folder: serve unit vectors, as OpenAI does
-    raw = json.loads(modules.read_text(encoding="utf-8"))
-    return any(str(m.get("type", "")).endswith("Normalize") for m in (raw if isinstance(raw, list) else []))
+    return any(str(m.get("type", "")).endswith("Normalize") for m in _modules(folder))
+
+
+def _embedding_rows(weights: Path) -> int | None:
+    """Rows of the token embedding matrix, read from the safetensors header (no weights read)."""
+    try:
+        with safe_open(weights, framework="numpy") as f:
+            name = next((k for k in f.keys() if k.endswith("word_embeddings.weight")), None)  # noqa: SIM118
+            return None if name is None else int(f.get_slice(name).get_shape()[0])
+    except (SafetensorError, OSError, ValueError) as exc:
+        why = f"Cannot read {weights.name} (truncated or corrupt?): {exc}"
+        raise InvalidModelFile(why, param="model_path") from exc
 
 
 def read_st_folder(folder: Path) -> STModel:
@@ -133,9 +174,18 @@ def read_st_folder(folder: Path) -> STModel:
     if config.get("hidden_act", "gelu") not in ("gelu", "gelu_new", "gelu_pytorch_tanh"):
         raise InvalidModelFile(f"Activation `{config.get('hidden_act')}` is not supported", param="model_path")
     weights = folder / "model.safetensors"
-    if not weights.is_file():
+    if not weights.exists():
         raise InvalidModelFile(f"No model.safetensors in {folder.name}", param="model_path")
+    if not is_regular_file(weights):
+        raise InvalidModelFile("model.safetensors is not a regular file", param="model_path")
     vocab, special, lowercase = _vocab(folder)
+    rows = _embedding_rows(weights)
+    if rows is not None and len(vocab) > rows:
+        raise InvalidModelFile(
+            f"The tokenizer has {len(vocab)} tokens but the model embeds only {rows}: token ids beyond "
+            f"{rows - 1} would have no vector. This folder's tokenizer does not belong to its weights.",
+            param="model_path",
+        )
     if not lowercase:
         raise InvalidModelFile(
             "Cased WordPiece vocabularies are not supported: llama.cpp's BERT tokenizer lower-cases all text",
@@ -144,7 +194,7 @@ def read_st_folder(folder: Path) -> STModel:
     max_pos = int(config.get("max_position_embeddings", 512))
     max_seq = max_pos
     st_cfg = folder / "sentence_bert_config.json"
-    if st_cfg.is_file():
+    if st_cfg.exists():
         value = _json(st_cfg).get("max_seq_length")
         if isinstance(value, int) and value > 0:
             max_seq = min(value, max_pos)

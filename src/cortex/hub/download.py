@@ -16,14 +16,10 @@ import httpx
 from huggingface_hub import hf_hub_url
 from huggingface_hub.utils import build_hf_headers
 
-from cortex.errors import CortexError
+from cortex.errors import Cancelled, CortexError
 from cortex.hub.resolve import HubUnavailable, RemoteFile
 
 _CHUNK = 1 << 20
-
-
-class Cancelled(Exception):
-    """The pull was cancelled or paused between two chunks."""
 
 
 class IntegrityError(CortexError):

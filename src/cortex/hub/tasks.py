@@ -19,12 +19,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, TypeVar
 
-from cortex.errors import CortexError, InvalidRequest, ModelNotFound
-from cortex.hub.download import Cancelled, download, part_path
+from cortex.errors import Cancelled, CortexError, InvalidRequest, ModelNotFound
+from cortex.hub.download import download, part_path
 from cortex.hub.names import parse_pull_name
 from cortex.hub.resolve import Plan, configure_hub_client, resolve
 from cortex.store.ids import folder_name
-from cortex.store.store import ModelStore
+from cortex.store.store import ModelStore, Reservation
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -34,12 +34,7 @@ Status = Literal["resolving", "downloading", "importing", "done", "failed", "can
 # (404, 400, 507 come back at once); a slow hub gets a task in status "resolving" that goes on alone.
 ANSWER_WITHIN_S = 2.5
 FINAL = frozenset({"done", "failed", "cancelled", "paused"})
-
-
-class InsufficientStorage(CortexError):
-    status = 507
-    type = "server_error"
-    code = "insufficient_storage"
+KEEP_FINISHED = 100  # finished tasks kept for their status; older ones are forgotten
 
 
 def _in_daemon_thread(fn: Callable[..., T], *args: object) -> asyncio.Future[T]:
@@ -85,6 +80,7 @@ class PullTask:
     created: float = field(default_factory=time.time)
     stop: threading.Event = field(default_factory=threading.Event)
     keep_partial: bool = False
+    reservation: Reservation | None = None  # the store id held while the task downloads and imports
     engine: str | None = None
     quant: str | None = None
     changed: asyncio.Event = field(default_factory=asyncio.Event)
@@ -102,15 +98,31 @@ class PullTask:
 class PullManager:
     """The pulls of one server; owned by the app's lifespan."""
 
-    def __init__(self, store: ModelStore, min_free_bytes: int) -> None:
+    def __init__(self, store: ModelStore) -> None:
         self.store = store
-        self.min_free_bytes = min_free_bytes
         self.downloads = store.root / ".downloads"
         self.tasks: dict[str, PullTask] = {}
         self._threads: dict[str, threading.Thread] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._watchers: set[asyncio.Task] = set()
         configure_hub_client()
+        self._sweep_downloads()
+
+    def _sweep_downloads(self) -> None:
+        """Drop partial downloads of models that are in the store by now (imported another way)."""
+        if not self.downloads.is_dir():
+            return
+        for entry in self.downloads.iterdir():
+            if (self.store.root / entry.name).exists():
+                shutil.rmtree(entry, ignore_errors=True)
+
+    def _add(self, task: PullTask) -> None:
+        """Record `task`, forgetting the oldest finished tasks beyond KEEP_FINISHED."""
+        self.tasks[task.id] = task
+        finished = [t for t in self.tasks.values() if t.status in FINAL and t is not task]
+        for old in finished[: max(0, len(finished) - KEEP_FINISHED)]:
+            del self.tasks[old.id]
+            self._threads.pop(old.id, None)
 
     def get(self, task_id: str) -> PullTask:
         task = self.tasks.get(task_id)
@@ -131,7 +143,7 @@ class PullManager:
             plan = await asyncio.wait_for(asyncio.shield(resolving), ANSWER_WITHIN_S)
         except TimeoutError:
             task = PullTask(uuid.uuid4().hex[:16], name, name, None, status="resolving", engine=engine, quant=quant)
-            self.tasks[task.id] = task
+            self._add(task)
             resolving.add_done_callback(lambda done: self._resolved(task, done))
             return task
         return self._begin(name, plan, engine)
@@ -181,14 +193,16 @@ class PullManager:
                 return task
         task = into or PullTask(uuid.uuid4().hex[:16], plan.model_id, name, plan, engine=engine)
         task.model, task.plan = plan.model_id, plan
-        if self.store.folder(plan.model_id).exists():  # nothing to do: a finished task says so
-            task.status, task.done_bytes = "done", plan.total_bytes
-            self.tasks[task.id] = task
-            return task
         workdir = self.downloads / folder_name(plan.model_id)
+        if self.store.folder(plan.model_id).exists():  # nothing to do: a finished task says so
+            shutil.rmtree(workdir, ignore_errors=True)  # what an earlier pull left is not needed any more
+            task.status, task.done_bytes = "done", plan.total_bytes
+            self._add(task)
+            return task
         self._check_space(plan, workdir)
+        task.reservation = self.store.reserve(plan.model_id)  # 409 if an import of this id is running
         task.status = "downloading"
-        self.tasks[task.id] = task
+        self._add(task)
         thread = threading.Thread(target=self._run, args=(task, workdir), name=f"pull-{task.id}", daemon=True)
         self._threads[task.id] = thread
         thread.start()
@@ -198,14 +212,7 @@ class PullManager:
         have = sum(
             part_path(workdir / f.path).stat().st_size for f in plan.files if part_path(workdir / f.path).exists()
         )
-        needed = plan.total_bytes - have
-        self.store.root.mkdir(parents=True, exist_ok=True)
-        free = shutil.disk_usage(self.store.root).free
-        if free - needed < self.min_free_bytes:
-            raise InsufficientStorage(
-                f"Not enough disk space to pull `{plan.model_id}`: it needs {needed} more bytes, {free} are free, "
-                f"and {self.min_free_bytes} must stay free (min_free_disk_bytes)."
-            )
+        self.store.check_space(plan.total_bytes - have, f"pull `{plan.model_id}`")
 
     def cancel(self, task_id: str, keep_partial: bool = False) -> PullTask:
         """Stop a running task: cancel (partial files deleted) or pause (kept for resume)."""
@@ -274,6 +281,7 @@ class PullManager:
             self.store.import_model(
                 plan.model_id, source, name=plan.seed.get("name"), ctx_len=plan.seed.get("ctx_len"),
                 move=plan.format == "gguf", engine=task.engine, label=f"{plan.repo_id}/{plan.files[0].path}",
+                reserved=True,
             )  # fmt: skip
             shutil.rmtree(workdir, ignore_errors=True)
             self._notify(task, status="done")
@@ -290,3 +298,6 @@ class PullManager:
         except Exception:
             log.exception("pull %s of %s failed", task.id, task.model)
             self._notify(task, status="failed", error=_PULL_FAILED, fetched_bytes=fetched)
+        finally:
+            if task.reservation is not None:
+                task.reservation.release()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Sequence
 
 import numpy as np
@@ -39,7 +38,8 @@ def _check_lengths(seqs: Sequence[Sequence[int]], n_ctx: int) -> None:
 async def embed_inputs(
     model: LoadedModel, inputs: list[str] | list[list[int]], *, truncate: bool = False, max_tokens: int | None = None
 ) -> tuple[np.ndarray, int]:
-    """Vectors for non-empty `inputs` (texts, or token-id lists used as given) and the tokens used.
+    """Vectors for non-empty `inputs` (texts, or token-id lists used as given) and the tokens used. The
+    caller holds `model` (`ModelRegistry.use`).
 
     An input longer than the context is a 400, or with `truncate` is cut to the context (a text keeps
     the special token its tokenizer appends; token ids are cut as given).
@@ -51,7 +51,7 @@ async def embed_inputs(
         if sum(len(t) for t in texts) <= _INLINE_TOKENIZE_CHARS:
             seqs = _tokenize_all(model, texts)
         else:
-            seqs = await asyncio.to_thread(_tokenize_all, model, texts)
+            seqs = await model.run_held(_tokenize_all, model, texts)
         if truncate:
             seqs = [engine.truncate(s, n_ctx) for s in seqs]
     else:

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from cortex.config import Settings
 from cortex.engine.base import Engine
@@ -17,16 +20,47 @@ from cortex.runtime.scheduler import BatchScheduler
 from cortex.store.store import ModelRecord, ModelStore
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass
 class LoadedModel:
+    """A model in memory. Requests hold it (`hold`/`release`, or `run_held` for work on a thread) from
+    the moment they find it until their last use of its tokenizer and scheduler: it is closed only when
+    no one holds it, because closing frees the native model under any thread still tokenizing."""
+
     record: ModelRecord
     engine: Engine
     scheduler: BatchScheduler
     paths: tuple[Path, ...]  # its stored files
     files: tuple[tuple[int, int, int], ...]  # (inode, size, mtime) of each when it was loaded
     loaded_at: float = field(default_factory=time.time)
+    holders: int = 0
+    _free: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def __post_init__(self) -> None:
+        self._free.set()
+
+    def hold(self) -> None:
+        self.holders += 1
+        self._free.clear()
+
+    def release(self) -> None:
+        self.holders -= 1
+        if self.holders == 0:
+            self._free.set()
+
+    async def run_held(self, fn: Callable[..., T], *args: object) -> T:
+        """`fn(*args)` on a thread, the model held until the thread returns, even if the awaiting request is
+        cancelled first (a client that leaves mid-tokenize must not let the model close under the thread)."""
+        self.hold()
+        work = asyncio.get_running_loop().run_in_executor(None, fn, *args)
+        work.add_done_callback(lambda _: self.release())
+        return await asyncio.shield(work)
+
+    async def unheld(self) -> None:
+        """Return once no request holds the model."""
+        await self._free.wait()
 
 
 def _files_state(paths: tuple[Path, ...]) -> tuple[tuple[int, int, int], ...]:
@@ -38,14 +72,18 @@ def _files_state(paths: tuple[Path, ...]) -> tuple[tuple[int, int, int], ...]:
 
 
 class ModelRegistry:
-    """The models held in memory, keyed by their stored id."""
+    """The models held in memory, keyed by their stored id.
+
+    Each model has its own lock, held while it loads, unloads or is deleted: a slow drain of one model
+    never delays another model's first request, and no request can load a model that is being deleted.
+    Names resolve through the store on every request (an exact id always wins over a bare name's tag),
+    so an import, a delete or a folder moved by hand is seen at once."""
 
     def __init__(self, store: ModelStore, settings: Settings) -> None:
         self.store = store
         self.settings = settings
         self._loaded: dict[str, LoadedModel] = {}
-        self._aliases: dict[str, str] = {}  # a requested name (`all-minilm`) -> the loaded id it resolved to
-        self._lock = asyncio.Lock()
+        self._locks: dict[str, asyncio.Lock] = {}
         self._unloading: set[asyncio.Task] = set()  # unloads started from a request, kept until done
 
     def loaded(self) -> list[LoadedModel]:
@@ -54,19 +92,28 @@ class ModelRegistry:
     def is_loaded(self, model_id: str) -> bool:
         return model_id in self._loaded
 
-    async def get(self, model_id: str) -> LoadedModel:
-        """The loaded model that `model_id` names, loading it first if allowed."""
-        hit = self._loaded.get(self._aliases.get(model_id, model_id))
-        if hit is not None:
-            return self._unchanged(hit)
+    def _lock(self, model_id: str) -> asyncio.Lock:
+        return self._locks.setdefault(model_id, asyncio.Lock())
+
+    @contextlib.asynccontextmanager
+    async def use(self, model_id: str) -> AsyncIterator[LoadedModel]:
+        """The loaded model that `model_id` names, loading it first if allowed, held for the block."""
+        model = await self._acquire(model_id)
+        try:
+            yield model
+        finally:
+            model.release()
+
+    async def _acquire(self, model_id: str) -> LoadedModel:
         resolved = self.store.resolve(model_id)  # ModelNotFound for an unknown id
         hit = self._loaded.get(resolved)
-        if hit is not None:
-            self._aliases[model_id] = resolved  # a hot path must not read the store on every request
-            return self._unchanged(hit)
-        if not self.settings.load_on_demand:
-            raise ModelNotLoaded(model_id)
-        return await self.load(resolved)
+        if hit is None:
+            if not self.settings.load_on_demand:
+                raise ModelNotLoaded(model_id)
+            hit = await self.load(resolved)
+        hit = self._unchanged(hit)
+        hit.hold()  # no await since it was found: it cannot have been closed in between
+        return hit
 
     def _unchanged(self, hit: LoadedModel) -> LoadedModel:
         """`hit`, unless its files changed on disk since it was loaded (one stat per file: 7 us for three).
@@ -86,11 +133,12 @@ class ModelRegistry:
 
     async def load(self, model_id: str) -> LoadedModel:
         """Load a stored model (no-op if it is loaded)."""
-        record = self.store.get(model_id)
-        async with self._lock:
-            hit = self._loaded.get(record.id)
+        resolved = self.store.resolve(model_id)
+        async with self._lock(resolved):
+            hit = self._loaded.get(resolved)
             if hit is not None:
                 return hit
+            record = self.store.get(resolved)  # under the lock: a delete that ran meanwhile is a 404 here
             t0 = time.perf_counter()
             paths = tuple(self.store.folder(record.id) / name for name in record.files)
             files = _files_state(paths)  # before opening: a change during the load is caught too
@@ -98,6 +146,8 @@ class ModelRegistry:
                 engine = await asyncio.to_thread(self._open_engine, record)
             except InvalidModelFile as exc:  # it passed the checks at import: its files changed since
                 raise ModelUnavailable(record.id, f"its files no longer load ({exc.message})") from exc
+            except OSError as exc:  # removed or unreadable under us; the message would name a server path
+                raise ModelUnavailable(record.id, "its files could not be read") from exc
             scheduler = BatchScheduler(engine, model_id=record.id, max_queue_inputs=self.settings.max_queue_inputs)
             loaded = LoadedModel(record, engine, scheduler, paths, files)
             self._loaded[record.id] = loaded
@@ -126,19 +176,26 @@ class ModelRegistry:
         )
 
     async def unload(self, model_id: str) -> bool:
-        """Unload after finishing its queued inputs. Returns False if it was not loaded."""
-        async with self._lock:
-            loaded = self._loaded.pop(model_id, None)
-            if loaded is None:
-                resolved = self.store.resolve(model_id)
-                loaded = self._loaded.pop(resolved, None)
-            if loaded is None:
-                return False
-            self._aliases = {k: v for k, v in self._aliases.items() if v != loaded.record.id}
-            await loaded.scheduler.close()
-            await asyncio.to_thread(loaded.engine.close)
-            log.info("unloaded %s", loaded.record.id)
-            return True
+        """Unload once every request that holds it is done. Returns False if it was not loaded."""
+        async with self._lock(model_id):
+            return await self._unload_locked(model_id)
+
+    async def delete(self, model_id: str) -> str:
+        """Unload and remove a stored model; returns its id. Requests for it meanwhile wait, then get 404."""
+        resolved = self.store.resolve(model_id)
+        async with self._lock(resolved):
+            await self._unload_locked(resolved)
+            return await asyncio.to_thread(self.store.delete, resolved)
+
+    async def _unload_locked(self, model_id: str) -> bool:
+        loaded = self._loaded.pop(model_id, None)
+        if loaded is None:
+            return False
+        await loaded.unheld()
+        await loaded.scheduler.close()
+        await asyncio.to_thread(loaded.engine.close)
+        log.info("unloaded %s", loaded.record.id)
+        return True
 
     async def close(self) -> None:
         for model_id in list(self._loaded):

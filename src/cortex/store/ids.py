@@ -4,6 +4,9 @@ An id is `NAME[:TAG]`, or `ORG/NAME[:TAG]` as pull names are. Each part starts w
 digit and holds only letters, digits, `.`, `_` and `-`, so no id can spell `..`, an absolute path,
 a backslash or a NUL. The folder name replaces `/` with `+` and `:` with `@`; neither may appear in
 a part, so the mapping is one-to-one and the folder always sits directly under the store.
+
+The first part `pull` is reserved: `/v1/models/pull/...` are the pull routes, so a model `pull/x`
+could be imported but never fetched or deleted by its URL.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from cortex.errors import InvalidRequest
 _PART = r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}"
 _ID_RE = re.compile(rf"(?:{_PART}/)?{_PART}(?::{_PART})?")
 MAX_ID_LENGTH = 200  # the id is its folder's name, and a name longer than 255 bytes is ENAMETOOLONG
+_RESERVED_ORGS = frozenset({"pull"})  # path segments of routes under /v1/models/
 
 
 def validate_model_id(model_id: object, *, param: str = "model") -> str:
@@ -28,12 +32,27 @@ def validate_model_id(model_id: object, *, param: str = "model") -> str:
             "letter or digit and holds only letters, digits, '.', '_' and '-'.",
             param=param,
         )
+    org, slash, _ = model_id.partition("/")
+    if slash and org in _RESERVED_ORGS:
+        raise InvalidRequest(
+            f"Invalid model id {model_id!r}: `{org}/` is reserved for the API's own routes; choose another prefix.",
+            param=param,
+        )
     return model_id
 
 
 def folder_name(model_id: str) -> str:
     """The store folder of a validated id: `gemma3:270m` -> `gemma3@270m`."""
     return validate_model_id(model_id).replace("/", "+").replace(":", "@")
+
+
+def id_of_folder(name: str) -> str | None:
+    """The id whose folder is named `name`, or None if no valid id maps to it (`+` and `@` invert)."""
+    model_id = name.replace("+", "/").replace("@", ":")
+    try:
+        return model_id if folder_name(model_id) == name else None
+    except InvalidRequest:
+        return None
 
 
 def split_tag(model_id: str) -> tuple[str, str | None]:

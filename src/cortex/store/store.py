@@ -7,11 +7,13 @@ renames the folder away before removing it. Leftovers of a crash are swept on op
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
 import shutil
 import stat
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -26,10 +28,18 @@ from cortex.convert.onnx_model import FILES as ONNX_FILES
 from cortex.convert.onnx_model import write_onnx_model
 from cortex.convert.st_folder import STModel, read_st_folder
 from cortex.engine.probe import probe_gguf
-from cortex.errors import Conflict, InvalidModelFile, InvalidRequest, ModelNotFound, ModelUnavailable
+from cortex.errors import (
+    Conflict,
+    InsufficientStorage,
+    InvalidModelFile,
+    InvalidRequest,
+    ModelNotFound,
+    ModelUnavailable,
+)
+from cortex.files import read_regular_file
 from cortex.store.atomic import fsync_dir, write_atomic
 from cortex.store.gguf_info import inspect_gguf
-from cortex.store.ids import folder_name, split_tag, validate_model_id
+from cortex.store.ids import folder_name, id_of_folder, split_tag, validate_model_id
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +52,15 @@ MODEL_FILE = "model.yml"
 WEIGHTS_FILE = "model.gguf"
 _STAGING = ".staging-"
 _TRASH = ".trash-"
+_RECORD_LIMIT = 64 << 10  # a model.yml is under 1 KiB; a larger one is not ours
+# Staging space an import needs, as a multiple of its source: the ONNX build holds the full graph and the
+# external-data copy at once (2x); int8 adds the fp32 copy it measures against and the quantised graph.
+_ONNX_SPACE = 2.2
+_ONNX_INT8_SPACE = 3.5
+
+
+class _Unusable(ValueError):
+    """A model folder whose model.yml cannot be used: unreadable, invalid, or naming another id."""
 
 
 class ModelRecord(BaseModel):
@@ -66,12 +85,33 @@ class ModelRecord(BaseModel):
     created: int = Field(description="Unix time of import")
 
 
+class Reservation:
+    """An id held by one import or pull until `release` (or the end of a `with` block)."""
+
+    def __init__(self, store: ModelStore, model_id: str) -> None:
+        self._store = store
+        self.model_id = model_id
+
+    def release(self) -> None:
+        self._store._release(self.model_id)
+
+    def __enter__(self) -> Reservation:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
 class ModelStore:
     """Models on disk under `root`; safe against crashes and hostile ids."""
 
-    def __init__(self, root: Path, *, default_ctx_len: int = 2048) -> None:
+    def __init__(self, root: Path, *, default_ctx_len: int = 2048, min_free_bytes: int = 0) -> None:
         self.root = root
         self.default_ctx_len = default_ctx_len
+        self.min_free_bytes = min_free_bytes
+        self._reserved: set[str] = set()  # ids being imported or pulled right now
+        self._reserve_lock = threading.Lock()
+        self._tags: tuple[tuple[int, int], dict[str, list[str]]] | None = None  # (root's stamp, name -> ids)
         root.mkdir(parents=True, exist_ok=True)
         self._sweep()
 
@@ -106,42 +146,95 @@ class ModelStore:
         return path
 
     def list(self) -> list[ModelRecord]:
-        """Every intact model, sorted by id. A folder with a broken model.yml is logged and skipped."""
+        """Every intact model, sorted by id. A folder whose model.yml is broken, or names another id
+        than its folder does (a folder copied by hand), is logged and skipped."""
         records = []
         for entry in sorted(self.root.iterdir()):
             if entry.name.startswith(".") or not (entry / MODEL_FILE).is_file():
                 continue
             try:
                 records.append(self._read(entry))
-            except (OSError, ValueError, ValidationError) as exc:
-                log.warning("skipping %s: unreadable %s (%s)", entry.name, MODEL_FILE, exc)
+            except _Unusable as exc:
+                log.warning("skipping folder %s: %s", entry.name, exc)
         return sorted(records, key=lambda r: r.id)
 
     def _read(self, folder: Path) -> ModelRecord:
-        return ModelRecord.model_validate(yaml.safe_load((folder / MODEL_FILE).read_text(encoding="utf-8")))
+        """The record in `folder`, which must be the folder of the id it names."""
+        try:
+            raw = yaml.safe_load(read_regular_file(folder / MODEL_FILE, _RECORD_LIMIT, param=None))
+            record = ModelRecord.model_validate(raw)
+        except (InvalidModelFile, yaml.YAMLError, ValidationError, UnicodeDecodeError) as exc:
+            raise _Unusable(f"unreadable {MODEL_FILE} ({exc})") from exc
+        if id_of_folder(folder.name) != record.id:
+            raise _Unusable(f"its {MODEL_FILE} names the id `{record.id}`, which is not this folder's")
+        return record
 
     def resolve(self, model_id: str) -> str:
-        """The stored id that `model_id` names: itself, or for a bare NAME the only NAME:TAG stored."""
+        """The stored id that `model_id` names: itself if stored (an exact id always wins), or for a bare
+        NAME the only NAME:TAG stored. Every route and the registry resolve through here."""
         validate_model_id(model_id)
         if (self.folder(model_id) / MODEL_FILE).is_file():
             return model_id
         name, tag = split_tag(model_id)
         if tag is None:
-            matches = [r.id for r in self.list() if split_tag(r.id)[0] == name]
+            matches = self._tagged().get(name, [])
             if len(matches) == 1:
                 return matches[0]
             if matches:
                 raise ModelNotFound(model_id, f" It could mean {', '.join(matches)}: name one with its tag.")
         raise ModelNotFound(model_id)
 
+    def _tagged(self) -> dict[str, list[str]]:
+        """NAME -> the stored NAME:TAG ids. Rebuilt when the store's folder changes (an import, a delete,
+        a folder moved in by hand all rename an entry of it, which moves its mtime), so a bare name costs
+        one stat per request, not a read of every model.yml."""
+        st = self.root.stat()
+        stamp = (st.st_ino, st.st_mtime_ns)
+        if self._tags is None or self._tags[0] != stamp:
+            tags: dict[str, list[str]] = {}
+            for record in self.list():
+                name, tag = split_tag(record.id)
+                if tag is not None:
+                    tags.setdefault(name, []).append(record.id)
+            self._tags = (stamp, tags)
+        return self._tags[1]
+
     def get(self, model_id: str) -> ModelRecord:
         """The record of `model_id` (see `resolve`), or ModelNotFound."""
         resolved = self.resolve(model_id)
         try:
             return self._read(self.folder(resolved))
-        except (OSError, ValueError, ValidationError) as exc:
-            log.warning("model %s has an unreadable %s: %s", resolved, MODEL_FILE, exc)
+        except _Unusable as exc:
+            log.warning("model %s is not served: %s", resolved, exc)
             raise ModelNotFound(model_id) from exc
+
+    def reserve(self, model_id: str) -> Reservation:
+        """Hold `model_id` for an import or a pull from start to end (release it, or use it as a context
+        manager): a second import or pull of the same id meanwhile is a 409 at once, not a full download
+        that fails at its last step."""
+        with self._reserve_lock:
+            if model_id in self._reserved:
+                raise Conflict(f"`{model_id}` is being imported or pulled right now.", param="model")
+            if self.folder(model_id).exists():
+                raise Conflict(f"A model with id `{model_id}` already exists.", param="model")
+            self._reserved.add(model_id)
+        return Reservation(self, model_id)
+
+    def _release(self, model_id: str) -> None:
+        with self._reserve_lock:
+            self._reserved.discard(model_id)
+
+    def is_reserved(self, model_id: str) -> bool:
+        return model_id in self._reserved
+
+    def check_space(self, needed: int, what: str) -> None:
+        """InsufficientStorage unless `needed` bytes fit and `min_free_bytes` stay free."""
+        free = shutil.disk_usage(self.root).free
+        if free - needed < self.min_free_bytes:
+            raise InsufficientStorage(
+                f"Not enough disk space to {what}: it needs {needed} bytes, {free} are free, "
+                f"and {self.min_free_bytes} must stay free (min_free_disk_bytes)."
+            )
 
     def import_model(
         self,
@@ -157,23 +250,47 @@ class ModelStore:
         engine: str | None = None,
         quantize: str | None = None,
         label: str | None = None,
+        reserved: bool = False,
     ) -> ModelRecord:
         """Add a model under `model_id`, whole or not at all.
 
-        `source` is a GGUF file to copy, a sentence-transformers folder to convert to GGUF (`outtype`
-        f32, f16 or q8_0; default f16), or a function that writes GGUF weights to the path it is given.
+        `source` is a GGUF file to copy, a sentence-transformers folder to convert (to ONNX, or to GGUF
+        with `outtype` f32, f16 or q8_0), or a function that writes GGUF weights to the path it is given.
         The written file is inspected, not the original, so the file checked is the file served.
-        `progress(stage, done, total)` is called from this thread as work advances. With `move`, a GGUF
-        file (a finished download) is moved into the store instead of copied. Errors name the source
-        as `label` (default: the path given), never the store's own file names.
+        `progress(stage, done, total)` is called from this thread as work advances; it may raise
+        `Cancelled` to stop the import (its client went away), which leaves nothing behind. With `move`,
+        a GGUF file (a finished download) is moved into the store instead of copied. Errors name the
+        source as `label` (default: the path given), never the store's own file names. The id is
+        reserved for the import's duration unless the caller holds it already (`reserved`, a pull).
         """
         validate_model_id(model_id)
-        if label is None and isinstance(source, Path):
-            label = str(source)
         if pooling is not None and pooling not in POOLINGS:
             raise InvalidRequest(f"Unknown pooling {pooling!r}; use one of {', '.join(POOLINGS)}.", param="pooling")
         if ctx_len is not None and ctx_len <= 0:
             raise InvalidRequest("ctx_len must be a positive number of tokens.", param="ctx_len")
+        with contextlib.nullcontext() if reserved else self.reserve(model_id):
+            return self._import(
+                model_id, source, name=name, pooling=pooling, ctx_len=ctx_len, outtype=outtype, progress=progress,
+                move=move, engine=engine, quantize=quantize, label=label,
+            )  # fmt: skip
+
+    def _import(
+        self,
+        model_id: str,
+        source: Path | Callable[[Path], None],
+        *,
+        name: str | None,
+        pooling: str | None,
+        ctx_len: int | None,
+        outtype: str | None,
+        progress: Progress | None,
+        move: bool,
+        engine: str | None,
+        quantize: str | None,
+        label: str | None,
+    ) -> ModelRecord:
+        if label is None and isinstance(source, Path):
+            label = str(source)
         final = self.folder(model_id)
         if final.exists():
             raise Conflict(f"A model with id `{model_id}` already exists.", param="model")
@@ -184,7 +301,10 @@ class ModelStore:
                 folder = read_st_folder(source)
                 if pooling is not None:  # an override reaches whichever converter runs
                     folder = dataclasses.replace(folder, pooling=pooling)
+            else:
+                inspect_gguf(source)  # a file that is no GGUF is refused before a byte of it is copied
         engine = _choose_engine(folder is not None, engine, outtype, quantize)
+        self.check_space(_space_needed(source, folder, engine, quantize, move), f"import `{model_id}`")
         staging = self.root / f"{_STAGING}{uuid.uuid4().hex}"
         staging.mkdir(mode=0o700)
         try:
@@ -247,8 +367,8 @@ class ModelStore:
         return record
 
     def delete(self, model_id: str) -> str:
-        """Remove a model; returns the id removed."""
-        resolved = self.resolve(model_id)
+        """Remove a model; returns the id removed. Callers unload it first (the registry does)."""
+        resolved = self.get(model_id).id
         trash = self.root / f"{_TRASH}{uuid.uuid4().hex}"
         os.rename(self.folder(resolved), trash)
         fsync_dir(self.root)
@@ -274,6 +394,20 @@ def _choose_engine(is_folder: bool, engine: str | None, outtype: str | None, qua
     if not is_folder and outtype is not None:
         raise InvalidRequest("'outtype' applies to sentence-transformers folders, not GGUF files.", param="outtype")
     return engine
+
+
+def _space_needed(
+    source: Path | Callable[[Path], None], folder: STModel | None, engine: str, quantize: str | None, move: bool
+) -> int:
+    """Bytes an import writes into the store at its peak (0 where it cannot be known beforehand)."""
+    if folder is not None:
+        size = folder.weights.stat().st_size
+        if engine == "onnxruntime":
+            return int(size * (_ONNX_INT8_SPACE if quantize else _ONNX_SPACE))
+        return size  # GGUF from f32 safetensors: f32 at most
+    if isinstance(source, Path) and not move:
+        return source.stat().st_size
+    return 0
 
 
 def _resolve_source(path: Path) -> Path:

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from fastapi import APIRouter, Request, Response
 
+from cortex.api.cancel import ClientGone, unless_disconnected
 from cortex.api.protocol import (
     EmbeddingRequest,
     EmbeddingResponse,
@@ -41,31 +40,17 @@ async def create_embeddings(request: Request) -> Response:
     settings = request.app.state.settings
     check_inputs(inputs, settings.max_inputs)
     registry: ModelRegistry = request.app.state.registry
-    model = await registry.get(validate_model_id(req.model))
-    check_dimensions(req.dimensions, model.engine.n_embd)
-    access = {"model": req.model, "inputs": len(inputs)}
-    request.state.access = access
-    work = asyncio.ensure_future(
-        embed_inputs(model, inputs, truncate=req.truncate, max_tokens=settings.max_tokens_per_request)
-    )
-    watch = asyncio.ensure_future(_disconnected(request))
-    try:
-        await asyncio.wait({work, watch}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        watch.cancel()
-        if not work.done():  # the client went away: drop its inputs from the queue, compute nothing
-            work.cancel()
-    if not work.done() or work.cancelled():
-        access["disconnected"] = True
-        return Response(status_code=499)
-    vectors, n_tokens = work.result()
+    async with registry.use(validate_model_id(req.model)) as model:
+        check_dimensions(req.dimensions, model.engine.n_embd)
+        access = {"model": req.model, "inputs": len(inputs)}
+        request.state.access = access
+        work = embed_inputs(model, inputs, truncate=req.truncate, max_tokens=settings.max_tokens_per_request)
+        try:  # a client that leaves has its inputs dropped from the queue: nothing is computed for it
+            vectors, n_tokens = await unless_disconnected(request, work)
+        except ClientGone:
+            access["disconnected"] = True
+            return Response(status_code=499)
     access["tokens"] = n_tokens
     vectors = truncate_dimensions(vectors, req.dimensions)
     body = encode_embeddings(vectors, model=req.model, prompt_tokens=n_tokens, encoding_format=req.encoding_format)
     return Response(body, media_type="application/json")
-
-
-async def _disconnected(request: Request) -> None:
-    """Returns when the client disconnects (the body has been read; only a disconnect can follow)."""
-    while (await request.receive())["type"] != "http.disconnect":
-        pass

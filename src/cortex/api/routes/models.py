@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import threading
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Literal
@@ -12,9 +14,10 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from cortex.api.cancel import ClientGone, in_stoppable_thread, unless_disconnected
 from cortex.api.errors import json_response
 from cortex.api.sse import sse_event
-from cortex.errors import Conflict, CortexError, InvalidRequest
+from cortex.errors import Cancelled, Conflict, CortexError, InvalidRequest
 from cortex.runtime.registry import ModelRegistry
 from cortex.store.builtin import BUILTINS, find_builtin
 from cortex.store.ids import validate_model_id
@@ -153,10 +156,16 @@ async def import_model(body: ImportRequest, request: Request) -> Response:
             f"'model_path' is required: `{model_id}` is not a built-in model (built-in: {', '.join(BUILTINS)}).",
             param="model_path",
         )
-    if store.folder(model_id).exists():
-        raise Conflict(f"A model with id `{model_id}` already exists.", param="model")
+    if store.folder(model_id).exists() or store.is_reserved(model_id):  # fast 409; the store reserves the id
+        raise Conflict(f"A model with id `{model_id}` already exists or is being imported.", param="model")
 
-    def run(progress: Progress | None = None) -> ModelRecord:
+    def run(stop: threading.Event, progress: Progress | None = None) -> ModelRecord:
+        def step(stage: str, done: int, total: int) -> None:
+            if stop.is_set():
+                raise Cancelled
+            if progress is not None:
+                progress(stage, done, total)
+
         return store.import_model(
             model_id,
             source,
@@ -164,19 +173,25 @@ async def import_model(body: ImportRequest, request: Request) -> Response:
             pooling=body.pooling,
             ctx_len=body.ctx_len,
             outtype=body.outtype,
-            progress=progress,
+            progress=step,
             engine=body.engine,
             quantize=body.quantize,
         )
 
     if not body.stream:
-        record = await asyncio.to_thread(run)
+        try:
+            record = await unless_disconnected(request, in_stoppable_thread(run))
+        except ClientGone:
+            return Response(status_code=499)
         return json_response(_model_object(registry, record).model_dump())
     return StreamingResponse(_import_events(run, registry), media_type="text/event-stream")
 
 
-async def _import_events(run: Callable[[Progress], ModelRecord], registry: ModelRegistry) -> AsyncIterator[bytes]:
-    """Server-sent events for an import: progress as it goes, then `done` or `error`."""
+async def _import_events(
+    run: Callable[[threading.Event, Progress], ModelRecord], registry: ModelRegistry
+) -> AsyncIterator[bytes]:
+    """Server-sent events for an import: progress as it goes, then `done` or `error`. A client that
+    leaves stops the import (the generator is closed), which then leaves nothing in the store."""
     loop = asyncio.get_running_loop()
     events: asyncio.Queue[tuple[str, dict]] = asyncio.Queue()
 
@@ -185,7 +200,7 @@ async def _import_events(run: Callable[[Progress], ModelRecord], registry: Model
 
     async def work() -> None:
         try:
-            record = await asyncio.to_thread(run, progress)
+            record = await in_stoppable_thread(lambda stop: run(stop, progress))
             events.put_nowait(("done", _model_object(registry, record).model_dump()))
         except CortexError as exc:
             events.put_nowait(("error", exc.to_dict()))
@@ -194,12 +209,18 @@ async def _import_events(run: Callable[[Progress], ModelRecord], registry: Model
             events.put_nowait(("error", {"error": {"message": "The import failed.", "type": "server_error"}}))
 
     task = asyncio.create_task(work())
-    while True:
-        kind, data = await events.get()
-        yield sse_event(kind, data)
-        if kind != "progress":
-            break
-    await task
+    try:
+        while True:
+            kind, data = await events.get()
+            yield sse_event(kind, data)
+            if kind != "progress":
+                break
+    finally:
+        if not task.done():  # the client left mid-import
+            log.info("import of a model stopped: its client went away")
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
 
 @router.post("/v1/models/start", response_model=ModelObject, summary="Load a model into memory")
@@ -212,8 +233,8 @@ async def start_model(body: ModelRef, request: Request) -> ModelObject:
 @router.post("/v1/models/stop", response_model=StopResult, summary="Unload a model from memory")
 async def stop_model(body: ModelRef, request: Request) -> StopResult:
     registry = _registry(request)
-    record = _store(request).get(validate_model_id(body.model))
-    return StopResult(id=record.id, was_loaded=await registry.unload(record.id))
+    model_id = _store(request).resolve(validate_model_id(body.model))
+    return StopResult(id=model_id, was_loaded=await registry.unload(model_id))
 
 
 @router.get("/v1/models/{model_id:path}", response_model=ModelObject, summary="Describe one model")
@@ -224,9 +245,6 @@ async def get_model(model_id: str, request: Request) -> ModelObject:
 
 @router.delete("/v1/models/{model_id:path}", response_model=DeleteResult, summary="Delete a model from the store")
 async def delete_model(model_id: str, request: Request) -> DeleteResult:
-    registry = _registry(request)
-    store = _store(request)
-    record = store.get(validate_model_id(model_id))
-    await registry.unload(record.id)
-    await asyncio.to_thread(store.delete, record.id)
-    return DeleteResult(id=record.id)
+    """Unloads the model once the requests that use it are done, then removes it. Requests that arrive
+    meanwhile wait and then get 404 `model_not_found`."""
+    return DeleteResult(id=await _registry(request).delete(validate_model_id(model_id)))
