@@ -138,3 +138,36 @@ def test_a_streamed_import_stops_when_its_client_leaves(c, srv, minilm: Path) ->
     body["stream"] = False  # the id was given back: importing it again works
     r = c.post("/v1/models/import", json={**body, "quantize": None})
     assert r.status_code == 200, r.text
+
+
+def test_ctrl_c_on_models_import_cancels_it(srv: ServerProcess, minilm: Path) -> None:
+    """12.13: Ctrl-C on `cortex models import` left the import running on the server."""
+    import signal
+    import subprocess
+    import sys
+
+    from conftest import cortex_env
+
+    models = srv.data_dir / "models"
+    cmd = [sys.executable, "-m", "cortex", "models", "import", "--model_id", "cli:1", "--model_path", str(minilm),
+           "--quantize", "int8"]  # fmt: skip
+    proc = subprocess.Popen(cmd, env=cortex_env(srv.data_dir), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        for _ in range(300):
+            if [p for p in models.iterdir() if p.name.startswith(".staging-")]:
+                break
+            time.sleep(0.05)
+        else:
+            raise AssertionError("the import never started")
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130 and b"cancelled" in stderr, stderr
+    for _ in range(300):
+        if not [p for p in models.iterdir() if p.name.startswith(".staging-")]:
+            break
+        time.sleep(0.1)
+    with srv.client() as c:
+        assert "cli:1" not in [m["id"] for m in c.get("/v1/models").json()["data"]]
+    assert not (models / "cli@1").exists()

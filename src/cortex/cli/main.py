@@ -399,6 +399,8 @@ def _import(client: Client, body: dict) -> dict:
                     return data
     except ApiError as exc:
         raise _fail(str(exc)) from exc
+    except KeyboardInterrupt:  # the connection closes with the stream: the server stops the import
+        raise _fail("Import cancelled; nothing was stored.", code=130) from None
     raise _fail("The server ended the import without a result.")
 
 
@@ -416,7 +418,8 @@ def models_import(
     ctx_len: Annotated[int | None, typer.Option("--ctx-len", help="Most tokens per input")] = None,
     name: Annotated[str | None, typer.Option(help="Display name")] = None,
 ) -> None:
-    """Add a GGUF file, or a sentence-transformers folder converted to GGUF, to the store."""
+    """Add a GGUF file or a sentence-transformers folder (converted to ONNX, or to GGUF with --engine
+    llama-cpp) to the store. Ctrl-C cancels the import and leaves nothing behind."""
     body: dict = {"model": model_id, "pooling": pooling, "ctx_len": ctx_len, "name": name, "outtype": outtype,
                   "engine": engine, "quantize": quantize}  # fmt: skip
     if model_path is not None:
