@@ -218,8 +218,8 @@ TEXTS = ["the cat sat on the mat", "quantum computers use qubits", "Paris is the
 @pytest.mark.parametrize("engine", ["onnxruntime", "llama-cpp"])
 def test_stop_start_delete_import_loop_under_8_clients(tmp_path: Path, folder: Path, engine: str) -> None:
     """For 60 s, a controller stops, starts, deletes and re-imports model `a` while 8 clients embed with
-    `a` and with a stable `b` (another pooling, so other vectors): no crash, no 5xx but
-    `model_unavailable`, no 409, and every vector answered is its own model's."""
+    `a` and with a stable `b` (another pooling, so other vectors): no crash, no 5xx at all (requests that
+    arrive during a delete wait for it and get 404), no 409, and every vector answered is its own model's."""
     srv = ServerProcess(tmp_path / "data").start()
     body = {"model_path": str(folder), "engine": engine}
     try:
@@ -228,7 +228,7 @@ def test_stop_start_delete_import_loop_under_8_clients(tmp_path: Path, folder: P
             ref = {m: {t: _vector(c, m, t) for t in TEXTS} for m in ("a:1", "b:1")}
         assert all(float(ref["a:1"][t] @ ref["b:1"][t]) < 0.99 for t in TEXTS)
         problems: list[str] = []
-        counts = {"ok": 0, "404": 0, "unavailable": 0}
+        counts = {"ok": 0, "404": 0}
         stop = threading.Event()
 
         def client(n: int) -> None:
@@ -252,9 +252,7 @@ def test_stop_start_delete_import_loop_under_8_clients(tmp_path: Path, folder: P
                         counts["ok"] += 1
                     elif r.status_code == 404 and code == "model_not_found" and model == "a:1":
                         counts["404"] += 1
-                    elif r.status_code == 500 and code == "model_unavailable":
-                        counts["unavailable"] += 1
-                    else:
+                    else:  # a 500 `model_unavailable` with a server path, or a 409, was seen here before
                         problems.append(f"{model}: {r.status_code} {r.text[:300]}")
 
         with ThreadPoolExecutor(8) as pool, srv.client(timeout=120) as c:
