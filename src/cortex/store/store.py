@@ -2,7 +2,9 @@
 
 A model enters the store whole or not at all: it is assembled in a staging folder (weights
 copied, checked, model.yml written and fsynced), then the folder is renamed into place. Deletion
-renames the folder away before removing it. Leftovers of a crash are swept on open.
+renames the folder away before removing it. Leftovers of a crash are swept on open, which is safe only
+for the one server that holds the data folder's lock (`cortex.data_folder.lock_folder`): another
+server's sweep would delete a live import's staging folder.
 """
 
 from __future__ import annotations
@@ -26,7 +28,14 @@ from cortex.convert.onnx_model import FILES as ONNX_FILES
 from cortex.convert.onnx_model import write_onnx_model
 from cortex.convert.st_folder import STModel, read_st_folder
 from cortex.engine.probe import probe_gguf
-from cortex.errors import Conflict, InvalidModelFile, InvalidRequest, ModelNotFound, ModelUnavailable
+from cortex.errors import (
+    Conflict,
+    InvalidModelFile,
+    InvalidRequest,
+    ModelNotFound,
+    ModelUnavailable,
+    ReadOnlyDataFolder,
+)
 from cortex.store.atomic import fsync_dir, write_atomic
 from cortex.store.gguf_info import inspect_gguf
 from cortex.store.ids import folder_name, split_tag, validate_model_id
@@ -67,13 +76,24 @@ class ModelRecord(BaseModel):
 
 
 class ModelStore:
-    """Models on disk under `root`; safe against crashes and hostile ids."""
+    """Models on disk under `root`; safe against crashes and hostile ids.
 
-    def __init__(self, root: Path, *, default_ctx_len: int = 2048) -> None:
+    A `read_only` store (a data folder this process cannot write) is served as it is: nothing is
+    created or swept, and imports and deletes raise ReadOnlyDataFolder.
+    """
+
+    def __init__(self, root: Path, *, default_ctx_len: int = 2048, read_only: bool = False) -> None:
         self.root = root
         self.default_ctx_len = default_ctx_len
-        root.mkdir(parents=True, exist_ok=True)
-        self._sweep()
+        self.read_only = read_only
+        if not read_only:
+            root.mkdir(parents=True, exist_ok=True)
+            self._sweep()
+
+    def require_writable(self) -> None:
+        """Raise ReadOnlyDataFolder if this store cannot change."""
+        if self.read_only:
+            raise ReadOnlyDataFolder()
 
     def _sweep(self) -> None:
         """Remove staging and trash folders left by an interrupted import or delete."""
@@ -108,7 +128,7 @@ class ModelStore:
     def list(self) -> list[ModelRecord]:
         """Every intact model, sorted by id. A folder with a broken model.yml is logged and skipped."""
         records = []
-        for entry in sorted(self.root.iterdir()):
+        for entry in sorted(self.root.iterdir()) if self.root.is_dir() else ():  # read-only: models/ may be absent
             if entry.name.startswith(".") or not (entry / MODEL_FILE).is_file():
                 continue
             try:
@@ -167,6 +187,7 @@ class ModelStore:
         file (a finished download) is moved into the store instead of copied. Errors name the source
         as `label` (default: the path given), never the store's own file names.
         """
+        self.require_writable()
         validate_model_id(model_id)
         if label is None and isinstance(source, Path):
             label = str(source)
@@ -248,6 +269,7 @@ class ModelStore:
 
     def delete(self, model_id: str) -> str:
         """Remove a model; returns the id removed."""
+        self.require_writable()
         resolved = self.resolve(model_id)
         trash = self.root / f"{_TRASH}{uuid.uuid4().hex}"
         os.rename(self.folder(resolved), trash)

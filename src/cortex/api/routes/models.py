@@ -139,6 +139,7 @@ async def list_models(request: Request) -> ModelList:
 )
 async def import_model(body: ImportRequest, request: Request) -> Response:
     store = _store(request)
+    store.require_writable()  # before the id checks and the event stream: a read-only server refuses first
     registry = _registry(request)
     model_id = validate_model_id(body.model)
     name = body.name
@@ -226,6 +227,7 @@ async def get_model(model_id: str, request: Request) -> ModelObject:
 async def delete_model(model_id: str, request: Request) -> DeleteResult:
     registry = _registry(request)
     store = _store(request)
+    store.require_writable()  # before the unload: a refused delete leaves the model loaded
     record = store.get(validate_model_id(model_id))
     await registry.unload(record.id)
     await asyncio.to_thread(store.delete, record.id)
