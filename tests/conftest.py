@@ -38,8 +38,10 @@ def cortex_env(data_dir: Path) -> dict[str, str]:
 class ServerProcess:
     """`cortex start --foreground` in a child process, with its own data folder and port."""
 
-    def __init__(self, data_dir: Path, **env: str) -> None:
+    def __init__(self, data_dir: Path, *, prefix: tuple[str, ...] = (), **env: str) -> None:
+        """`prefix`: a command that runs the server, e.g. in a namespace (`unshare -m ...`)."""
         self.data_dir = data_dir
+        self.prefix = prefix
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.log_path = data_dir.parent / f"{data_dir.name}-server.log"
@@ -48,7 +50,7 @@ class ServerProcess:
 
     def start(self, timeout: float = 60) -> ServerProcess:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        cmd = [sys.executable, "-m", "cortex", "start", "--foreground", "--port", str(self.port)]
+        cmd = [*self.prefix, sys.executable, "-m", "cortex", "start", "--foreground", "--port", str(self.port)]
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(cmd, env=self._env, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout

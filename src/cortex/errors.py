@@ -125,5 +125,24 @@ class EngineFailure(CortexError):
     code = "engine_error"
 
 
+class ReadOnlyDataFolder(CortexError):
+    """The server serves a read-only data folder: it cannot import, pull or delete (403).
+
+    403, not 409: nothing the client can change in the store's state makes the request succeed; the
+    server refuses it until it is restarted on a writable folder. The message does not name the
+    folder (no error names a server path); the server's start-up log does.
+    """
+
+    status = 403
+    type = "invalid_request_error"
+    code = "read_only"
+
+    def __init__(self) -> None:
+        super().__init__(
+            "This server's data folder is read-only: it serves the models stored there, but cannot import, "
+            "pull or delete models."
+        )
+
+
 class Cancelled(Exception):
     """Work stopped because whoever asked for it went away or cancelled it; not reported to a client."""

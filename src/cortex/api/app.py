@@ -14,6 +14,7 @@ from cortex import __version__
 from cortex.api.errors import install_error_handlers
 from cortex.api.routes import embeddings, hardware, health, models, pull
 from cortex.config import Settings
+from cortex.data_folder import folder_id
 from cortex.hardware import hardware_report, summary
 from cortex.hub.tasks import PullManager
 from cortex.runtime.registry import ModelRegistry
@@ -26,8 +27,8 @@ async def _log_hardware() -> None:
     log.info("hardware: %s", summary(await asyncio.to_thread(hardware_report)))
 
 
-def create_app(settings: Settings) -> FastAPI:
-    """A cortex app serving the store under `settings.data_dir`."""
+def create_app(settings: Settings, *, read_only: bool = False) -> FastAPI:
+    """A cortex app serving the store under `settings.data_dir` (`read_only`: as it is, see ModelStore)."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -35,9 +36,11 @@ def create_app(settings: Settings) -> FastAPI:
             settings.models_dir,
             default_ctx_len=settings.default_ctx_len,
             min_free_bytes=settings.min_free_disk_bytes,
+            read_only=read_only,
         )
         registry = ModelRegistry(store, settings)
         pulls = PullManager(store)
+        app.state.folder_id = folder_id(settings.data_dir)
         app.state.settings = settings
         app.state.store = store
         app.state.registry = registry

@@ -1,7 +1,8 @@
 """The ASGI layer in front of the app: request ids, access control, body limits, the access log.
 
 Every request, in order:
-1. gets an id (`X-Request-Id` on every response) and a line in `logs/access.jsonl` when it ends;
+1. gets an id (`X-Request-Id` on every response) and a line in `logs/access.jsonl` when it ends
+   (on stderr for a read-only data folder);
 2. on a loopback-bound server, must carry a loopback `Host` (or one of `allowed_hosts`): DNS rebinding;
 3. with an `Origin`, must come from an allowed origin (or the server's own); a preflight from any
    other gets a 403 without `Access-Control-Allow-*` headers, so web pages cannot drive the API;
@@ -19,6 +20,7 @@ import json
 import logging
 import logging.handlers
 import re
+import sys
 import time
 import uuid
 from itertools import accumulate
@@ -62,14 +64,19 @@ def json_depth_exceeds(body: bytes, limit: int) -> bool:
     return max(accumulate(1 if b in (b"[", b"{") else -1 for b in brackets), default=0) > limit
 
 
-def access_logger(logs_dir: Path) -> logging.Logger:
-    """A JSON-lines logger on logs/access.jsonl, rotated at 10 MiB, 5 files kept."""
-    logger = logging.getLogger(f"cortex.access.{logs_dir}")
+def access_logger(logs_dir: Path | None) -> logging.Logger:
+    """A JSON-lines logger on logs/access.jsonl, rotated at 10 MiB, 5 files kept; on stderr when
+    `logs_dir` is None (a read-only data folder)."""
+    logger = logging.getLogger(f"cortex.access.{logs_dir or '-'}")
     if not logger.handlers:
-        logs_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        handler = logging.handlers.RotatingFileHandler(
-            logs_dir / "access.jsonl", maxBytes=10 * 2**20, backupCount=5, encoding="utf-8"
-        )
+        handler: logging.Handler
+        if logs_dir is None:
+            handler = logging.StreamHandler(sys.stderr)
+        else:
+            logs_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            handler = logging.handlers.RotatingFileHandler(
+                logs_dir / "access.jsonl", maxBytes=10 * 2**20, backupCount=5, encoding="utf-8"
+            )
         handler.setFormatter(logging.Formatter("%(message)s"))
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
@@ -80,14 +87,15 @@ def access_logger(logs_dir: Path) -> logging.Logger:
 class Guard:
     """Pure ASGI middleware wrapping the whole app (outside FastAPI's own error handling)."""
 
-    def __init__(self, app: ASGIApp, settings: Settings) -> None:
+    def __init__(self, app: ASGIApp, settings: Settings, *, logs_dir: Path | None) -> None:
+        """`logs_dir`: the access log's folder, None for stderr (see access_logger)."""
         self.app = app
         self.settings = settings
         self.keys = [k.encode() for k in settings.all_api_keys()]
         self.check_host = is_loopback_host(settings.host)
         self.allowed_hosts = {h.lower() for h in settings.allowed_hosts}
         self.allowed_origins = set(settings.allowed_origins)
-        self.log = access_logger(settings.logs_dir)
+        self.log = access_logger(logs_dir)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

@@ -1,4 +1,5 @@
-"""Run the app under uvicorn in this process, and record where it listens in server.json."""
+"""Run the app under uvicorn in this process, holding its data folder's lock, and record where it listens in
+server.json."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from cortex.api.app import create_app
 from cortex.api.guard import Guard, is_loopback_host
 from cortex.api.http_protocol import GuardedHttpToolsProtocol
 from cortex.config import Settings, write_default_config
+from cortex.data_folder import lock_folder, writable
 from cortex.store.atomic import write_atomic
 
 
@@ -76,18 +78,43 @@ def check_exposure(settings: Settings) -> list[str]:
 
 
 def serve(settings: Settings) -> None:
-    """Serve until SIGINT/SIGTERM; shutdown lets in-flight requests finish within the grace period."""
+    """Serve until SIGINT/SIGTERM; shutdown lets in-flight requests finish within the grace period.
+
+    A writable data folder is locked for the server's life before its store is opened (and swept):
+    raises FolderInUse if another server holds it. A data folder this process cannot write is served
+    read-only: nothing is written there (no chmod, config.yml, logs or server.json, so the CLI cannot
+    find this server), nothing is swept, and imports, pulls and deletes are refused.
+    """
     warnings = check_exposure(settings)
-    for sub in (settings.data_dir, settings.models_dir, settings.logs_dir):
-        sub.mkdir(parents=True, exist_ok=True, mode=0o700)
-    os.chmod(settings.data_dir, 0o700)
-    write_default_config(settings)
+    settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    read_only = not writable(settings.data_dir, settings.models_dir)
+    with contextlib.ExitStack() as held:
+        if not read_only:
+            held.callback(os.close, lock_folder(settings.data_dir))
+            _prepare_folder(settings)
+        _start_logging(settings, warnings, read_only)
+        server = _uvicorn_server(settings, read_only)
+        if not read_only:
+            held.enter_context(_server_record(settings))
+        server.run()
+
+
+def _start_logging(settings: Settings, warnings: list[str], read_only: bool) -> None:
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log = logging.getLogger("cortex")
     for warning in warnings:
-        logging.getLogger("cortex").warning(warning)
-    app = create_app(settings)
+        log.warning(warning)
+    if read_only:
+        log.warning(
+            "data folder %s is read-only: serving its models read-only (imports, pulls and deletes are refused)",
+            settings.data_dir,
+        )
+
+
+def _uvicorn_server(settings: Settings, read_only: bool) -> _Server:
+    app = create_app(settings, read_only=read_only)
     config = uvicorn.Config(
-        Guard(app, settings),
+        Guard(app, settings, logs_dir=None if read_only else settings.logs_dir),
         host=settings.host,
         port=settings.port,
         loop=_loop(),
@@ -100,7 +127,20 @@ def serve(settings: Settings) -> None:
         ssl_keyfile=settings.ssl_keyfile,
     )
     config.cortex_limits = settings  # read by GuardedHttpToolsProtocol
-    server = _Server(config, on_exit=lambda: app.state.pulls.pause_running() if hasattr(app.state, "pulls") else None)
+    return _Server(config, on_exit=lambda: app.state.pulls.pause_running() if hasattr(app.state, "pulls") else None)
+
+
+def _prepare_folder(settings: Settings) -> None:
+    """The data folder's layout, private to its owner, with a commented config.yml."""
+    for sub in (settings.models_dir, settings.logs_dir):
+        sub.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(settings.data_dir, 0o700)
+    write_default_config(settings)
+
+
+@contextlib.contextmanager
+def _server_record(settings: Settings) -> Iterator[None]:
+    """server.json, where the CLI finds this server, for as long as it runs."""
     state = {
         "pid": os.getpid(),
         "host": settings.host,
@@ -110,7 +150,7 @@ def serve(settings: Settings) -> None:
     }
     write_atomic(settings.server_file, json.dumps(state).encode(), mode=0o600)
     try:
-        server.run()
+        yield
     finally:
         try:
             if json.loads(settings.server_file.read_text()).get("pid") == os.getpid():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 import httpx
 
 from cortex.config import Settings
+from cortex.data_folder import folder_id, lock_holder, writable
 
 
 class DaemonError(Exception):
@@ -49,28 +51,51 @@ def _pid_alive(pid: int) -> bool:
         return True
 
 
-def _health_pid(base_url: str, timeout: float = 2.0) -> int | None:
-    """The pid that /healthz reports, or None if nothing cortex-like answers."""
+def _health(base_url: str, timeout: float = 2.0) -> dict | None:
+    """What /healthz answers, or None if nothing cortex-like answers."""
     try:
         r = httpx.get(f"{base_url}/healthz", timeout=timeout, verify=False)
-        return int(r.json()["pid"]) if r.status_code == 200 else None
-    except (httpx.HTTPError, ValueError, KeyError, TypeError):
+        body = r.json() if r.status_code == 200 else None
+    except (httpx.HTTPError, ValueError):
         return None
+    return body if isinstance(body, dict) and "pid" in body else None
+
+
+class NotAnswering(DaemonError):
+    """This folder's server runs (it holds the folder's lock) but does not answer: busy or hung."""
+
+    def __init__(self, info: ServerInfo) -> None:
+        super().__init__(
+            f"The cortex server at {info.base_url} (pid {info.pid}) does not answer: it is starting, busy "
+            "(all its connections in use) or hung. No other server is started for this data folder; "
+            "`cortex stop` stops it."
+        )
+        self.info = info
 
 
 def running_server(settings: Settings) -> ServerInfo | None:
-    """The live server recorded in server.json, or None. A stale record (its process gone, or the
-    pid reused by another process) is removed."""
+    """The live server of this data folder that server.json records, or None.
+
+    A record is stale, and removed, when its process is gone, or when the server at its address serves
+    another folder (a copied data folder holds the original's record) or is another process. A live
+    process that does not answer but holds this folder's lock is its server, busy or hung: the record
+    is kept, so that no second server starts over it, and NotAnswering is raised.
+    """
     path = settings.server_file
     try:
         state = json.loads(path.read_text())
         info = ServerInfo(int(state["pid"]), str(state["host"]), int(state["port"]), bool(state.get("tls")))
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    if _pid_alive(info.pid) and _health_pid(info.base_url) == info.pid:
-        return info
-    if not _pid_alive(info.pid) or _health_pid(info.base_url) is None:
-        path.unlink(missing_ok=True)
+    if _pid_alive(info.pid):
+        health = _health(info.base_url)
+        if health is None:
+            if lock_holder(settings.data_dir) == info.pid:
+                raise NotAnswering(info)
+        elif (health["pid"], health.get("data_folder")) == (info.pid, folder_id(settings.data_dir)):
+            return info
+    with contextlib.suppress(OSError):  # a read-only data folder keeps its stale record
+        path.unlink()
     return None
 
 
@@ -81,6 +106,10 @@ def start_background(settings: Settings, flags: dict[str, object], *, timeout: f
     where `ps` would show an API key to every user of the machine.
     """
     settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if not writable(settings.data_dir, settings.models_dir):  # no log, no server.json: the CLI would lose it
+        raise DaemonError(
+            f"The data folder {settings.data_dir} is read-only. `cortex start --foreground` serves it read-only."
+        )
     settings.logs_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     log_path = settings.logs_dir / "server.log"
     cmd = [sys.executable, "-m", "cortex", "--data-dir", str(settings.data_dir), "start", "--foreground"]
@@ -100,7 +129,7 @@ def start_background(settings: Settings, flags: dict[str, object], *, timeout: f
                 f"The server exited with code {proc.returncode} during start-up.\n"
                 f"Last lines of {log_path}:\n{_tail(log_path)}"
             )
-        if _health_pid(info.base_url, timeout=1.0) == proc.pid:
+        if (_health(info.base_url, timeout=1.0) or {}).get("pid") == proc.pid:
             return info
         time.sleep(0.1)
     proc.terminate()

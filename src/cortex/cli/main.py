@@ -26,8 +26,16 @@ from rich.progress import (
 from rich.table import Table
 
 from cortex.cli.client import ApiError, Client
-from cortex.cli.daemon import DaemonError, ServerInfo, running_server, start_background, stop_server
+from cortex.cli.daemon import (
+    DaemonError,
+    NotAnswering,
+    ServerInfo,
+    running_server,
+    start_background,
+    stop_server,
+)
 from cortex.config import Settings, load_settings
+from cortex.data_folder import FolderInUse
 from cortex.errors import CortexError
 
 app = typer.Typer(help="cortex: a local, OpenAI-compatible model server.", no_args_is_help=True)
@@ -50,13 +58,22 @@ def _settings(**flags: object) -> Settings:
 
 
 def _fail(message: str, code: int = 1) -> typer.Exit:
-    err.print(f"[red]error:[/red] {message}", highlight=False)
+    """Print `message` unwrapped (a log or a pipe gets one line per line) and give the exit to raise."""
+    err.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
     return typer.Exit(code)
+
+
+def _running(settings: Settings) -> ServerInfo | None:
+    """This data folder's running server, or None; a server that does not answer is an error."""
+    try:
+        return running_server(settings)
+    except NotAnswering as exc:
+        raise _fail(str(exc)) from exc
 
 
 def _ensure_server(settings: Settings) -> ServerInfo:
     """The running server for this data folder, started in the background if there is none."""
-    info = running_server(settings)
+    info = _running(settings)
     if info is not None:
         return info
     try:
@@ -161,7 +178,7 @@ def start(
         warnings = check_exposure(settings)
     except (ValueError, OSError, ExposureError) as exc:
         raise _fail(str(exc)) from exc
-    info = running_server(settings)
+    info = _running(settings)
     if info is not None:
         if foreground:
             raise _fail(f"A cortex server is already running for {settings.data_dir} (pid {info.pid}).")
@@ -172,7 +189,10 @@ def start(
     if foreground:
         from cortex.api.server import serve
 
-        serve(settings)
+        try:
+            serve(settings)
+        except FolderInUse as exc:
+            raise _fail(str(exc)) from exc
         return
     try:
         info = start_background(settings, flags)
@@ -183,9 +203,14 @@ def start(
 
 @app.command()
 def stop() -> None:
-    """Stop the server gracefully (in-flight requests finish)."""
+    """Stop the server gracefully (in-flight requests finish), even one too busy to answer: it holds
+    this folder's lock, so it is this folder's server."""
     settings = _settings()
-    info = running_server(settings)
+    try:
+        info = running_server(settings)
+    except NotAnswering as exc:
+        info = exc.info
+        err.print(f"cortex does not answer at {info.base_url} (pid {info.pid}); stopping it", highlight=False)
     if info is None:
         out.print("cortex is not running")
         return
@@ -200,7 +225,7 @@ def stop() -> None:
 def status() -> None:
     """Say whether the server is running, where, and what it has loaded."""
     settings = _settings()
-    info = running_server(settings)
+    info = _running(settings)
     if info is None:
         out.print(f"cortex is not running (data folder {settings.data_dir})")
         raise typer.Exit(3)

@@ -110,7 +110,7 @@ class PullManager:
 
     def _sweep_downloads(self) -> None:
         """Drop partial downloads of models that are in the store by now (imported another way)."""
-        if not self.downloads.is_dir():
+        if self.store.read_only or not self.downloads.is_dir():
             return
         for entry in self.downloads.iterdir():
             if (self.store.root / entry.name).exists():
@@ -133,6 +133,7 @@ class PullManager:
     async def start(self, name: str, quant: str | None = None, engine: str | None = None) -> PullTask:
         """Start pulling `name`, or join the pull of the same model that is running. Answers within
         ANSWER_WITHIN_S: if the hub has not said what `name` is by then, the task resolves it alone."""
+        self.store.require_writable()  # before anything is downloaded into the store's folder
         self._loop = asyncio.get_running_loop()
         parsed = parse_pull_name(name)
         for task in self.tasks.values():

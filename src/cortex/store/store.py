@@ -2,7 +2,9 @@
 
 A model enters the store whole or not at all: it is assembled in a staging folder (weights
 copied, checked, model.yml written and fsynced), then the folder is renamed into place. Deletion
-renames the folder away before removing it. Leftovers of a crash are swept on open.
+renames the folder away before removing it. Leftovers of a crash are swept on open, which is safe only
+for the one server that holds the data folder's lock (`cortex.data_folder.lock_folder`): another
+server's sweep would delete a live import's staging folder.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from cortex.errors import (
     InvalidRequest,
     ModelNotFound,
     ModelUnavailable,
+    ReadOnlyDataFolder,
 )
 from cortex.files import read_regular_file
 from cortex.store.atomic import fsync_dir, write_atomic
@@ -103,17 +106,30 @@ class Reservation:
 
 
 class ModelStore:
-    """Models on disk under `root`; safe against crashes and hostile ids."""
+    """Models on disk under `root`; safe against crashes and hostile ids.
 
-    def __init__(self, root: Path, *, default_ctx_len: int = 2048, min_free_bytes: int = 0) -> None:
+    A `read_only` store (a data folder this process cannot write) is served as it is: nothing is
+    created or swept, and imports and deletes raise ReadOnlyDataFolder.
+    """
+
+    def __init__(
+        self, root: Path, *, default_ctx_len: int = 2048, min_free_bytes: int = 0, read_only: bool = False
+    ) -> None:
         self.root = root
         self.default_ctx_len = default_ctx_len
         self.min_free_bytes = min_free_bytes
+        self.read_only = read_only
         self._reserved: set[str] = set()  # ids being imported or pulled right now
         self._reserve_lock = threading.Lock()
         self._tags: tuple[tuple[int, int], dict[str, list[str]]] | None = None  # (root's stamp, name -> ids)
-        root.mkdir(parents=True, exist_ok=True)
-        self._sweep()
+        if not read_only:
+            root.mkdir(parents=True, exist_ok=True)
+            self._sweep()
+
+    def require_writable(self) -> None:
+        """Raise ReadOnlyDataFolder if this store cannot change."""
+        if self.read_only:
+            raise ReadOnlyDataFolder()
 
     def _sweep(self) -> None:
         """Remove staging and trash folders left by an interrupted import or delete."""
@@ -149,7 +165,7 @@ class ModelStore:
         """Every intact model, sorted by id. A folder whose model.yml is broken, or names another id
         than its folder does (a folder copied by hand), is logged and skipped."""
         records = []
-        for entry in sorted(self.root.iterdir()):
+        for entry in sorted(self.root.iterdir()) if self.root.is_dir() else ():  # read-only: models/ may be absent
             if entry.name.startswith(".") or not (entry / MODEL_FILE).is_file():
                 continue
             try:
@@ -263,6 +279,7 @@ class ModelStore:
         source as `label` (default: the path given), never the store's own file names. The id is
         reserved for the import's duration unless the caller holds it already (`reserved`, a pull).
         """
+        self.require_writable()
         validate_model_id(model_id)
         if pooling is not None and pooling not in POOLINGS:
             raise InvalidRequest(f"Unknown pooling {pooling!r}; use one of {', '.join(POOLINGS)}.", param="pooling")
@@ -368,6 +385,7 @@ class ModelStore:
 
     def delete(self, model_id: str) -> str:
         """Remove a model; returns the id removed. Callers unload it first (the registry does)."""
+        self.require_writable()
         resolved = self.get(model_id).id
         trash = self.root / f"{_TRASH}{uuid.uuid4().hex}"
         os.rename(self.folder(resolved), trash)

@@ -142,6 +142,7 @@ async def list_models(request: Request) -> ModelList:
 )
 async def import_model(body: ImportRequest, request: Request) -> Response:
     store = _store(request)
+    store.require_writable()  # before the id checks and the event stream: a read-only server refuses first
     registry = _registry(request)
     model_id = validate_model_id(body.model)
     name = body.name
@@ -247,4 +248,5 @@ async def get_model(model_id: str, request: Request) -> ModelObject:
 async def delete_model(model_id: str, request: Request) -> DeleteResult:
     """Unloads the model once the requests that use it are done, then removes it. Requests that arrive
     meanwhile wait and then get 404 `model_not_found`."""
+    _store(request).require_writable()  # before the unload: a refused delete leaves the model loaded
     return DeleteResult(id=await _registry(request).delete(validate_model_id(model_id)))
