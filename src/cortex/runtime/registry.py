@@ -11,7 +11,7 @@ from pathlib import Path
 from cortex.config import Settings
 from cortex.engine.base import Engine
 from cortex.engine.llama import LlamaCppEngine
-from cortex.errors import InvalidModelFile, ModelNotLoaded, ModelUnavailable
+from cortex.errors import CortexError, InvalidModelFile, ModelNotLoaded, ModelUnavailable
 from cortex.hardware import llama_cpp_report
 from cortex.runtime.scheduler import BatchScheduler
 from cortex.store.store import ModelRecord, ModelStore
@@ -47,6 +47,7 @@ class ModelRegistry:
         self._aliases: dict[str, str] = {}  # a requested name (`all-minilm`) -> the loaded id it resolved to
         self._lock = asyncio.Lock()
         self._unloading: set[asyncio.Task] = set()  # unloads started from a request, kept until done
+        self._shed: CortexError | None = None  # set by shed(): the answer to every later request
 
     def loaded(self) -> list[LoadedModel]:
         return list(self._loaded.values())
@@ -56,6 +57,8 @@ class ModelRegistry:
 
     async def get(self, model_id: str) -> LoadedModel:
         """The loaded model that `model_id` names, loading it first if allowed."""
+        if self._shed is not None:
+            raise self._shed.with_traceback(None)
         hit = self._loaded.get(self._aliases.get(model_id, model_id))
         if hit is not None:
             return self._unchanged(hit)
@@ -139,6 +142,13 @@ class ModelRegistry:
             await asyncio.to_thread(loaded.engine.close)
             log.info("unloaded %s", loaded.record.id)
             return True
+
+    def shed(self, exc: CortexError) -> None:
+        """Fail every queued input with `exc` and refuse later requests with it (no model loads either);
+        batches already running finish. See `BatchScheduler.fail_pending`."""
+        self._shed = exc
+        for loaded in self._loaded.values():
+            loaded.scheduler.fail_pending(exc)
 
     async def close(self) -> None:
         for model_id in list(self._loaded):
