@@ -300,3 +300,57 @@ def test_an_id_too_long_for_a_folder_name_is_a_client_error_on_every_route(c) ->
         assert 400 <= r.status_code < 500, (method, path, r.status_code, r.text)
         assert set(r.json()["error"]) == {"message", "type", "param", "code"}
     good_request_works(c)
+
+
+@pytest.fixture(scope="module")
+def patient(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """A small body limit but the default time limits: a lingering close then ends by its byte bound
+    or the client, never by a 2 s deadline racing the test."""
+    srv = ServerProcess(tmp_path_factory.mktemp("patient") / "data", CORTEX_MAX_BODY_BYTES=str(64 * 1024)).start()
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+HEAD = b"POST /v1/embeddings HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+MiB = 2**20
+
+
+def _chunked(data: bytes) -> bytes:
+    parts = [data[i : i + MiB] for i in range(0, len(data), MiB)]
+    return b"".join(b"%x\r\n%s\r\n" % (len(part), part) for part in parts)
+
+
+@pytest.mark.parametrize(
+    ("head", "encode"),
+    [(HEAD + b"Content-Length: 50000000\r\n\r\n", bytes), (HEAD + b"Transfer-Encoding: chunked\r\n\r\n", _chunked)],
+    ids=["declared too large", "found too large while read"],
+)
+def test_a_413_reaches_a_client_still_sending_its_body(patient, head: bytes, encode) -> None:
+    """After the 413 the server closes lingering: a FIN after the answer, then it reads and drops what the
+    client still sends. Closing at once would reset the connection (seen here as the send failing), and
+    across a network a reset can destroy the answer before the client reads it."""
+    with socket.create_connection(("127.0.0.1", patient.port), timeout=30) as s:
+        s.sendall(head)
+        s.sendall(encode(b"x" * 8 * MiB))  # more than the socket buffers hold: the server must read it
+        answer = b""
+        while chunk := s.recv(65536):  # to a clean EOF, not ConnectionResetError
+            answer += chunk
+    assert _status(answer) == 413
+    head_part, _, body = answer.partition(b"\r\n\r\n")
+    assert json.loads(body)["error"]["code"] == "request_too_large"
+    assert b"x-request-id:" in head_part.lower() and b"connection: close" in head_part.lower()
+
+
+def test_a_lingering_close_reads_no_more_than_its_bound(patient) -> None:
+    """What follows a 413 is read up to max(2 * max_body_bytes, 64 MiB), then the connection is closed."""
+    bound = 64 * MiB
+    sent = 0
+    with socket.create_connection(("127.0.0.1", patient.port), timeout=30) as s:
+        s.sendall(HEAD + b"Content-Length: 1000000000\r\n\r\n")
+        with pytest.raises((ConnectionResetError, BrokenPipeError)):
+            while sent < 1000 * MiB:
+                s.sendall(b"x" * MiB)
+                sent += MiB
+    assert bound - MiB <= sent < bound + 64 * MiB  # read to the bound (less the chunk that failed), not on

@@ -13,6 +13,7 @@ class CortexError(Exception):
     status: int = 500
     type: str = "server_error"
     code: str | None = None
+    retry_after_s: int | None = None  # sent as Retry-After: when retrying may succeed
 
     def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
         super().__init__(message)
@@ -115,6 +116,19 @@ class InsufficientStorage(CortexError):
     status = 507
     type = "server_error"
     code = "insufficient_storage"
+
+
+class ShuttingDown(CortexError):
+    """The server is stopping and will not compute this request: retry once it is back, or on another
+    instance (503 with Retry-After, in OpenAI's shape rather than a dropped connection or a plain 500)."""
+
+    status = 503
+    type = "server_error"
+    code = "server_shutting_down"
+    retry_after_s = 5  # about what a restart takes to serve again
+
+    def __init__(self) -> None:
+        super().__init__("The server is shutting down and did not compute this request. Retry shortly.")
 
 
 class EngineFailure(CortexError):

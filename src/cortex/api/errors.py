@@ -10,7 +10,7 @@ from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from cortex.errors import CortexError, Overloaded
+from cortex.errors import CortexError
 
 log = logging.getLogger("cortex.api")
 
@@ -30,7 +30,7 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(CortexError)
     async def _cortex_error(request: Request, exc: CortexError) -> Response:
         response = json_response(exc.to_dict(), exc.status)
-        if isinstance(exc, Overloaded):
+        if exc.retry_after_s is not None:
             response.headers["Retry-After"] = str(exc.retry_after_s)
         if exc.status >= 500:
             log.error("%s %s -> %d: %s", request.method, request.url.path, exc.status, exc.message)

@@ -8,12 +8,14 @@ Every request, in order:
    other gets a 403 without `Access-Control-Allow-*` headers, so web pages cannot drive the API;
 4. when API keys are set, must send `Authorization: Bearer KEY` (all routes but health and docs);
 5. has its body read here, up to `max_body_bytes` (413 beyond) and `max_json_depth` (400 beyond),
-   before the app sees it.
+   before the app sees it;
+6. if still unanswered when the shutdown grace runs out, gets a 503 `server_shutting_down`.
 Every refusal is in OpenAI's error shape.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import ipaddress
 import json
@@ -31,6 +33,7 @@ from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from cortex.config import Settings
+from cortex.errors import ShuttingDown
 
 _OPEN_PATHS = frozenset({"/healthz", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
 _OPEN_PREFIX = "/docs/assets/"  # the docs pages' scripts and styles, served from the package (works offline)
@@ -142,6 +145,14 @@ class Guard:
             body_receive = await self._read_body(headers, receive, send_with_headers)
             if body_receive is not None:
                 await self.app(scope, body_receive, send_with_headers)
+        except asyncio.CancelledError:
+            # uvicorn cancels a request only when its shutdown grace has run out, then answers a plain-text
+            # 500 without our headers. Answer it in OpenAI's shape instead: the cancellation ends here.
+            if status:
+                raise  # the answer had begun: uvicorn can only close the connection
+            shutting_down = ShuttingDown()
+            retry = {"retry-after": str(shutting_down.retry_after_s), "connection": "close"}
+            await _respond(send_with_headers, shutting_down.status, shutting_down.to_dict(), retry)
         finally:
             self._log(scope, state, request_id, status, started)
 

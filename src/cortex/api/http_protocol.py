@@ -10,6 +10,14 @@ connection's first request, and answers too many connections with a plain-text 5
 - more than `max_connections` open -> the new one is closed at once; the others are served on.
 
 Answers are written before the request reaches the app, in OpenAI's error shape.
+
+And a lingering close, as nginx (`lingering_close`) and Go's net/http do: when the app answers and closes
+before the request's body has arrived (the Guard's 413), closing at once would make the kernel reset the
+connection (unread data, or data still coming), and a reset can destroy the answer before the client
+reads it. Instead the answer is followed by a FIN, and what the client still sends is read and dropped
+until it closes too, or `max(2 * max_body_bytes, 64 MiB)` bytes have come (see `_LINGER_MIN_BYTES`), or
+`request_timeout_s` passes: no longer than a request may take to arrive, so a lingering connection holds
+its slot no longer than a slow client could anyway.
 """
 
 from __future__ import annotations
@@ -17,11 +25,17 @@ from __future__ import annotations
 import asyncio
 import logging
 from asyncio import TimerHandle
+from typing import Any
 
 import orjson
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 log = logging.getLogger("cortex.http")
+
+# The least a lingering close reads: what a client that sends its whole body before reading the answer
+# (python's requests, httpx) still sends of a body several times the default limit, and far more than a
+# client that reads as it sends has under way. Dropping it costs a few milliseconds of CPU on loopback.
+_LINGER_MIN_BYTES = 64 * 2**20
 
 
 def raw_error(status: int, reason: str, message: str, code: str) -> bytes:
@@ -47,7 +61,10 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._refused = False
         self._in_headers = True
         self._header_bytes = 0
-        self._deadline: TimerHandle | None = None
+        self._deadline: TimerHandle | None = None  # for the request to arrive, or for a lingering close
+        self._linger_bytes = max(2 * limits.max_body_bytes, _LINGER_MIN_BYTES)
+        self._body_pending = False  # the current request's body has not all arrived
+        self._lingering: int | None = None  # while lingering: the bytes still to read and drop
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         if len(self.connections) >= self._max_connections:
@@ -65,6 +82,11 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
+        if self._lingering is not None:
+            self._lingering -= len(data)
+            if self._lingering < 0:
+                self.transport.close()
+            return
         if self._in_headers:
             if self._deadline is None:
                 self._deadline = self.loop.call_later(self._request_timeout, self._request_timed_out)
@@ -92,9 +114,13 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._in_headers = False
+        self._body_pending = True
         super().on_headers_complete()
+        if self.cycle is not None:
+            self.cycle.transport = _CycleTransport(self, self.cycle)  # type: ignore[assignment]
 
     def on_message_complete(self) -> None:
+        self._body_pending = False
         self._disarm()
         super().on_message_complete()
 
@@ -102,6 +128,23 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._in_headers = True
         self._header_bytes = 0
         super().on_response_complete()
+        if self._lingering is not None:  # no keep-alive wait: the linger's own bounds end the connection
+            self._unset_keepalive_if_required()
+
+    def close_after_response(self, cycle: RequestResponseCycle) -> None:
+        """Close as a request's cycle asks (after a `connection: close` answer): at once, or lingering
+        while the client may still be sending that request's body."""
+        if self._lingering is not None:
+            return
+        if cycle is not self.cycle or not self._body_pending or self.transport.is_closing():
+            self.transport.close()
+            return
+        self._lingering = self._linger_bytes
+        if self.transport.can_write_eof():  # not under TLS: there the answer's length alone delimits it
+            self.transport.write_eof()  # a FIN once the answer is written: the client reads it, then EOF
+        self.flow.resume_reading()
+        self._disarm()
+        self._deadline = self.loop.call_later(self._request_timeout, self.transport.close)
 
     def _disarm(self) -> None:
         if self._deadline is not None:
@@ -130,3 +173,17 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self.cycle.message_event.set()
         self.transport.write(response)
         self.transport.close()
+
+
+class _CycleTransport:
+    """The transport as a request's cycle sees it: all the transport's, but closing is the protocol's."""
+
+    def __init__(self, protocol: GuardedHttpToolsProtocol, cycle: RequestResponseCycle) -> None:
+        self._protocol = protocol
+        self._cycle = cycle
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._protocol.transport, name)
+
+    def close(self) -> None:
+        self._protocol.close_after_response(self._cycle)

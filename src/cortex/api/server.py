@@ -3,11 +3,13 @@ server.json."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
 import os
 import signal
+import socket
 import time
 from collections.abc import Callable, Iterator
 from types import FrameType
@@ -19,6 +21,7 @@ from cortex.api.guard import Guard, is_loopback_host
 from cortex.api.http_protocol import GuardedHttpToolsProtocol
 from cortex.config import Settings, write_default_config
 from cortex.data_folder import lock_folder, writable
+from cortex.errors import ShuttingDown
 from cortex.store.atomic import write_atomic
 
 
@@ -35,15 +38,31 @@ class _Server(uvicorn.Server):
     before our clean-up runs. A graceful stop should clean up and exit 0, so handle them here.
 
     `on_exit` runs at the signal itself, before uvicorn waits for open connections: it pauses running
-    pulls, which ends their progress streams, so they do not hold the shutdown for the grace period."""
+    pulls, which ends their progress streams, so they do not hold the shutdown for the grace period.
 
-    def __init__(self, config: uvicorn.Config, on_exit: Callable[[], None]) -> None:
+    `on_grace_ending` runs shortly before the grace period ends (see `_shed_delay`): what is still queued
+    then could not finish in time and gets a clean 503 instead of being cut off when the grace runs out."""
+
+    def __init__(
+        self, config: uvicorn.Config, on_exit: Callable[[], None], on_grace_ending: Callable[[], None]
+    ) -> None:
         super().__init__(config)
         self._on_exit = on_exit
+        self._on_grace_ending = on_grace_ending
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         self._on_exit()
         super().handle_exit(sig, frame)
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        grace = self.config.timeout_graceful_shutdown  # counted from now by uvicorn too; None: no limit
+        loop = asyncio.get_running_loop()
+        timer = None if grace is None else loop.call_later(_shed_delay(grace), self._on_grace_ending)
+        try:
+            await super().shutdown(sockets)
+        finally:
+            if timer is not None:  # all finished in time: nothing to shed
+                timer.cancel()
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
@@ -53,6 +72,12 @@ class _Server(uvicorn.Server):
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+
+
+def _shed_delay(grace: float) -> float:
+    """When to fail what is still queued: a margin before the grace ends (a quarter of it, at most 2 s)
+    lets the 503s be written and the batches already running finish before uvicorn cancels requests."""
+    return grace - min(2.0, grace / 4)
 
 
 class ExposureError(Exception):
@@ -127,7 +152,11 @@ def _uvicorn_server(settings: Settings, read_only: bool) -> _Server:
         ssl_keyfile=settings.ssl_keyfile,
     )
     config.cortex_limits = settings  # read by GuardedHttpToolsProtocol
-    return _Server(config, on_exit=lambda: app.state.pulls.pause_running() if hasattr(app.state, "pulls") else None)
+    return _Server(
+        config,
+        on_exit=lambda: app.state.pulls.pause_running() if hasattr(app.state, "pulls") else None,
+        on_grace_ending=lambda: app.state.registry.shed(ShuttingDown()) if hasattr(app.state, "registry") else None,
+    )
 
 
 def _prepare_folder(settings: Settings) -> None:

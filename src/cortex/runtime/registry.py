@@ -14,7 +14,7 @@ from typing import TypeVar
 from cortex.config import Settings
 from cortex.engine.base import Engine
 from cortex.engine.llama import LlamaCppEngine
-from cortex.errors import InvalidModelFile, ModelNotLoaded, ModelUnavailable
+from cortex.errors import CortexError, InvalidModelFile, ModelNotLoaded, ModelUnavailable
 from cortex.hardware import llama_cpp_report
 from cortex.runtime.scheduler import BatchScheduler
 from cortex.store.store import ModelRecord, ModelStore
@@ -85,6 +85,7 @@ class ModelRegistry:
         self._loaded: dict[str, LoadedModel] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._unloading: set[asyncio.Task] = set()  # unloads started from a request, kept until done
+        self._shed: CortexError | None = None  # set by shed(): the answer to every later request
 
     def loaded(self) -> list[LoadedModel]:
         return list(self._loaded.values())
@@ -105,6 +106,8 @@ class ModelRegistry:
             model.release()
 
     async def _acquire(self, model_id: str) -> LoadedModel:
+        if self._shed is not None:
+            raise self._shed.with_traceback(None)
         resolved = self.store.resolve(model_id)  # ModelNotFound for an unknown id
         hit = self._loaded.get(resolved)
         if hit is None:
@@ -196,6 +199,13 @@ class ModelRegistry:
         await asyncio.to_thread(loaded.engine.close)
         log.info("unloaded %s", loaded.record.id)
         return True
+
+    def shed(self, exc: CortexError) -> None:
+        """Fail every queued input with `exc` and refuse later requests with it (no model loads either);
+        batches already running finish. See `BatchScheduler.fail_pending`."""
+        self._shed = exc
+        for loaded in self._loaded.values():
+            loaded.scheduler.fail_pending(exc)
 
     async def close(self) -> None:
         for model_id in list(self._loaded):

@@ -48,6 +48,7 @@ class BatchScheduler:
         self._idle = asyncio.Event()
         self._idle.set()
         self._closed = False
+        self._refusal: CortexError | None = None  # set by fail_pending: the answer to every new input
         self._workers = max(1, engine.workers)
         self._busy = 0
         self._running: set[asyncio.Task] = set()
@@ -58,6 +59,8 @@ class BatchScheduler:
         """Vectors for `seqs` (each at most `engine.n_ctx` tokens), one row per sequence, in order."""
         if self._closed:
             raise ModelNotLoaded(self.model_id)
+        if self._refusal is not None:
+            raise self._refusal.with_traceback(None)
         if len(seqs) > self.max_queue_inputs:  # could never fit, however long the client retried
             raise InvalidRequest(
                 f"The request has {len(seqs)} inputs; `{self.model_id}` queues at most {self.max_queue_inputs} "
@@ -142,6 +145,17 @@ class BatchScheduler:
 
     def _call_engine(self, seqs: list[Sequence[int]], wide: bool) -> np.ndarray:
         return self.engine.embed(seqs, wide=wide) if wide else self.engine.embed(seqs)
+
+    def fail_pending(self, exc: CortexError) -> None:
+        """Fail the inputs not yet in a batch with `exc`, and every later one too; running batches finish.
+
+        For a shutdown whose grace is running out: a clear error now beats a request cut off later."""
+        self._refusal = exc
+        while self._pending:
+            item = self._pending.popleft()
+            if not item.future.done():
+                item.future.set_exception(exc)
+        self._wakeup.set()  # the owner sees the empty queue and marks itself idle once the batches end
 
     async def close(self) -> None:
         """Finish the inputs already queued, then stop the loop and the engine thread."""

