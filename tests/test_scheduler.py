@@ -29,7 +29,7 @@ class StubEngine:
         self.gate = threading.Event()
         self.gate.set()
 
-    def embed(self, seqs):
+    def embed(self, seqs, wide: bool = False):
         self.gate.wait()
         self.batches.append([list(s) for s in seqs])
         if self.fail_on is not None and any(s[0] == self.fail_on for s in seqs):

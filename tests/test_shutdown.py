@@ -140,7 +140,7 @@ class _HeldEngine(StubEngine):
         self.gate.clear()
         self.started = threading.Event()
 
-    def embed(self, seqs):
+    def embed(self, seqs, wide: bool = False):
         self.started.set()
         return super().embed(seqs)
 

@@ -54,12 +54,15 @@ class Settings(BaseSettings):
         description="Context length given at import when none is named (capped by the training context)",
     )
     max_inputs: int = Field(2048, ge=1, description="Inputs per embeddings request")
-    max_batch_tokens: int = Field(
+    # How llama.cpp packs sequences into one batch. ONNX Runtime runs one input per call on several
+    # threads (measured faster than padded batches), so it has no batch settings: these are named for
+    # the engine they shape (cortex.engine.kinds lists, per engine kind, the settings it reads).
+    llama_max_batch_tokens: int = Field(
         256,
         ge=8,
-        description="Token budget of one llama.cpp batch (it attends across the whole batch: large budgets waste work)",
+        description="llama-cpp: token budget of one batch (it attends across the whole batch: large ones waste work)",
     )
-    max_batch_seqs: int = Field(64, ge=1, le=256, description="Sequences in one engine batch")
+    llama_max_batch_seqs: int = Field(64, ge=1, le=256, description="llama-cpp: sequences in one batch")
     max_queue_inputs: int = Field(16384, ge=1, description="Inputs waiting per model before new requests get 503")
     log_level: str = Field("info", description="Server log level")
 

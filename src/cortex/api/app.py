@@ -17,6 +17,7 @@ from cortex.config import Settings
 from cortex.data_folder import folder_id
 from cortex.hardware import hardware_report, summary
 from cortex.hub.tasks import PullManager
+from cortex.importer import Importer
 from cortex.runtime.registry import ModelRegistry
 from cortex.store.store import ModelStore
 
@@ -32,17 +33,14 @@ def create_app(settings: Settings, *, read_only: bool = False) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        store = ModelStore(
-            settings.models_dir,
-            default_ctx_len=settings.default_ctx_len,
-            min_free_bytes=settings.min_free_disk_bytes,
-            read_only=read_only,
-        )
+        store = ModelStore(settings.models_dir, min_free_bytes=settings.min_free_disk_bytes, read_only=read_only)
+        importer = Importer(store, settings.default_ctx_len)
         registry = ModelRegistry(store, settings)
-        pulls = PullManager(store)
+        pulls = PullManager(importer)
         app.state.folder_id = folder_id(settings.data_dir)
         app.state.settings = settings
         app.state.store = store
+        app.state.importer = importer
         app.state.registry = registry
         app.state.pulls = pulls
         report = asyncio.create_task(_log_hardware())  # in the background: start-up does not wait for it

@@ -16,6 +16,7 @@ import numpy as np
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError
 
+from cortex.engine.base import l2_normalize
 from cortex.errors import InvalidRequest
 
 TokenIds = list[StrictInt]
@@ -153,10 +154,7 @@ def truncate_dimensions(vectors: np.ndarray, dimensions: int | None) -> np.ndarr
     """Keep the first `dimensions` components of each row and L2-normalise it again."""
     if dimensions is None or dimensions == vectors.shape[1]:
         return vectors
-    cut = np.ascontiguousarray(vectors[:, :dimensions])
-    norms = np.linalg.norm(cut, axis=1, keepdims=True)
-    np.maximum(norms, 1e-12, out=norms)
-    return cut / norms
+    return l2_normalize(np.array(vectors[:, :dimensions], dtype=np.float32))
 
 
 def encode_embeddings(vectors: np.ndarray, *, model: str, prompt_tokens: int, encoding_format: str | None) -> bytes:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Literal
 
 import gguf
 import numpy as np
@@ -19,8 +18,6 @@ from safetensors import SafetensorError, safe_open
 from cortex.convert.st_folder import STModel
 from cortex.errors import InvalidModelFile
 
-OutType = Literal["f32", "f16", "q8_0"]
-OUTTYPES: tuple[str, ...] = ("f32", "f16", "q8_0")
 _FILE_TYPE = {
     "f32": gguf.LlamaFileType.ALL_F32,
     "f16": gguf.LlamaFileType.MOSTLY_F16,
@@ -59,8 +56,8 @@ def _convert_tensor(name: str, data: np.ndarray, outtype: str) -> tuple[np.ndarr
 
 def write_bert_gguf(model: STModel, out: Path, outtype: str = "f16", progress: Progress | None = None) -> None:
     """Write `model` as a llama.cpp `bert` GGUF at `out`."""
-    if outtype not in OUTTYPES:
-        raise InvalidModelFile(f"Unknown outtype {outtype!r}; use one of {', '.join(OUTTYPES)}", param="outtype")
+    if outtype not in _FILE_TYPE:
+        raise InvalidModelFile(f"Unknown outtype {outtype!r}; use one of {', '.join(_FILE_TYPE)}", param="outtype")
     cfg = model.config
     n_layers = int(cfg["num_hidden_layers"])
     names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.BERT, n_layers)

@@ -10,16 +10,16 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import onnx
 
 from cortex.convert.bert_onnx import build_bert_onnx
 from cortex.convert.st_folder import STModel
-from cortex.engine.onnx import GRAPH_FILE, TOKENIZER_FILE, OnnxEngine
 from cortex.errors import InvalidModelFile
 
+GRAPH_FILE = "model.onnx"
 DATA_FILE = "model.onnx.data"
-FILES = [GRAPH_FILE, DATA_FILE, TOKENIZER_FILE]
+TOKENIZER_FILE = "tokenizer.json"
+FILES = [GRAPH_FILE, DATA_FILE, TOKENIZER_FILE]  # in this order in model.yml: the engine opens files[0] and [2]
 PROBE_TEXTS = [
     "The quick brown fox jumps over the lazy dog.",
     "A man is eating food.",
@@ -57,9 +57,16 @@ def _save_external(proto: onnx.ModelProto, dest: Path) -> None:
 
 
 def write_onnx_model(
-    model: STModel, dest: Path, quantize: str | None, progress: Callable[[int, int], None] | None = None
+    model: STModel,
+    dest: Path,
+    quantize: str | None,
+    progress: Callable[[int, int], None] | None = None,
+    *,
+    compare: Callable[[Path, Path, int], dict] | None = None,
 ) -> dict:
-    """Write `FILES` into `dest`; return the model.yml fields this adds (quantize and its measured cosine)."""
+    """Write `FILES` into `dest`; return the model.yml fields this adds. With `quantize="int8"` the graph
+    is int8, and `compare(fp32 folder, int8 folder, context)` measures it against the fp32 graph (it needs
+    an engine, which a converter does not import) and returns the fields that record how close it is."""
     if not (model.folder / TOKENIZER_FILE).exists():
         raise InvalidModelFile(
             "The onnxruntime engine needs tokenizer.json in the folder; import it with --engine llama-cpp instead.",
@@ -88,19 +95,5 @@ def write_onnx_model(
         for name in (GRAPH_FILE, DATA_FILE):
             (dest / name).unlink()
         _save_external(onnx.load(str(quantized)), dest)
-        min_cos = _min_cosine(fp32, dest, model.max_seq_length)
-    return {"quantize": "int8", "int8_min_cosine": round(min_cos, 6), "cpu_features": cpu_features()}
-
-
-def _min_cosine(reference: Path, candidate: Path, ctx_len: int) -> float:
-    a = OnnxEngine(reference, ctx_len=ctx_len, n_threads=1)
-    b = OnnxEngine(candidate, ctx_len=ctx_len, n_threads=1)
-    try:
-        va = np.concatenate([a.embed([a.tokenize(t)]) for t in PROBE_TEXTS])
-        vb = np.concatenate([b.embed([b.tokenize(t)]) for t in PROBE_TEXTS])
-    finally:
-        a.close()
-        b.close()
-    va /= np.linalg.norm(va, axis=1, keepdims=True)
-    vb /= np.linalg.norm(vb, axis=1, keepdims=True)
-    return float(np.min(np.sum(va * vb, axis=1)))
+        measured = compare(fp32, dest, model.max_seq_length) if compare is not None else {}
+    return {"quantize": "int8", **measured}

@@ -7,6 +7,9 @@ from typing import Protocol
 
 import numpy as np
 
+# How a sequence's token vectors become one vector: their mean, the first token's ([CLS]), or the last's.
+POOLINGS: tuple[str, ...] = ("mean", "cls", "last")
+
 
 class Engine(Protocol):
     """An embedding model loaded in memory. Knows nothing of HTTP or queues.
@@ -51,3 +54,11 @@ def truncate_tokens(tokens: list[int], n: int, trailing: frozenset[int]) -> list
     if tokens[-1] in trailing:
         return [*tokens[: n - 1], tokens[-1]]
     return tokens[:n]
+
+
+def l2_normalize(rows: np.ndarray) -> np.ndarray:
+    """`rows` scaled to unit length in place (a zero row stays zero); returns it."""
+    norms = np.linalg.norm(rows, axis=1, keepdims=True)
+    np.maximum(norms, 1e-12, out=norms)
+    rows /= norms
+    return rows

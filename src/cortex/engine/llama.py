@@ -23,7 +23,7 @@ from pathlib import Path
 import llama_cpp
 import numpy as np
 
-from cortex.engine.base import truncate_tokens
+from cortex.engine.base import l2_normalize, truncate_tokens
 from cortex.engine.llama_backend import init_backend
 from cortex.errors import EngineFailure, InvalidModelFile
 
@@ -152,11 +152,7 @@ class LlamaCppEngine:
         finally:
             if self._memory is not None:
                 llama_cpp.llama_memory_clear(self._memory, True)
-        if self.normalize:
-            norms = np.linalg.norm(out, axis=1, keepdims=True)
-            np.maximum(norms, 1e-12, out=norms)
-            out /= norms
-        return out
+        return l2_normalize(out) if self.normalize else out
 
     def memory_bytes(self) -> int:
         return int(llama_cpp.llama_model_size(self._model)) + int(llama_cpp.llama_state_get_size(self._ctx))

@@ -23,9 +23,6 @@ from tokenizers import Tokenizer
 from cortex.engine.base import truncate_tokens
 from cortex.errors import EngineFailure, InvalidModelFile
 
-GRAPH_FILE = "model.onnx"
-TOKENIZER_FILE = "tokenizer.json"
-
 
 def load_shared_weights(path: Path) -> tuple[dict[str, ort.OrtValue], int]:
     """(external initializers as OrtValues, their bytes). External data must be a plain file
@@ -60,14 +57,13 @@ def load_shared_weights(path: Path) -> tuple[dict[str, ort.OrtValue], int]:
 class OnnxEngine:
     """An encoder model's ONNX graph and its tokenizer."""
 
-    def __init__(self, folder: Path, *, ctx_len: int, n_threads: int) -> None:
-        self.tokenizer = Tokenizer.from_file(str(folder / TOKENIZER_FILE))
+    def __init__(self, graph: Path, tokenizer: Path, *, ctx_len: int, n_threads: int) -> None:
+        self.tokenizer = Tokenizer.from_file(str(tokenizer))
         # sentence-transformers' tokenizer.json pads to 128 and truncates at 128; the context rule is ours
         self.tokenizer.no_padding()
         self.tokenizer.no_truncation()
         self.n_vocab = self.tokenizer.get_vocab_size()
         self.n_ctx = ctx_len
-        graph = folder / GRAPH_FILE
         self._weights, self._weight_bytes = load_shared_weights(graph)
         self._narrow = self._session(graph, 1)
         self._wide = self._session(graph, n_threads) if n_threads > 1 else self._narrow

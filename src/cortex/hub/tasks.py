@@ -19,12 +19,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, TypeVar
 
+from cortex.engine.kinds import ImportOptions
 from cortex.errors import Cancelled, CortexError, InvalidRequest, ModelNotFound
 from cortex.hub.download import download, part_path
 from cortex.hub.names import parse_pull_name
 from cortex.hub.resolve import Plan, configure_hub_client, resolve
+from cortex.importer import Importer
 from cortex.store.ids import folder_name
-from cortex.store.store import ModelStore, Reservation
+from cortex.store.store import Reservation
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -98,9 +100,10 @@ class PullTask:
 class PullManager:
     """The pulls of one server; owned by the app's lifespan."""
 
-    def __init__(self, store: ModelStore) -> None:
-        self.store = store
-        self.downloads = store.root / ".downloads"
+    def __init__(self, importer: Importer) -> None:
+        self.importer = importer
+        self.store = importer.store
+        self.downloads = self.store.root / ".downloads"
         self.tasks: dict[str, PullTask] = {}
         self._threads: dict[str, threading.Thread] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -279,9 +282,9 @@ class PullManager:
                 self._notify(task, done_bytes=done_before, fetched_bytes=fetched)
             self._notify(task, status="importing", done_bytes=plan.total_bytes, fetched_bytes=fetched)
             source = workdir if plan.format == "sentence-transformers" else workdir / plan.files[0].path
-            self.store.import_model(
-                plan.model_id, source, name=plan.seed.get("name"), ctx_len=plan.seed.get("ctx_len"),
-                move=plan.format == "gguf", engine=task.engine, label=f"{plan.repo_id}/{plan.files[0].path}",
+            self.importer.run(
+                plan.model_id, source, ImportOptions(name=plan.seed.get("name"), ctx_len=plan.seed.get("ctx_len")),
+                engine=task.engine, move=plan.format == "gguf", label=f"{plan.repo_id}/{plan.files[0].path}",
                 reserved=True,
             )  # fmt: skip
             shutil.rmtree(workdir, ignore_errors=True)

@@ -13,9 +13,8 @@ from typing import TypeVar
 
 from cortex.config import Settings
 from cortex.engine.base import Engine
-from cortex.engine.llama import LlamaCppEngine
+from cortex.engine.kinds import kind_of
 from cortex.errors import CortexError, InvalidModelFile, ModelNotLoaded, ModelUnavailable
-from cortex.hardware import llama_cpp_report
 from cortex.runtime.scheduler import BatchScheduler
 from cortex.store.store import ModelRecord, ModelStore
 
@@ -34,7 +33,6 @@ class LoadedModel:
     scheduler: BatchScheduler
     paths: tuple[Path, ...]  # its stored files
     files: tuple[tuple[int, int, int], ...]  # (inode, size, mtime) of each when it was loaded
-    loaded_at: float = field(default_factory=time.time)
     holders: int = 0
     _free: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -89,9 +87,6 @@ class ModelRegistry:
 
     def loaded(self) -> list[LoadedModel]:
         return list(self._loaded.values())
-
-    def is_loaded(self, model_id: str) -> bool:
-        return model_id in self._loaded
 
     def _lock(self, model_id: str) -> asyncio.Lock:
         return self._locks.setdefault(model_id, asyncio.Lock())
@@ -158,25 +153,8 @@ class ModelRegistry:
             return loaded
 
     def _open_engine(self, record: ModelRecord) -> Engine:
-        s = self.settings
-        weights = self.store.verified_weights(record)
-        if record.engine == "onnxruntime":
-            from cortex.engine.onnx import OnnxEngine
-
-            return OnnxEngine(weights.parent, ctx_len=record.ctx_len, n_threads=s.n_threads)
-        llama = llama_cpp_report()
-        if llama.error is not None:
-            why = f"llama.cpp cannot run on this machine ({llama.error}); see `cortex hardware`"
-            raise ModelUnavailable(record.id, why)
-        return LlamaCppEngine(
-            weights,
-            pooling=record.pooling,
-            ctx_len=record.ctx_len,
-            n_threads=s.n_threads,
-            normalize=record.normalize,
-            max_batch_tokens=s.max_batch_tokens,
-            max_batch_seqs=s.max_batch_seqs,
-        )
+        folder = self.store.verified_files(record)
+        return kind_of(record.engine, record.id).open(folder, record, self.settings)
 
     async def unload(self, model_id: str) -> bool:
         """Unload once every request that holds it is done. Returns False if it was not loaded."""

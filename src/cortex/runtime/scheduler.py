@@ -127,7 +127,7 @@ class BatchScheduler:
         loop = asyncio.get_running_loop()
         try:
             seqs = [i.tokens for i in batch]
-            out = await loop.run_in_executor(self._executor, self._call_engine, seqs, wide)
+            out = await loop.run_in_executor(self._executor, self.engine.embed, seqs, wide)
         except Exception as exc:
             if not isinstance(exc, CortexError):
                 log.exception("engine failed on a batch of %d inputs for %s", len(batch), self.model_id)
@@ -142,9 +142,6 @@ class BatchScheduler:
         finally:
             self._busy -= 1
             self._wakeup.set()
-
-    def _call_engine(self, seqs: list[Sequence[int]], wide: bool) -> np.ndarray:
-        return self.engine.embed(seqs, wide=wide) if wide else self.engine.embed(seqs)
 
     def fail_pending(self, exc: CortexError) -> None:
         """Fail the inputs not yet in a batch with `exc`, and every later one too; running batches finish.

@@ -17,11 +17,13 @@ from pydantic import BaseModel, ConfigDict, Field
 from cortex.api.cancel import ClientGone, in_stoppable_thread, unless_disconnected
 from cortex.api.errors import json_response
 from cortex.api.sse import sse_event
+from cortex.engine.kinds import ImportOptions, Progress
 from cortex.errors import Cancelled, Conflict, CortexError, InvalidRequest
+from cortex.importer import Importer
 from cortex.runtime.registry import ModelRegistry
 from cortex.store.builtin import BUILTINS, find_builtin
 from cortex.store.ids import validate_model_id
-from cortex.store.store import ModelRecord, ModelStore, Progress
+from cortex.store.store import ModelRecord, ModelStore
 
 router = APIRouter(tags=["models"])
 log = logging.getLogger(__name__)
@@ -144,6 +146,7 @@ async def import_model(body: ImportRequest, request: Request) -> Response:
     store = _store(request)
     store.require_writable()  # before the id checks and the event stream: a read-only server refuses first
     registry = _registry(request)
+    importer: Importer = request.app.state.importer
     model_id = validate_model_id(body.model)
     name = body.name
     if body.model_path is not None:
@@ -167,17 +170,10 @@ async def import_model(body: ImportRequest, request: Request) -> Response:
             if progress is not None:
                 progress(stage, done, total)
 
-        return store.import_model(
-            model_id,
-            source,
-            name=name,
-            pooling=body.pooling,
-            ctx_len=body.ctx_len,
-            outtype=body.outtype,
-            progress=step,
-            engine=body.engine,
-            quantize=body.quantize,
+        options = ImportOptions(
+            name=name, pooling=body.pooling, ctx_len=body.ctx_len, outtype=body.outtype, quantize=body.quantize
         )
+        return importer.run(model_id, source, options, engine=body.engine, progress=step)
 
     if not body.stream:
         try:

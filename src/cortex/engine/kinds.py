@@ -1,0 +1,300 @@
+"""Engine kinds as data: per kind, what it imports, which options it takes, how an import writes and
+checks its files, and how a stored model is opened and batched.
+
+The import pipeline, the registry, the API's request validation and the CLI's choices all read this
+table, so adding an engine kind touches this file, the engine, and its converter: nothing else. Heavy
+modules (llama.cpp, ONNX Runtime, the converters) are imported inside the functions, so that the CLI,
+which reads the table for its choices, does not load them.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from cortex.engine.base import POOLINGS, Engine
+from cortex.errors import InvalidModelFile, InvalidRequest, ModelUnavailable
+
+if TYPE_CHECKING:
+    from cortex.config import Settings
+    from cortex.convert.st_folder import STModel
+    from cortex.store.store import ModelRecord
+
+Progress = Callable[[str, int, int], None]  # (stage, done, total)
+
+
+@dataclass(frozen=True)
+class Source:
+    """What an import starts from, read and checked by the pipeline: a GGUF file, a sentence-transformers
+    folder, or a function that writes a GGUF (a built-in model)."""
+
+    file: Path | None = None
+    folder: STModel | None = None
+    writer: Callable[[Path], None] | None = None
+    move: bool = False  # the file may be moved into the store (a finished download), not copied
+    label: str = ""  # how errors name it: the user's path, or the pulled repository and file
+
+
+@dataclass(frozen=True)
+class ImportOptions:
+    """What a client may choose at import; None means the model's own or the kind's default."""
+
+    name: str | None = None
+    pooling: str | None = None
+    ctx_len: int | None = None
+    outtype: str | None = None
+    quantize: str | None = None
+
+
+@dataclass(frozen=True)
+class Option:
+    """An import option that only some kinds take."""
+
+    values: tuple[str, ...]
+    folders_only: bool = False  # it says how to convert a folder; a GGUF file is taken as it is
+
+
+@dataclass(frozen=True, kw_only=True)
+class EngineKind:
+    name: str
+    summary: str
+    files: bool  # imports GGUF files
+    folders: bool  # imports sentence-transformers folders
+    options: dict[str, Option] = field(default_factory=dict)  # ImportOptions fields this kind takes
+    settings: tuple[str, ...] = ()  # the Settings fields that shape how it batches
+    # (source, options, staging folder, progress, default context) -> model.yml fields of the written files
+    write: Callable[[Source, ImportOptions, Path, Progress | None, int], dict[str, Any]] = field(repr=False)
+    space: Callable[[Source, ImportOptions], int] = field(repr=False)  # peak bytes an import writes
+    open: Callable[[Path, ModelRecord, Settings], Engine] = field(repr=False)  # (model folder, record, settings)
+
+
+# --- llama-cpp: GGUF files, and sentence-transformers folders converted to a `bert` GGUF -------------
+
+_GGUF_FILE = "model.gguf"
+
+
+def _write_gguf(source: Source, opts: ImportOptions, staging: Path, progress: Progress | None, ctx: int) -> dict:
+    from cortex.convert.bert_gguf import write_bert_gguf
+    from cortex.engine.probe import probe_gguf
+    from cortex.store.gguf_info import inspect_gguf
+
+    weights = staging / _GGUF_FILE
+    folder = source.folder
+    if folder is not None:
+        write_bert_gguf(folder, weights, opts.outtype or "f16", progress=_stage(progress, "convert"))
+    elif source.writer is not None:
+        source.writer(weights)
+    elif source.move:
+        source.file.replace(weights)  # type: ignore[union-attr]
+    else:
+        _copy_file(source.file, weights, _stage(progress, "copy"))  # type: ignore[arg-type]
+    info = inspect_gguf(weights)  # the written file, not the original: the file checked is the file served
+    pooling = opts.pooling or info.pooling or "mean"
+    ctx_len = min(opts.ctx_len or ctx, info.n_ctx_train)
+    probe_gguf(weights, pooling, ctx_len, label=source.label)
+    return {
+        "name": opts.name or (folder.name if folder else None) or info.name,
+        "files": [_GGUF_FILE],
+        "architecture": info.architecture,
+        "pooling": pooling,
+        "ctx_len": ctx_len,
+        "n_ctx_train": info.n_ctx_train,
+        "n_embd": info.n_embd,
+        "normalize": folder.normalize if folder else True,
+        "source_format": "sentence-transformers" if folder else "gguf",
+        "outtype": (opts.outtype or "f16") if folder else None,
+    }
+
+
+def _gguf_space(source: Source, opts: ImportOptions) -> int:
+    if source.folder is not None:
+        return source.folder.weights.stat().st_size  # from f32 safetensors: f32 at most
+    if source.file is not None and not source.move:
+        return source.file.stat().st_size
+    return 0  # moved within the store's disk, or written by a function of unknown size
+
+
+def _open_llama(folder: Path, record: ModelRecord, settings: Settings) -> Engine:
+    from cortex.engine.llama import LlamaCppEngine
+    from cortex.hardware import llama_cpp_report
+    from cortex.store.gguf_info import inspect_gguf
+
+    weights = folder / record.files[0]
+    try:
+        inspect_gguf(weights)  # llama.cpp aborts on some malformed files: check the header walk first
+    except InvalidModelFile as exc:
+        raise ModelUnavailable(record.id, "its weights file is no longer a valid GGUF") from exc
+    llama = llama_cpp_report()
+    if llama.error is not None:
+        why = f"llama.cpp cannot run on this machine ({llama.error}); see `cortex hardware`"
+        raise ModelUnavailable(record.id, why)
+    return LlamaCppEngine(
+        weights,
+        pooling=record.pooling,
+        ctx_len=record.ctx_len,
+        n_threads=settings.n_threads,
+        normalize=record.normalize,
+        max_batch_tokens=settings.llama_max_batch_tokens,
+        max_batch_seqs=settings.llama_max_batch_seqs,
+    )
+
+
+# --- onnxruntime: sentence-transformers folders converted to an ONNX graph ---------------------------
+
+# Staging space as a multiple of the safetensors: the build holds the full graph and its external-data
+# copy at once (2x); int8 adds the fp32 copy it is measured against and the quantised graph.
+_ONNX_SPACE = 2.2
+_ONNX_INT8_SPACE = 3.5
+
+
+def _write_onnx(source: Source, opts: ImportOptions, staging: Path, progress: Progress | None, ctx: int) -> dict:
+    from cortex.convert.onnx_model import FILES, write_onnx_model
+
+    folder = source.folder
+    assert folder is not None  # the pipeline sends only folders to a kind without `files`
+    extra = write_onnx_model(folder, staging, opts.quantize, _stage(progress, "convert"), compare=_int8_accuracy)
+    ctx_len = min(opts.ctx_len or folder.max_seq_length, folder.max_seq_length)
+    return {
+        "name": opts.name or folder.name,
+        "files": list(FILES),
+        "architecture": "bert",
+        "pooling": folder.pooling,
+        "ctx_len": ctx_len,
+        "n_ctx_train": folder.max_seq_length,
+        "n_embd": folder.n_embd,
+        "normalize": folder.normalize,
+        "source_format": "sentence-transformers",
+        **extra,
+    }
+
+
+def _int8_accuracy(reference: Path, candidate: Path, ctx_len: int) -> dict:
+    """The int8 graph's least cosine against the fp32 one on the probe texts, with the CPU features it
+    was measured on (int8 kernels differ with VNNI)."""
+    import numpy as np
+
+    from cortex.convert.onnx_model import GRAPH_FILE, PROBE_TEXTS, TOKENIZER_FILE, cpu_features
+    from cortex.engine.base import l2_normalize
+    from cortex.engine.onnx import OnnxEngine
+
+    engines = [OnnxEngine(d / GRAPH_FILE, d / TOKENIZER_FILE, ctx_len=ctx_len, n_threads=1)
+               for d in (reference, candidate)]  # fmt: skip
+    try:
+        a, b = (l2_normalize(np.concatenate([e.embed([e.tokenize(t)]) for t in PROBE_TEXTS])) for e in engines)
+    finally:
+        for e in engines:
+            e.close()
+    return {"int8_min_cosine": round(float(np.min(np.sum(a * b, axis=1))), 6), "cpu_features": cpu_features()}
+
+
+def _onnx_space(source: Source, opts: ImportOptions) -> int:
+    size = source.folder.weights.stat().st_size if source.folder is not None else 0
+    return int(size * (_ONNX_INT8_SPACE if opts.quantize else _ONNX_SPACE))
+
+
+def _open_onnx(folder: Path, record: ModelRecord, settings: Settings) -> Engine:
+    from cortex.engine.onnx import OnnxEngine
+
+    graph, _, tokenizer = record.files  # as convert.onnx_model.FILES orders them
+    return OnnxEngine(folder / graph, folder / tokenizer, ctx_len=record.ctx_len, n_threads=settings.n_threads)
+
+
+KINDS: dict[str, EngineKind] = {
+    kind.name: kind
+    for kind in (
+        EngineKind(
+            name="onnxruntime",
+            summary="ONNX Runtime: sentence-transformers folders converted to an ONNX graph (default for folders)",
+            files=False,
+            folders=True,
+            options={"quantize": Option(("int8",))},
+            write=_write_onnx,
+            space=_onnx_space,
+            open=_open_onnx,
+        ),
+        EngineKind(
+            name="llama-cpp",
+            summary="llama.cpp: GGUF files, and sentence-transformers folders converted to GGUF",
+            files=True,
+            folders=True,
+            options={"outtype": Option(("f32", "f16", "q8_0"), folders_only=True)},  # as convert.bert_gguf writes
+            settings=("llama_max_batch_tokens", "llama_max_batch_seqs"),
+            write=_write_gguf,
+            space=_gguf_space,
+            open=_open_llama,
+        ),
+    )
+}
+ENGINE_NAMES: tuple[str, ...] = tuple(KINDS)
+
+
+def option_values(option: str) -> tuple[str, ...]:
+    """Every value that some kind accepts for `option` (for the API's schema and the CLI's choices)."""
+    return tuple(dict.fromkeys(v for k in KINDS.values() if option in k.options for v in k.options[option].values))
+
+
+def kind_of(name: str, model_id: str) -> EngineKind:
+    """The kind a stored model names; ModelUnavailable for one this cortex does not know."""
+    kind = KINDS.get(name)
+    if kind is None:
+        raise ModelUnavailable(model_id, f"its engine `{name}` is not one this cortex has ({', '.join(KINDS)})")
+    return kind
+
+
+def choose(engine: str | None, source: Source, opts: ImportOptions) -> EngineKind:
+    """The kind that imports `source` with `opts`: the one named, or the first (in table order) that takes
+    this source and every option given. 400 with what would work when none does."""
+    if opts.pooling is not None and opts.pooling not in POOLINGS:
+        raise InvalidRequest(f"Unknown pooling {opts.pooling!r}; use one of {', '.join(POOLINGS)}.", param="pooling")
+    if opts.ctx_len is not None and opts.ctx_len <= 0:
+        raise InvalidRequest("ctx_len must be a positive number of tokens.", param="ctx_len")
+    given = [name for name in ("outtype", "quantize") if getattr(opts, name) is not None]
+    if engine is None:
+        takes = [k for k in KINDS.values() if _takes(k, source) and all(o in k.options for o in given)]
+        kind = takes[0] if takes else next(k for k in KINDS.values() if _takes(k, source))
+    elif engine in KINDS:
+        kind = KINDS[engine]
+    else:
+        raise InvalidRequest(f"Unknown engine {engine!r}; use one of {', '.join(KINDS)}.", param="engine")
+    what = "sentence-transformers folders" if source.folder is not None else "GGUF files"
+    if not _takes(kind, source):
+        others = ", ".join(k.name for k in KINDS.values() if _takes(k, source))
+        raise InvalidRequest(f"The {kind.name} engine does not import {what}; {others} does.", param="engine")
+    for name in given:
+        option = kind.options.get(name)
+        if option is None:
+            owners = ", ".join(k.name for k in KINDS.values() if name in k.options)
+            raise InvalidRequest(f"'{name}' is an option of the {owners} engine, not of {kind.name}.", param=name)
+        if option.folders_only and source.folder is None:
+            raise InvalidRequest(f"'{name}' applies to sentence-transformers folders, not GGUF files.", param=name)
+        if getattr(opts, name) not in option.values:
+            raise InvalidRequest(f"Unknown {name} {getattr(opts, name)!r}; use one of {', '.join(option.values)}.",
+                                 param=name)  # fmt: skip
+    return kind
+
+
+def _takes(kind: EngineKind, source: Source) -> bool:
+    return kind.folders if source.folder is not None else kind.files
+
+
+def _stage(progress: Progress | None, stage: str) -> Callable[[int, int], None] | None:
+    return None if progress is None else lambda done, total: progress(stage, done, total)
+
+
+def _copy_file(src: Path, dst: Path, progress: Callable[[int, int], None] | None = None) -> None:
+    total = src.stat().st_size
+    done = 0
+    try:
+        with open(src, "rb") as fin, open(dst, "wb") as fout:
+            while chunk := fin.read(8 << 20):
+                fout.write(chunk)
+                done += len(chunk)
+                if progress:
+                    progress(done, total)
+            fout.flush()
+            os.fsync(fout.fileno())
+    except PermissionError as exc:
+        raise InvalidModelFile(f"Cannot read model file {str(src)!r}: permission denied.", param="model_path") from exc
