@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, TypeVar
 
-from cortex.engine.kinds import ImportOptions
+from cortex.engine.kinds import KINDS, ImportOptions
 from cortex.errors import Cancelled, CortexError, InvalidRequest, ModelNotFound
 from cortex.hub.download import download, part_path
 from cortex.hub.names import parse_pull_name
@@ -190,8 +190,9 @@ class PullManager:
 
     def _begin(self, name: str, plan: Plan, engine: str | None, into: PullTask | None = None) -> PullTask:
         """Start the download of a resolved plan (in `into`, a task that was resolving), or join one."""
-        if engine is not None and plan.format == "gguf" and engine != "llama-cpp":
-            raise InvalidRequest(f"`{plan.model_id}` is a GGUF: only the llama-cpp engine serves it.", param="engine")
+        if engine is not None and plan.format == "gguf" and not (engine in KINDS and KINDS[engine].files):
+            serving = ", ".join(k.name for k in KINDS.values() if k.files)
+            raise InvalidRequest(f"`{plan.model_id}` is a GGUF: only the {serving} engine serves it.", param="engine")
         for task in self.tasks.values():
             if task is not into and task.model == plan.model_id and task.status not in FINAL | {"resolving"}:
                 return task
