@@ -6,8 +6,6 @@ from fastapi import APIRouter, Request, Response
 
 from cortex.api.cancel import ClientGone, unless_disconnected
 from cortex.api.protocol import (
-    EmbeddingRequest,
-    EmbeddingResponse,
     check_dimensions,
     check_inputs,
     encode_embeddings,
@@ -16,6 +14,7 @@ from cortex.api.protocol import (
 )
 from cortex.runtime.embed import embed_inputs
 from cortex.runtime.registry import ModelRegistry
+from cortex.schemas import EmbeddingRequest, EmbeddingResponse
 from cortex.store.ids import validate_model_id
 
 router = APIRouter(tags=["embeddings"])

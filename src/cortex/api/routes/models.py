@@ -8,91 +8,22 @@ import logging
 import threading
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Literal
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
 
 from cortex.api.cancel import ClientGone, in_stoppable_thread, unless_disconnected
 from cortex.api.errors import json_response
 from cortex.api.sse import sse_event
-from cortex.errors import Cancelled, Conflict, CortexError, InvalidRequest
+from cortex.errors import Cancelled, Conflict, CortexError, InvalidRequest, error_body
 from cortex.runtime.registry import ModelRegistry
+from cortex.schemas import DeleteResult, ImportProgress, ImportRequest, ModelList, ModelObject, ModelRef, StopResult
 from cortex.store.builtin import BUILTINS, find_builtin
 from cortex.store.ids import validate_model_id
 from cortex.store.store import ModelRecord, ModelStore, Progress
 
 router = APIRouter(tags=["models"])
 log = logging.getLogger(__name__)
-
-
-class ModelObject(BaseModel):
-    """OpenAI's model object, with cortex's own fields after the standard four."""
-
-    id: str
-    object: Literal["model"] = "model"
-    created: int
-    owned_by: str = "cortex"
-    name: str
-    engine: str
-    architecture: str
-    pooling: str
-    ctx_len: int
-    n_embd: int
-    normalize: bool
-    source_format: str
-    outtype: str | None
-    quantize: str | None = None
-    int8_min_cosine: float | None = None
-    cpu_features: list[str] | None = None
-    size: int
-    status: Literal["loaded", "stored"]
-    memory_bytes: int | None = Field(None, description="Bytes held in memory while loaded")
-
-
-class ModelList(BaseModel):
-    object: Literal["list"] = "list"
-    data: list[ModelObject]
-
-
-class ModelRef(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-    model: str = Field(description="A model id in the store")
-
-
-class ImportRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-    model: str = Field(description="Id to give the model, NAME[:TAG]")
-    model_path: str | None = Field(
-        None,
-        description="A GGUF file on the server's machine; omit it for a built-in model such as gemma3:270m",
-    )
-    name: str | None = Field(None, description="Display name; defaults to the GGUF's general.name")
-    pooling: Literal["mean", "cls", "last"] | None = Field(
-        None, description="Overrides the GGUF's pooling; models that declare none get mean"
-    )
-    ctx_len: int | None = Field(None, gt=0, description="Most tokens per input; capped by the model's training context")
-    outtype: Literal["f32", "f16", "q8_0"] | None = Field(
-        None, description="Weight type when converting a sentence-transformers folder (default f16)"
-    )
-    engine: Literal["onnxruntime", "llama-cpp"] | None = Field(
-        None, description="For a sentence-transformers folder: onnxruntime (default) or llama-cpp (GGUF)"
-    )
-    quantize: Literal["int8"] | None = Field(None, description="onnxruntime: write an int8 graph (opt-in)")
-    stream: bool = Field(False, description="Answer with server-sent progress events")
-
-
-class StopResult(BaseModel):
-    id: str
-    status: Literal["stored"] = "stored"
-    was_loaded: bool
-
-
-class DeleteResult(BaseModel):
-    id: str
-    object: Literal["model"] = "model"
-    deleted: bool = True
 
 
 def _registry(request: Request) -> ModelRegistry:
@@ -105,25 +36,7 @@ def _store(request: Request) -> ModelStore:
 
 def _model_object(registry: ModelRegistry, record: ModelRecord) -> ModelObject:
     loaded = next((m for m in registry.loaded() if m.record.id == record.id), None)
-    return ModelObject(
-        id=record.id,
-        created=record.created,
-        name=record.name,
-        engine=record.engine,
-        architecture=record.architecture,
-        pooling=record.pooling,
-        ctx_len=record.ctx_len,
-        n_embd=record.n_embd,
-        normalize=record.normalize,
-        source_format=record.source_format,
-        outtype=record.outtype,
-        quantize=record.quantize,
-        int8_min_cosine=record.int8_min_cosine,
-        cpu_features=record.cpu_features,
-        size=record.size,
-        status="loaded" if loaded else "stored",
-        memory_bytes=loaded.engine.memory_bytes() if loaded else None,
-    )
+    return ModelObject.from_record(record, memory_bytes=loaded.engine.memory_bytes() if loaded else None)
 
 
 @router.get("/v1/models", response_model=ModelList, summary="List the models in the store")
@@ -197,7 +110,8 @@ async def _import_events(
     events: asyncio.Queue[tuple[str, dict]] = asyncio.Queue()
 
     def progress(stage: str, done: int, total: int) -> None:
-        loop.call_soon_threadsafe(events.put_nowait, ("progress", {"stage": stage, "done": done, "total": total}))
+        event = ImportProgress(stage=stage, done=done, total=total).model_dump()
+        loop.call_soon_threadsafe(events.put_nowait, ("progress", event))
 
     async def work() -> None:
         try:
@@ -207,7 +121,7 @@ async def _import_events(
             events.put_nowait(("error", exc.to_dict()))
         except Exception:  # a bug: log it, tell the client without the detail
             log.exception("import failed")
-            events.put_nowait(("error", {"error": {"message": "The import failed.", "type": "server_error"}}))
+            events.put_nowait(("error", error_body("The import failed.", type="server_error")))
 
     task = asyncio.create_task(work())
     try:
