@@ -57,11 +57,11 @@ def test_a_slow_lookup_that_lands_on_a_running_pull_follows_it(tmp_path: Path, s
         running = await pulls.start("acme/x")
         assert running.status == "downloading" and running.model == "acme/x:F16"
         slow = await pulls.start("acme/slow")
-        assert slow.status == "resolving" and slow.model == "acme/slow" and slow.view()["total_bytes"] == 0
+        assert slow.status == "resolving" and slow.model == "acme/slow" and slow.view().total_bytes == 0
         assert (await pulls.start("acme/slow")).id == slow.id  # the same lookup is joined, not repeated
         slow_hub.set()
         await _until(lambda: slow.status != "resolving")
-        assert slow.model == "acme/x:F16" and slow.status == "downloading" and slow.view()["total_bytes"] == 100
+        assert slow.model == "acme/x:F16" and slow.status == "downloading" and slow.view().total_bytes == 100
         pulls.cancel(running.id, keep_partial=True)
         await pulls.wait(running)
         await _until(lambda: slow.status == "paused")

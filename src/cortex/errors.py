@@ -1,10 +1,33 @@
-"""Domain errors. Each carries its HTTP status and OpenAI error fields; the API maps them once.
+"""Domain errors, all of them: each carries its HTTP status and OpenAI error fields; the API maps them once.
 
-No web framework is imported here: the store, engines and scheduler raise these, and only
-`cortex.api.errors` turns them into responses.
+No web framework is imported here: the store, engines, scheduler and hub raise these, and only
+`cortex.api.errors` turns them into responses. `error_body` is the one builder of OpenAI's error body,
+for these errors and for the answers the guard and the HTTP protocol write themselves.
 """
 
 from __future__ import annotations
+
+from pydantic import BaseModel
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorBody(BaseModel):
+    """OpenAI's error body, `{"error": {message, type, param, code}}`: what `error_body` builds and what
+    a client (the CLI, a pull's status) reads back."""
+
+    error: ErrorDetail
+
+
+def error_body(message: str, *, type: str, param: str | None = None, code: str | None = None) -> dict:
+    """OpenAI's error body as a dict, ready for JSON. `type` is OpenAI's: `invalid_request_error` (the
+    client's fault) or `server_error`."""
+    return ErrorBody(error=ErrorDetail(message=message, type=type, param=param, code=code)).model_dump()
 
 
 class CortexError(Exception):
@@ -23,8 +46,8 @@ class CortexError(Exception):
             self.code = code
 
     def to_dict(self) -> dict:
-        """The body OpenAI sends for an error: `{"error": {message, type, param, code}}`."""
-        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+        """This error as OpenAI's error body (see `error_body`)."""
+        return error_body(self.message, type=self.type, param=self.param, code=self.code)
 
 
 class InvalidRequest(CortexError):
@@ -156,6 +179,30 @@ class ReadOnlyDataFolder(CortexError):
             "This server's data folder is read-only: it serves the models stored there, but cannot import, "
             "pull or delete models."
         )
+
+
+class HubUnavailable(CortexError):
+    """The hub cannot be reached, or the hub is switched off (HF_HUB_OFFLINE)."""
+
+    status = 503
+    type = "server_error"
+    code = "hub_unavailable"
+
+
+class HubForbidden(CortexError):
+    """The hub refuses a repository to this token: it is gated (403)."""
+
+    status = 403
+    type = "invalid_request_error"
+    code = "gated_repository"
+
+
+class IntegrityError(CortexError):
+    """A downloaded file does not match the sha256 the hub lists for it (502: the upstream's fault)."""
+
+    status = 502
+    type = "server_error"
+    code = "integrity_error"
 
 
 class Cancelled(Exception):

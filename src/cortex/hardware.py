@@ -13,10 +13,9 @@ import sys
 import threading
 from pathlib import Path
 
-from pydantic import BaseModel, Field
-
 from cortex.config import available_cores
 from cortex.engine.probe import crash_reason
+from cortex.schemas import Cpu, Hardware, LlamaCpp, Memory, OnnxRuntime
 
 log = logging.getLogger(__name__)
 
@@ -26,43 +25,6 @@ CPU_FEATURES = {
     "avx512f": "AVX-512", "avx512_vnni": "AVX-512 VNNI", "avx512_bf16": "AVX-512 BF16", "avx512_fp16": "AVX-512 FP16",
     "amx_tile": "AMX", "amx_int8": "AMX-INT8", "amx_bf16": "AMX-BF16",
 }  # fmt: skip
-
-
-class Cpu(BaseModel):
-    model: str = Field(description="The CPU's model name")
-    architecture: str = Field(description="x86_64, aarch64, ...")
-    logical_cores: int = Field(description="Logical CPUs in the machine")
-    usable_cores: int = Field(description="Cores this process may use (affinity, capped by a cgroup quota)")
-    features: list[str] = Field(description="Instruction sets that matter for inference, as the CPU reports them")
-
-
-class Memory(BaseModel):
-    total_bytes: int | None
-    available_bytes: int | None
-    limit_bytes: int | None = Field(None, description="A cgroup memory limit on this process, if any")
-
-
-class LlamaCpp(BaseModel):
-    version: str | None = Field(description="llama-cpp-python's version")
-    build: str | None = Field(description="runtime-dispatch (CPU variant chosen at load) or native (one CPU backend)")
-    cpu_variant: str | None = Field(description="The CPU backend variant in use (e.g. zen4, haswell)")
-    variants: list[str] = Field(description="CPU backend variants installed")
-    features: list[str] = Field(description="Instruction sets its kernels use, as llama.cpp reports them")
-    error: str | None = Field(None, description="Why llama.cpp could not be loaded, if it could not")
-
-
-class OnnxRuntime(BaseModel):
-    version: str
-    providers: list[str] = Field(description="Execution providers available in this build")
-    in_use: list[str] = Field(description="The providers cortex runs models on")
-
-
-class Hardware(BaseModel):
-    object: str = "hardware"
-    cpu: Cpu
-    memory: Memory
-    llama_cpp: LlamaCpp
-    onnxruntime: OnnxRuntime
 
 
 def _cpuinfo() -> tuple[str, set[str]]:

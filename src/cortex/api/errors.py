@@ -10,7 +10,7 @@ from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from cortex.errors import CortexError
+from cortex.errors import CortexError, error_body
 
 log = logging.getLogger("cortex.api")
 
@@ -23,7 +23,7 @@ def json_response(body: object, status: int = 200) -> Response:
 def error_response(
     status: int, message: str, type_: str, *, param: str | None = None, code: str | None = None
 ) -> Response:
-    return json_response({"error": {"message": message, "type": type_, "param": param, "code": code}}, status)
+    return json_response(error_body(message, type=type_, param=param, code=code), status)
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -33,7 +33,7 @@ from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from cortex.config import Settings
-from cortex.errors import ShuttingDown
+from cortex.errors import ShuttingDown, error_body
 
 _OPEN_PATHS = frozenset({"/healthz", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
 _OPEN_PREFIX = "/docs/assets/"  # the docs pages' scripts and styles, served from the package (works offline)
@@ -250,7 +250,7 @@ def _preflight_headers() -> dict[str, str]:
 
 
 def _error(message: str, code: str) -> dict:
-    return {"error": {"message": message, "type": "invalid_request_error", "param": None, "code": code}}
+    return error_body(message, type="invalid_request_error", code=code)
 
 
 async def _respond(send: Send, status: int, body: dict | None, headers: dict[str, str]) -> None:

@@ -30,6 +30,8 @@ from typing import Any
 import orjson
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
+from cortex.errors import error_body
+
 log = logging.getLogger("cortex.http")
 
 # The least a lingering close reads: what a client that sends its whole body before reading the answer
@@ -40,7 +42,7 @@ _LINGER_MIN_BYTES = 64 * 2**20
 
 def raw_error(status: int, reason: str, message: str, code: str) -> bytes:
     """A complete HTTP/1.1 error response that closes the connection."""
-    body = orjson.dumps({"error": {"message": message, "type": "invalid_request_error", "param": None, "code": code}})
+    body = orjson.dumps(error_body(message, type="invalid_request_error", code=code))
     head = (
         f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\n"
         f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"

@@ -1,4 +1,5 @@
-"""OpenAI's embeddings protocol: request parsing with OpenAI-style errors, and response encoding.
+"""OpenAI's embeddings protocol: request parsing with OpenAI-style errors, and response encoding (the
+types are `cortex.schemas.EmbeddingRequest` and `EmbeddingResponse`).
 
 The request body is parsed here rather than by FastAPI so that every malformed body, whatever is
 wrong with it, becomes a 400 in OpenAI's error shape naming the offending parameter (FastAPI's
@@ -10,66 +11,14 @@ from __future__ import annotations
 import base64
 import json
 import re
-from typing import Literal
 
 import numpy as np
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError
+from pydantic import ValidationError
 
 from cortex.engine.base import l2_normalize
 from cortex.errors import InvalidRequest
-
-TokenIds = list[StrictInt]
-
-
-class EmbeddingRequest(BaseModel):
-    """`POST /v1/embeddings`. Unknown fields are ignored, as OpenAI does."""
-
-    model_config = ConfigDict(extra="ignore")
-
-    input: StrictStr | list[StrictStr] | TokenIds | list[TokenIds] = Field(
-        description="A string, an array of strings, an array of token ids, or an array of arrays of token ids"
-    )
-    model: StrictStr = Field(description="Id of a model in the store, e.g. `gemma3:270m`")
-    encoding_format: Literal["float", "base64"] | None = Field(
-        "float", description="`float` (default) or `base64` (little-endian float32 bytes)"
-    )
-    dimensions: StrictInt | None = Field(
-        None, description="Truncate each vector to this many dimensions, then L2-normalise it again"
-    )
-    user: StrictStr | None = Field(None, description="Accepted and ignored")
-    truncate: StrictBool = Field(
-        False,
-        description="Extension (as text-embeddings-inference and Ollama): cut each input to the model's context "
-        "instead of answering 400; usage then counts the tokens processed",
-    )
-
-    def inputs(self) -> list[str] | list[list[int]]:
-        """The inputs as a list of strings or a list of token-id lists."""
-        if isinstance(self.input, str):
-            return [self.input]
-        if self.input and isinstance(self.input[0], int):
-            return [self.input]  # type: ignore[list-item]
-        return self.input  # type: ignore[return-value]
-
-
-class Embedding(BaseModel):
-    object: Literal["embedding"] = "embedding"
-    index: int
-    embedding: list[float] | str
-
-
-class Usage(BaseModel):
-    prompt_tokens: int
-    total_tokens: int
-
-
-class EmbeddingResponse(BaseModel):
-    object: Literal["list"] = "list"
-    data: list[Embedding]
-    model: str
-    usage: Usage
-
+from cortex.schemas import EmbeddingRequest
 
 _FIELD_ERRORS = {
     "input": "'input' must be a string, an array of strings, an array of integers (token ids) "

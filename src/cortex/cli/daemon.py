@@ -12,9 +12,11 @@ import time
 from dataclasses import dataclass
 
 import httpx
+from pydantic import ValidationError
 
 from cortex.config import Settings
 from cortex.data_folder import folder_id, lock_holder, writable
+from cortex.schemas import Health
 
 
 class DaemonError(Exception):
@@ -51,14 +53,13 @@ def _pid_alive(pid: int) -> bool:
         return True
 
 
-def _health(base_url: str, timeout: float = 2.0) -> dict | None:
+def _health(base_url: str, timeout: float = 2.0) -> Health | None:
     """What /healthz answers, or None if nothing cortex-like answers."""
     try:
         r = httpx.get(f"{base_url}/healthz", timeout=timeout, verify=False)
-        body = r.json() if r.status_code == 200 else None
-    except (httpx.HTTPError, ValueError):
+        return Health.model_validate_json(r.content) if r.status_code == 200 else None
+    except (httpx.HTTPError, ValidationError):
         return None
-    return body if isinstance(body, dict) and "pid" in body else None
 
 
 class NotAnswering(DaemonError):
@@ -92,7 +93,7 @@ def running_server(settings: Settings) -> ServerInfo | None:
         if health is None:
             if lock_holder(settings.data_dir) == info.pid:
                 raise NotAnswering(info)
-        elif (health["pid"], health.get("data_folder")) == (info.pid, folder_id(settings.data_dir)):
+        elif (health.pid, health.data_folder) == (info.pid, folder_id(settings.data_dir)):
             return info
     with contextlib.suppress(OSError):  # a read-only data folder keeps its stale record
         path.unlink()
@@ -129,7 +130,8 @@ def start_background(settings: Settings, flags: dict[str, object], *, timeout: f
                 f"The server exited with code {proc.returncode} during start-up.\n"
                 f"Last lines of {log_path}:\n{_tail(log_path)}"
             )
-        if (_health(info.base_url, timeout=1.0) or {}).get("pid") == proc.pid:
+        health = _health(info.base_url, timeout=1.0)
+        if health is not None and health.pid == proc.pid:
             return info
         time.sleep(0.1)
     proc.terminate()

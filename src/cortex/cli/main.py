@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import json
 import shlex
 import signal
@@ -25,7 +26,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from cortex.cli.client import ApiError, Client
+from cortex.cli.client import ApiError, Client, parse
 from cortex.cli.daemon import (
     DaemonError,
     NotAnswering,
@@ -36,11 +37,41 @@ from cortex.cli.daemon import (
 )
 from cortex.config import Settings, load_settings
 from cortex.data_folder import FolderInUse
+from cortex.engine.base import POOLINGS
+from cortex.engine.kinds import ENGINE_NAMES, option_values
 from cortex.errors import CortexError
+from cortex.schemas import (
+    DeleteResult,
+    EmbeddingResponse,
+    Hardware,
+    ImportProgress,
+    ModelList,
+    ModelObject,
+    PullStatus,
+    StopResult,
+    VariantList,
+)
 
 app = typer.Typer(help="cortex: a local, OpenAI-compatible model server.", no_args_is_help=True)
 models_app = typer.Typer(help="Manage the models in the store.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
+
+
+def _choices(name: str, values: tuple[str, ...]) -> type[enum.Enum]:
+    """An Enum that typer shows and checks as a choice of `values`."""
+    return enum.Enum(name, {v: v for v in values}, type=str)  # type: ignore[return-value]
+
+
+# Choices from the engine kinds table, as the API validates them.
+EngineChoice = _choices("EngineChoice", ENGINE_NAMES)
+OutTypeChoice = _choices("OutTypeChoice", option_values("outtype"))
+QuantizeChoice = _choices("QuantizeChoice", option_values("quantize"))
+PoolingChoice = _choices("PoolingChoice", POOLINGS)
+
+
+def _value(choice: enum.Enum | None) -> str | None:
+    return None if choice is None else choice.value
+
 
 out = Console()
 err = Console(stderr=True)
@@ -96,6 +127,7 @@ def _client_for(settings: Settings, info: ServerInfo) -> Client:
 
 
 def _call(fn, *args):
+    """`fn(*args)`, a client call; an ApiError ends the command with its message."""
     try:
         return fn(*args)
     except ApiError as exc:
@@ -106,11 +138,11 @@ def _human_bytes(n: int | None) -> str:
     if n is None:
         return "-"
     size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
+    for unit in ("B", "KiB", "MiB"):
+        if size < 1024:
             return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
         size /= 1024
-    return f"{n} B"
+    return f"{size:.1f} GiB"
 
 
 @app.callback()
@@ -229,8 +261,8 @@ def status() -> None:
     if info is None:
         out.print(f"cortex is not running (data folder {settings.data_dir})")
         raise typer.Exit(3)
-    models = _call(_client_for(settings, info).get, "/v1/models")["data"]
-    loaded = [m["id"] for m in models if m["status"] == "loaded"]
+    models = _call(_client_for(settings, info).get, "/v1/models", ModelList).data
+    loaded = [m.id for m in models if m.status == "loaded"]
     out.print(f"cortex is running at {info.base_url} (pid {info.pid}, data folder {settings.data_dir})")
     out.print(f"models: {len(models)} stored, loaded: {', '.join(loaded) or 'none'}")
 
@@ -252,7 +284,7 @@ def run(
 
         if find_builtin(model_id) is not None:
             err.print(f"Importing built-in model {model_id} ...")
-            model_id = _import(client, {"model": model_id})["id"]
+            model_id = _import(client, {"model": model_id}).id
         else:
             err.print(f"`{model_id}` is not in the store; pulling it from the hub ...")
             try:
@@ -263,10 +295,10 @@ def run(
                     "--model_path FILE.gguf|FOLDER"
                 )
                 raise
-    loaded = _call(client.post, "/v1/models/start", {"model": model_id})
+    loaded: ModelObject = _call(client.post, "/v1/models/start", {"model": model_id}, ModelObject)
     base = client.base_url
     body = json.dumps({"model": model_id, "input": "embedding"})
-    out.print(f"Model [bold]{loaded['id']}[/bold] is loaded ({loaded['n_embd']} dimensions).")
+    out.print(f"Model [bold]{loaded.id}[/bold] is loaded ({loaded.n_embd} dimensions).")
     out.print(f"OpenAI base URL: {base}/v1")
     out.print("Try:", highlight=False)
     out.print(
@@ -287,55 +319,55 @@ def _choose(client: Client, name: str, quant: str | None) -> tuple[str, str | No
     open_choice = (parsed.kind == "cortexso" and parsed.tag is None) or (parsed.kind == "repo" and not parsed.tag)
     if not open_choice or quant or not sys.stdin.isatty():
         return name, quant
-    variants = _call(client.get, f"/v1/models/pull/variants?model={name}")["data"]
+    variants = _call(client.get, f"/v1/models/pull/variants?model={name}", VariantList).data
     if len(variants) < 2:
         return name, quant
     table = Table("#", "variant", "file", "size")
     for i, v in enumerate(variants, 1):
-        table.add_row(str(i), v["variant"], v.get("file", ""), _human_bytes(v.get("size")))
+        table.add_row(str(i), v.variant, v.file or "", _human_bytes(v.size))
     out.print(table)
     pick = variants[typer.prompt("Choose", type=click.IntRange(1, len(variants))) - 1]
-    return (f"{name}:{pick['variant']}", None) if parsed.kind == "cortexso" else (name, pick["variant"])
+    return (f"{name}:{pick.variant}", None) if parsed.kind == "cortexso" else (name, pick.variant)
 
 
 def _pull(client: Client, name: str, quant: str | None, engine: str | None = None) -> str:
     """Pull through the API with a progress bar; Ctrl-C pauses (the next pull resumes). Returns the id."""
     name, quant = _choose(client, name, quant)
     with err.status(f"Looking up {name} on the hub..."):  # a spinner at a terminal, nothing when piped
-        task = _call(client.post, "/v1/models/pull", {"model": name, "quant": quant, "engine": engine})
+        body = {"model": name, "quant": quant, "engine": engine}
+        task: PullStatus = _call(client.post, "/v1/models/pull", body, PullStatus)
     columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
                TimeRemainingColumn())  # fmt: skip
+    events = f"/v1/models/pull/{task.task}/events"
     state = task
     try:
         with Progress(*columns, console=err, transient=True) as bar:
-            row = bar.add_task(f"Pulling {task['model']}", total=task["total_bytes"] or None)
-            for _, state in client.events(f"/v1/models/pull/{task['task']}/events", method="GET"):
-                doing = {"resolving": "Looking up", "importing": "Importing"}.get(state["status"], "Pulling")
-                bar.update(row, completed=state["done_bytes"], total=state["total_bytes"] or None,
-                           description=f"{doing} {state['model']}")  # fmt: skip
+            row = bar.add_task(f"Pulling {task.model}", total=task.total_bytes or None)
+            for _, data in client.events(events, method="GET"):
+                state = parse(PullStatus, data, f"GET {events}")
+                doing = {"resolving": "Looking up", "importing": "Importing"}.get(state.status, "Pulling")
+                bar.update(row, completed=state.done_bytes, total=state.total_bytes or None,
+                           description=f"{doing} {state.model}")  # fmt: skip
     except KeyboardInterrupt:
-        _call(client.delete, f"/v1/models/pull/{task['task']}?keep_partial=true")
+        _call(client.delete, f"/v1/models/pull/{task.task}?keep_partial=true")
         err.print(f"Paused. Run `cortex pull {name}` again to resume.")
         raise typer.Exit(130) from None
     except ApiError as exc:
         raise _fail(str(exc)) from exc
-    if state["status"] != "done":
-        message = (state.get("error") or {}).get("error", {}).get("message") or f"The pull ended {state['status']}."
-        raise _fail(message)
-    out.print(f"Pulled {state['model']}")
-    return state["model"]
+    if state.status != "done":
+        raise _fail((state.error and state.error.error.message) or f"The pull ended {state.status}.")
+    out.print(f"Pulled {state.model}")
+    return state.model
 
 
 @app.command()
 def pull(
     model: Annotated[str, typer.Argument(help="NAME[:TAG], ORG/REPO[:QUANT], or a hub URL of a .gguf file")],
     quant: Annotated[str | None, typer.Option(help="Which GGUF of ORG/REPO to take (e.g. Q4_K_M)")] = None,
-    engine: Annotated[
-        str | None, typer.Option(help="sentence-transformers repositories: onnxruntime or llama-cpp")
-    ] = None,
+    engine: Annotated[EngineChoice | None, typer.Option(help="For sentence-transformers repositories")] = None,
 ) -> None:
     """Pull a model from Hugging Face into the store (resumable; Ctrl-C pauses)."""
-    _pull(_client(), model, quant, engine)
+    _pull(_client(), model, quant, _value(engine))
 
 
 models_app.command("pull", help="Same as `cortex pull`.")(pull)
@@ -344,35 +376,36 @@ models_app.command("pull", help="Same as `cortex pull`.")(pull)
 @app.command()
 def ps() -> None:
     """List the loaded models and the memory they hold."""
-    models = [m for m in _call(_client().get, "/v1/models")["data"] if m["status"] == "loaded"]
+    models = [m for m in _call(_client().get, "/v1/models", ModelList).data if m.status == "loaded"]
     table = Table("model", "engine", "ctx_len", "dims", "memory")
     for m in models:
-        table.add_row(m["id"], m["engine"], str(m["ctx_len"]), str(m["n_embd"]), _human_bytes(m["memory_bytes"]))
+        table.add_row(m.id, m.engine, str(m.ctx_len), str(m.n_embd), _human_bytes(m.memory_bytes))
     out.print(table)
 
 
 @app.command()
 def hardware(as_json: Annotated[bool, typer.Option("--json", help="The raw report")] = False) -> None:
     """Show the CPU, its features, memory, and which llama.cpp and ONNX Runtime code runs on it."""
-    h = _call(_client().get, "/v1/hardware")
+    raw = _call(_client().get, "/v1/hardware")
     if as_json:
-        out.print_json(json.dumps(h))
+        out.print_json(json.dumps(raw))
         return
-    cpu, mem, llama, ort = h["cpu"], h["memory"], h["llama_cpp"], h["onnxruntime"]
+    h = _call(parse, Hardware, raw, "GET /v1/hardware")
+    cpu, mem, llama, ort = h.cpu, h.memory, h.llama_cpp, h.onnxruntime
     table = Table(show_header=False, box=None)
-    table.add_row("CPU", f"{cpu['model']} ({cpu['architecture']})")
-    table.add_row("cores", f"{cpu['usable_cores']} usable of {cpu['logical_cores']}")
-    table.add_row("features", ", ".join(cpu["features"]) or "none of note")
-    table.add_row("memory", f"{_human_bytes(mem['available_bytes'])} available of {_human_bytes(mem['total_bytes'])}"
-                  + (f", limit {_human_bytes(mem['limit_bytes'])}" if mem["limit_bytes"] else ""))  # fmt: skip
-    if llama["error"]:
-        table.add_row("llama.cpp", f"[red]cannot run here[/red]: {llama['error']}")
+    table.add_row("CPU", f"{cpu.model} ({cpu.architecture})")
+    table.add_row("cores", f"{cpu.usable_cores} usable of {cpu.logical_cores}")
+    table.add_row("features", ", ".join(cpu.features) or "none of note")
+    table.add_row("memory", f"{_human_bytes(mem.available_bytes)} available of {_human_bytes(mem.total_bytes)}"
+                  + (f", limit {_human_bytes(mem.limit_bytes)}" if mem.limit_bytes else ""))  # fmt: skip
+    if llama.error:
+        table.add_row("llama.cpp", f"[red]cannot run here[/red]: {llama.error}")
     else:
-        variant = f", CPU variant {llama['cpu_variant']}" if llama["cpu_variant"] else ""
-        table.add_row("llama.cpp", f"{llama['version']}, {llama['build']} build{variant}")
-        table.add_row("  kernels use", ", ".join(llama["features"]) or "baseline x86-64")
-    available = ", ".join(ort["providers"])
-    table.add_row("onnxruntime", f"{ort['version']} on {', '.join(ort['in_use'])} (available: {available})")
+        variant = f", CPU variant {llama.cpu_variant}" if llama.cpu_variant else ""
+        table.add_row("llama.cpp", f"{llama.version}, {llama.build} build{variant}")
+        table.add_row("  kernels use", ", ".join(llama.features) or "baseline x86-64")
+    available = ", ".join(ort.providers)
+    table.add_row("onnxruntime", f"{ort.version} on {', '.join(ort.in_use)} (available: {available})")
     out.print(table)
 
 
@@ -387,41 +420,43 @@ def embeddings(
     body: dict = {"model": model, "input": texts}
     if dimensions is not None:
         body["dimensions"] = dimensions
-    resp = _call(_client().post, "/v1/embeddings", body)
+    raw = _call(_client().post, "/v1/embeddings", body)
     if as_json:
-        out.print_json(data=resp)
+        out.print_json(data=raw)
         return
+    resp = _call(parse, EmbeddingResponse, raw, "POST /v1/embeddings")
     table = Table("index", "text", "dims", "embedding (first 6)")
-    for item, text in zip(resp["data"], texts, strict=True):
-        vec = item["embedding"]
+    for item, text in zip(resp.data, texts, strict=True):
+        vec = item.embedding
         head = ", ".join(f"{v:+.4f}" for v in vec[:6])
         table.add_row(
-            str(item["index"]),
+            str(item.index),
             text if len(text) <= 40 else text[:37] + "...",
             str(len(vec)),
             f"[{head}, ...]",
         )
     out.print(table)
-    out.print(f"usage: {resp['usage']['prompt_tokens']} prompt tokens")
+    out.print(f"usage: {resp.usage.prompt_tokens} prompt tokens")
 
 
 _STAGES = {"copy": "Copying", "convert": "Converting"}
 
 
-def _import(client: Client, body: dict) -> dict:
+def _import(client: Client, body: dict) -> ModelObject:
     """Import through the API, its progress events shown as a bar; returns the model object."""
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     tasks: dict[str, TaskID] = {}
+    what = "POST /v1/models/import"
     try:
         with Progress(*columns, console=err, transient=True) as bar:
             for event, data in client.events("/v1/models/import", {**body, "stream": True}):
                 if event == "progress":
-                    stage = data["stage"]
-                    if stage not in tasks:
-                        tasks[stage] = bar.add_task(_STAGES.get(stage, stage), total=data["total"])
-                    bar.update(tasks[stage], completed=data["done"], total=data["total"])
+                    step = parse(ImportProgress, data, what)
+                    if step.stage not in tasks:
+                        tasks[step.stage] = bar.add_task(_STAGES.get(step.stage, step.stage), total=step.total)
+                    bar.update(tasks[step.stage], completed=step.done, total=step.total)
                 elif event == "done":
-                    return data
+                    return parse(ModelObject, data, what)
     except ApiError as exc:
         raise _fail(str(exc)) from exc
     except KeyboardInterrupt:  # the connection closes with the stream: the server stops the import
@@ -436,38 +471,35 @@ def models_import(
         Path | None,
         typer.Option("--model_path", "--model-path", help="A .gguf file or a sentence-transformers folder"),
     ] = None,
-    engine: Annotated[str | None, typer.Option(help="onnxruntime (default for folders) or llama-cpp (GGUF)")] = None,
-    outtype: Annotated[str | None, typer.Option(help="llama-cpp: f32, f16 (default) or q8_0")] = None,
-    quantize: Annotated[str | None, typer.Option(help="onnxruntime: int8 (opt-in)")] = None,
-    pooling: Annotated[str | None, typer.Option(help="mean, cls or last (default: the model's, else mean)")] = None,
+    engine: Annotated[EngineChoice | None, typer.Option(help="Default: onnxruntime for folders")] = None,
+    outtype: Annotated[OutTypeChoice | None, typer.Option(help="llama-cpp (default f16)")] = None,
+    quantize: Annotated[QuantizeChoice | None, typer.Option(help="onnxruntime (opt-in)")] = None,
+    pooling: Annotated[PoolingChoice | None, typer.Option(help="Default: the model's, else mean")] = None,
     ctx_len: Annotated[int | None, typer.Option("--ctx-len", help="Most tokens per input")] = None,
     name: Annotated[str | None, typer.Option(help="Display name")] = None,
 ) -> None:
     """Add a GGUF file or a sentence-transformers folder (converted to ONNX, or to GGUF with --engine
     llama-cpp) to the store. Ctrl-C cancels the import and leaves nothing behind."""
-    body: dict = {"model": model_id, "pooling": pooling, "ctx_len": ctx_len, "name": name, "outtype": outtype,
-                  "engine": engine, "quantize": quantize}  # fmt: skip
+    body: dict = {"model": model_id, "pooling": _value(pooling), "ctx_len": ctx_len, "name": name,
+                  "outtype": _value(outtype), "engine": _value(engine), "quantize": _value(quantize)}  # fmt: skip
     if model_path is not None:
         body["model_path"] = str(model_path.expanduser().resolve())
-    record = _import(_client(), body)
+    model = _import(_client(), body)
     out.print(
-        f"Imported {record['id']} ({record['engine']}, {_human_bytes(record['size'])}, {record['n_embd']} dimensions, "
-        f"pooling {record['pooling']}, context {record['ctx_len']})"
+        f"Imported {model.id} ({model.engine}, {_human_bytes(model.size)}, {model.n_embd} dimensions, "
+        f"pooling {model.pooling}, context {model.ctx_len})"
     )
-    if record.get("int8_min_cosine") is not None:
-        out.print(f"int8 vs fp32: min cosine {record['int8_min_cosine']} on the probe set")
+    if model.int8_min_cosine is not None:
+        out.print(f"int8 vs fp32: min cosine {model.int8_min_cosine} on the probe set")
 
 
 @models_app.command("list")
 def models_list() -> None:
     """Show the models in the store."""
-    data = _call(_client().get, "/v1/models")["data"]
+    models = _call(_client().get, "/v1/models", ModelList).data
     table = Table("id", "name", "engine", "pooling", "ctx_len", "dims", "size", "status")
-    for m in data:
-        table.add_row(
-            m["id"], m["name"], m["engine"], m["pooling"], str(m["ctx_len"]), str(m["n_embd"]),
-            _human_bytes(m["size"]), m["status"],
-        )  # fmt: skip
+    for m in models:
+        table.add_row(m.id, m.name, m.engine, m.pooling, str(m.ctx_len), str(m.n_embd), _human_bytes(m.size), m.status)
     out.print(table)
 
 
@@ -480,22 +512,22 @@ def models_get(model_id: Annotated[str, typer.Argument(help="Model id")]) -> Non
 @models_app.command("delete")
 def models_delete(model_id: Annotated[str, typer.Argument(help="Model id")]) -> None:
     """Unload and delete a model and its files."""
-    result = _call(_client().delete, f"/v1/models/{model_id}")
-    out.print(f"Deleted {result['id']}")
+    result: DeleteResult = _call(_client().delete, f"/v1/models/{model_id}", DeleteResult)
+    out.print(f"Deleted {result.id}")
 
 
 @models_app.command("start")
 def models_start(model_id: Annotated[str, typer.Argument(help="Model id")]) -> None:
     """Load a model into memory."""
-    m = _call(_client().post, "/v1/models/start", {"model": model_id})
-    out.print(f"Loaded {m['id']} ({_human_bytes(m['memory_bytes'])})")
+    m: ModelObject = _call(_client().post, "/v1/models/start", {"model": model_id}, ModelObject)
+    out.print(f"Loaded {m.id} ({_human_bytes(m.memory_bytes)})")
 
 
 @models_app.command("stop")
 def models_stop(model_id: Annotated[str, typer.Argument(help="Model id")]) -> None:
     """Unload a model from memory."""
-    r = _call(_client().post, "/v1/models/stop", {"model": model_id})
-    out.print(f"Stopped {r['id']}" if r["was_loaded"] else f"{r['id']} was not loaded")
+    r: StopResult = _call(_client().post, "/v1/models/stop", {"model": model_id}, StopResult)
+    out.print(f"Stopped {r.id}" if r.was_loaded else f"{r.id} was not loaded")
 
 
 def main() -> None:

@@ -16,16 +16,10 @@ import httpx
 from huggingface_hub import hf_hub_url
 from huggingface_hub.utils import build_hf_headers
 
-from cortex.errors import Cancelled, CortexError
-from cortex.hub.resolve import HubUnavailable, RemoteFile
+from cortex.errors import Cancelled, HubUnavailable, IntegrityError
+from cortex.hub.resolve import RemoteFile
 
 _CHUNK = 1 << 20
-
-
-class IntegrityError(CortexError):
-    status = 502
-    type = "server_error"
-    code = "integrity_error"
 
 
 def part_path(dest: Path) -> Path:

@@ -26,7 +26,7 @@ from huggingface_hub.errors import (
     RevisionNotFoundError,
 )
 
-from cortex.errors import CortexError, InvalidRequest, ModelNotFound
+from cortex.errors import HubForbidden, HubUnavailable, InvalidRequest, ModelNotFound
 
 try:  # huggingface_hub >= 1.x speaks HTTP through its own httpx fork
     import httpx2
@@ -35,26 +35,13 @@ try:  # huggingface_hub >= 1.x speaks HTTP through its own httpx fork
 except ImportError:  # pragma: no cover - older huggingface_hub
     _TRANSPORT_ERRORS = (httpx.HTTPError, OSError)
 from cortex.hub.names import PullName, quant_of
+from cortex.schemas import Variant
 
 # Files of a sentence-transformers folder that the importer reads (the weights are required).
 ST_FILES = (
     "config.json", "model.safetensors", "tokenizer.json", "vocab.txt", "tokenizer_config.json",
     "special_tokens_map.json", "modules.json", "sentence_bert_config.json", "1_Pooling/config.json",
 )  # fmt: skip
-
-
-class HubUnavailable(CortexError):
-    """The hub cannot be reached, or the hub is switched off (HF_HUB_OFFLINE)."""
-
-    status = 503
-    type = "server_error"
-    code = "hub_unavailable"
-
-
-class HubForbidden(CortexError):
-    status = 403
-    type = "invalid_request_error"
-    code = "gated_repository"
 
 
 @dataclass(frozen=True)
@@ -175,7 +162,7 @@ def _files(api: HfApi, repo_id: str, revision: str) -> list[RemoteFile]:
     ]
 
 
-def list_variants(name: PullName) -> list[dict]:
+def list_variants(name: PullName) -> list[Variant]:
     """The choices a name leaves open: a cortexso repository's branches, or a repository's .gguf files."""
     api = HfApi()
     with hub_errors(name.repo_id):
@@ -183,12 +170,10 @@ def list_variants(name: PullName) -> list[dict]:
             check_reachable()
         if name.kind == "cortexso":
             refs = api.list_repo_refs(name.repo_id)
-            return [{"variant": b.name} for b in refs.branches if b.name != "main"]
+            return [Variant(variant=b.name) for b in refs.branches if b.name != "main"]
         files = _files(api, name.repo_id, name.revision or "main")
     return [
-        {"variant": quant_of(f.path) or f.path, "file": f.path, "size": f.size}
-        for f in files
-        if f.path.endswith(".gguf")
+        Variant(variant=quant_of(f.path) or f.path, file=f.path, size=f.size) for f in files if f.path.endswith(".gguf")
     ]
 
 

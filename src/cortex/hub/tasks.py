@@ -17,21 +17,29 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import TypeVar
 
 from cortex.engine.kinds import KINDS, ImportOptions
-from cortex.errors import Cancelled, CortexError, InvalidRequest, ModelNotFound
+from cortex.errors import (
+    Cancelled,
+    CortexError,
+    IntegrityError,
+    InvalidModelFile,
+    InvalidRequest,
+    ModelNotFound,
+    error_body,
+)
 from cortex.hub.download import download, part_path
 from cortex.hub.names import parse_pull_name
 from cortex.hub.resolve import Plan, configure_hub_client, resolve
 from cortex.importer import Importer
+from cortex.schemas import PullState, PullStatus
 from cortex.store.ids import folder_name
 from cortex.store.store import Reservation
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-Status = Literal["resolving", "downloading", "importing", "done", "failed", "cancelled", "paused"]
 # POST /v1/models/pull answers within this: a name the hub resolves quickly is checked before the answer
 # (404, 400, 507 come back at once); a slow hub gets a task in status "resolving" that goes on alone.
 ANSWER_WITHIN_S = 2.5
@@ -65,8 +73,7 @@ def _in_daemon_thread(fn: Callable[..., T], *args: object) -> asyncio.Future[T]:
     return future
 
 
-_PULL_FAILED = {"error": {"message": "The pull failed; see the server log.", "type": "server_error",
-                          "param": None, "code": "pull_failed"}}  # fmt: skip
+_PULL_FAILED = error_body("The pull failed; see the server log.", type="server_error", code="pull_failed")
 
 
 @dataclass
@@ -75,11 +82,10 @@ class PullTask:
     model: str  # the store id the pull creates (what was asked for, while resolving)
     name: str  # what was asked for
     plan: Plan | None  # None while resolving
-    status: Status = "downloading"
+    status: PullState = "downloading"
     done_bytes: int = 0
     fetched_bytes: int = 0  # transferred by this task (not counting what an earlier pull left)
     error: dict | None = None
-    created: float = field(default_factory=time.time)
     stop: threading.Event = field(default_factory=threading.Event)
     keep_partial: bool = False
     reservation: Reservation | None = None  # the store id held while the task downloads and imports
@@ -87,14 +93,15 @@ class PullTask:
     quant: str | None = None
     changed: asyncio.Event = field(default_factory=asyncio.Event)
 
-    def view(self) -> dict:
+    def view(self) -> PullStatus:
+        """The task as clients see it."""
         plan = self.plan
-        return {
-            "task": self.id, "model": self.model, "name": self.name, "status": self.status,
-            "total_bytes": plan.total_bytes if plan else 0, "done_bytes": self.done_bytes,
-            "fetched_bytes": self.fetched_bytes, "files": [f.path for f in plan.files] if plan else [],
-            "error": self.error,
-        }  # fmt: skip
+        return PullStatus(
+            task=self.id, model=self.model, name=self.name, status=self.status,
+            total_bytes=plan.total_bytes if plan else 0, done_bytes=self.done_bytes,
+            fetched_bytes=self.fetched_bytes, files=[f.path for f in plan.files] if plan else [],
+            error=self.error,
+        )  # fmt: skip
 
 
 class PullManager:
@@ -297,7 +304,7 @@ class PullManager:
                 shutil.rmtree(workdir, ignore_errors=True)
                 self._notify(task, status="cancelled", fetched_bytes=fetched)
         except CortexError as exc:
-            if exc.code in ("invalid_model_file", "integrity_error"):
+            if isinstance(exc, (InvalidModelFile, IntegrityError)):
                 shutil.rmtree(workdir, ignore_errors=True)  # nothing worth resuming
             self._notify(task, status="failed", error=exc.to_dict(), fetched_bytes=fetched)
         except Exception:

@@ -16,7 +16,6 @@ from cortex.convert.st_folder import read_st_folder
 from cortex.engine.kinds import ImportOptions, Progress, Source, choose
 from cortex.errors import InvalidModelFile
 from cortex.store.gguf_info import inspect_gguf
-from cortex.store.ids import validate_model_id
 from cortex.store.store import ModelRecord, ModelStore
 
 
@@ -49,7 +48,6 @@ class Importer:
         reserved for the import's duration unless the caller holds it already (`reserved`: a pull).
         """
         self.store.require_writable()
-        validate_model_id(model_id)
         with contextlib.nullcontext() if reserved else self.store.reserve(model_id):
             src = _read_source(source, options, move, label or (str(source) if isinstance(source, Path) else model_id))
             kind = choose(engine, src, options)

@@ -35,7 +35,7 @@ from cortex.errors import (
 )
 from cortex.files import read_regular_file
 from cortex.store.atomic import fsync_dir, write_atomic
-from cortex.store.ids import folder_name, id_of_folder, split_tag, validate_model_id
+from cortex.store.ids import folder_name, id_of_folder, split_tag
 
 log = logging.getLogger(__name__)
 
@@ -163,8 +163,7 @@ class ModelStore:
     def resolve(self, model_id: str) -> str:
         """The stored id that `model_id` names: itself if stored (an exact id always wins), or for a bare
         NAME the only NAME:TAG stored. Every route and the registry resolve through here."""
-        validate_model_id(model_id)
-        if (self.folder(model_id) / MODEL_FILE).is_file():
+        if (self.folder(model_id) / MODEL_FILE).is_file():  # folder() validates the id: the only check it needs
             return model_id
         name, tag = split_tag(model_id)
         if tag is None:

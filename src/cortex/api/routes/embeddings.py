@@ -6,8 +6,6 @@ from fastapi import APIRouter, Request, Response
 
 from cortex.api.cancel import ClientGone, unless_disconnected
 from cortex.api.protocol import (
-    EmbeddingRequest,
-    EmbeddingResponse,
     check_dimensions,
     check_inputs,
     encode_embeddings,
@@ -16,7 +14,7 @@ from cortex.api.protocol import (
 )
 from cortex.runtime.embed import embed_inputs
 from cortex.runtime.registry import ModelRegistry
-from cortex.store.ids import validate_model_id
+from cortex.schemas import EmbeddingRequest, EmbeddingResponse
 
 router = APIRouter(tags=["embeddings"])
 
@@ -40,7 +38,7 @@ async def create_embeddings(request: Request) -> Response:
     settings = request.app.state.settings
     check_inputs(inputs, settings.max_inputs)
     registry: ModelRegistry = request.app.state.registry
-    async with registry.use(validate_model_id(req.model)) as model:
+    async with registry.use(req.model) as model:
         check_dimensions(req.dimensions, model.engine.n_embd)
         access = {"model": req.model, "inputs": len(inputs)}
         request.state.access = access

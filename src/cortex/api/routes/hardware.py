@@ -6,7 +6,8 @@ import asyncio
 
 from fastapi import APIRouter
 
-from cortex.hardware import Hardware, hardware_report
+from cortex.hardware import hardware_report
+from cortex.schemas import Hardware
 
 router = APIRouter(tags=["hardware"])
 

@@ -8,93 +8,24 @@ import logging
 import threading
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Literal
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
 
 from cortex.api.cancel import ClientGone, in_stoppable_thread, unless_disconnected
 from cortex.api.errors import json_response
 from cortex.api.sse import sse_event
 from cortex.engine.kinds import ImportOptions, Progress
-from cortex.errors import Cancelled, Conflict, CortexError, InvalidRequest
+from cortex.errors import Cancelled, Conflict, CortexError, InvalidRequest, error_body
 from cortex.importer import Importer
 from cortex.runtime.registry import ModelRegistry
+from cortex.schemas import DeleteResult, ImportProgress, ImportRequest, ModelList, ModelObject, ModelRef, StopResult
 from cortex.store.builtin import BUILTINS, find_builtin
 from cortex.store.ids import validate_model_id
 from cortex.store.store import ModelRecord, ModelStore
 
 router = APIRouter(tags=["models"])
 log = logging.getLogger(__name__)
-
-
-class ModelObject(BaseModel):
-    """OpenAI's model object, with cortex's own fields after the standard four."""
-
-    id: str
-    object: Literal["model"] = "model"
-    created: int
-    owned_by: str = "cortex"
-    name: str
-    engine: str
-    architecture: str
-    pooling: str
-    ctx_len: int
-    n_embd: int
-    normalize: bool
-    source_format: str
-    outtype: str | None
-    quantize: str | None = None
-    int8_min_cosine: float | None = None
-    cpu_features: list[str] | None = None
-    size: int
-    status: Literal["loaded", "stored"]
-    memory_bytes: int | None = Field(None, description="Bytes held in memory while loaded")
-
-
-class ModelList(BaseModel):
-    object: Literal["list"] = "list"
-    data: list[ModelObject]
-
-
-class ModelRef(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-    model: str = Field(description="A model id in the store")
-
-
-class ImportRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-    model: str = Field(description="Id to give the model, NAME[:TAG]")
-    model_path: str | None = Field(
-        None,
-        description="A GGUF file on the server's machine; omit it for a built-in model such as gemma3:270m",
-    )
-    name: str | None = Field(None, description="Display name; defaults to the GGUF's general.name")
-    pooling: Literal["mean", "cls", "last"] | None = Field(
-        None, description="Overrides the GGUF's pooling; models that declare none get mean"
-    )
-    ctx_len: int | None = Field(None, gt=0, description="Most tokens per input; capped by the model's training context")
-    outtype: Literal["f32", "f16", "q8_0"] | None = Field(
-        None, description="Weight type when converting a sentence-transformers folder (default f16)"
-    )
-    engine: Literal["onnxruntime", "llama-cpp"] | None = Field(
-        None, description="For a sentence-transformers folder: onnxruntime (default) or llama-cpp (GGUF)"
-    )
-    quantize: Literal["int8"] | None = Field(None, description="onnxruntime: write an int8 graph (opt-in)")
-    stream: bool = Field(False, description="Answer with server-sent progress events")
-
-
-class StopResult(BaseModel):
-    id: str
-    status: Literal["stored"] = "stored"
-    was_loaded: bool
-
-
-class DeleteResult(BaseModel):
-    id: str
-    object: Literal["model"] = "model"
-    deleted: bool = True
 
 
 def _registry(request: Request) -> ModelRegistry:
@@ -107,25 +38,7 @@ def _store(request: Request) -> ModelStore:
 
 def _model_object(registry: ModelRegistry, record: ModelRecord) -> ModelObject:
     loaded = next((m for m in registry.loaded() if m.record.id == record.id), None)
-    return ModelObject(
-        id=record.id,
-        created=record.created,
-        name=record.name,
-        engine=record.engine,
-        architecture=record.architecture,
-        pooling=record.pooling,
-        ctx_len=record.ctx_len,
-        n_embd=record.n_embd,
-        normalize=record.normalize,
-        source_format=record.source_format,
-        outtype=record.outtype,
-        quantize=record.quantize,
-        int8_min_cosine=record.int8_min_cosine,
-        cpu_features=record.cpu_features,
-        size=record.size,
-        status="loaded" if loaded else "stored",
-        memory_bytes=loaded.engine.memory_bytes() if loaded else None,
-    )
+    return ModelObject.from_record(record, memory_bytes=loaded.engine.memory_bytes() if loaded else None)
 
 
 @router.get("/v1/models", response_model=ModelList, summary="List the models in the store")
@@ -193,7 +106,8 @@ async def _import_events(
     events: asyncio.Queue[tuple[str, dict]] = asyncio.Queue()
 
     def progress(stage: str, done: int, total: int) -> None:
-        loop.call_soon_threadsafe(events.put_nowait, ("progress", {"stage": stage, "done": done, "total": total}))
+        event = ImportProgress(stage=stage, done=done, total=total).model_dump()
+        loop.call_soon_threadsafe(events.put_nowait, ("progress", event))
 
     async def work() -> None:
         try:
@@ -203,7 +117,7 @@ async def _import_events(
             events.put_nowait(("error", exc.to_dict()))
         except Exception:  # a bug: log it, tell the client without the detail
             log.exception("import failed")
-            events.put_nowait(("error", {"error": {"message": "The import failed.", "type": "server_error"}}))
+            events.put_nowait(("error", error_body("The import failed.", type="server_error")))
 
     task = asyncio.create_task(work())
     try:
@@ -223,20 +137,20 @@ async def _import_events(
 @router.post("/v1/models/start", response_model=ModelObject, summary="Load a model into memory")
 async def start_model(body: ModelRef, request: Request) -> ModelObject:
     registry = _registry(request)
-    loaded = await registry.load(validate_model_id(body.model))
+    loaded = await registry.load(body.model)
     return _model_object(registry, loaded.record)
 
 
 @router.post("/v1/models/stop", response_model=StopResult, summary="Unload a model from memory")
 async def stop_model(body: ModelRef, request: Request) -> StopResult:
     registry = _registry(request)
-    model_id = _store(request).resolve(validate_model_id(body.model))
+    model_id = _store(request).resolve(body.model)
     return StopResult(id=model_id, was_loaded=await registry.unload(model_id))
 
 
 @router.get("/v1/models/{model_id:path}", response_model=ModelObject, summary="Describe one model")
 async def get_model(model_id: str, request: Request) -> ModelObject:
-    record = _store(request).get(validate_model_id(model_id))
+    record = _store(request).get(model_id)
     return _model_object(_registry(request), record)
 
 
@@ -245,4 +159,4 @@ async def delete_model(model_id: str, request: Request) -> DeleteResult:
     """Unloads the model once the requests that use it are done, then removes it. Requests that arrive
     meanwhile wait and then get 404 `model_not_found`."""
     _store(request).require_writable()  # before the unload: a refused delete leaves the model loaded
-    return DeleteResult(id=await _registry(request).delete(validate_model_id(model_id)))
+    return DeleteResult(id=await _registry(request).delete(model_id))

@@ -5,59 +5,41 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
-from typing import Literal
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
 
 from cortex.api.sse import sse_event
 from cortex.hub.names import parse_pull_name
 from cortex.hub.resolve import list_variants
 from cortex.hub.tasks import FINAL, PullManager, PullTask
+from cortex.schemas import PullRequest, PullStatus, VariantList
 
 router = APIRouter(tags=["pull"])
-
-
-class PullRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-    model: str = Field(description="NAME[:TAG] (cortexso), ORG/REPO[:QUANT], or the URL of a .gguf file on the hub")
-    quant: str | None = Field(None, description="Which GGUF of an ORG/REPO to take, e.g. Q4_K_M")
-    engine: Literal["onnxruntime", "llama-cpp"] | None = Field(
-        None, description="For a sentence-transformers repository: onnxruntime (default) or llama-cpp"
-    )
-
-
-class PullStatus(BaseModel):
-    task: str
-    model: str
-    name: str
-    status: str
-    total_bytes: int
-    done_bytes: int
-    fetched_bytes: int
-    files: list[str]
-    error: dict | None
 
 
 def _pulls(request: Request) -> PullManager:
     return request.app.state.pulls
 
 
-@router.get("/v1/models/pull/variants", summary="List the variants or GGUF files a name offers")
-async def variants(request: Request, model: str = Query(description="NAME or ORG/REPO")) -> dict:
-    found = await asyncio.to_thread(list_variants, parse_pull_name(model))
-    return {"object": "list", "data": found}
+@router.get(
+    "/v1/models/pull/variants",
+    response_model=VariantList,
+    response_model_exclude_none=True,  # a cortexso branch has a name only, no file or size
+    summary="List the variants or GGUF files a name offers",
+)
+async def variants(request: Request, model: str = Query(description="NAME or ORG/REPO")) -> VariantList:
+    return VariantList(data=await asyncio.to_thread(list_variants, parse_pull_name(model)))
 
 
 @router.post("/v1/models/pull", response_model=PullStatus, status_code=202, summary="Pull a model from the hub")
-async def start_pull(body: PullRequest, request: Request) -> dict:
+async def start_pull(body: PullRequest, request: Request) -> PullStatus:
     task = await _pulls(request).start(body.model, body.quant, engine=body.engine)
     return task.view()
 
 
 @router.get("/v1/models/pull/{task_id}", response_model=PullStatus, summary="A pull's progress")
-async def pull_status(task_id: str, request: Request) -> dict:
+async def pull_status(task_id: str, request: Request) -> PullStatus:
     return _pulls(request).get(task_id).view()
 
 
@@ -75,8 +57,8 @@ async def _events(task: PullTask) -> AsyncIterator[bytes]:
     while True:
         task.changed.clear()
         view = task.view()
-        yield sse_event("progress", view)
-        if view["status"] in FINAL:
+        yield sse_event("progress", view.model_dump())
+        if view.status in FINAL:
             return
         with contextlib.suppress(TimeoutError):  # after 15 s without change, a heartbeat of the same state
             await asyncio.wait_for(task.changed.wait(), timeout=15)
@@ -87,7 +69,7 @@ async def cancel_pull(
     task_id: str,
     request: Request,
     keep_partial: bool = Query(False, description="Pause: keep the partial files so the next pull resumes"),
-) -> dict:
+) -> PullStatus:
     pulls = _pulls(request)
     task = pulls.cancel(task_id, keep_partial=keep_partial)
     await pulls.wait(task)
