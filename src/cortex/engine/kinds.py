@@ -40,13 +40,13 @@ class Source:
 
 @dataclass(frozen=True)
 class ImportOptions:
-    """What a client may choose at import; None means the model's own or the kind's default."""
+    """What a client may choose at import; None means the model's own or the kind's default.
+    `engine_options` holds the options that only some kinds take (see `EngineKind.options`)."""
 
     name: str | None = None
     pooling: str | None = None
     ctx_len: int | None = None
-    outtype: str | None = None
-    quantize: str | None = None
+    engine_options: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -54,6 +54,7 @@ class Option:
     """An import option that only some kinds take."""
 
     values: tuple[str, ...]
+    help: str
     folders_only: bool = False  # it says how to convert a folder; a GGUF file is taken as it is
 
 
@@ -83,8 +84,9 @@ def _write_gguf(source: Source, opts: ImportOptions, staging: Path, progress: Pr
 
     weights = staging / _GGUF_FILE
     folder = source.folder
+    outtype = opts.engine_options.get("outtype", "f16")
     if folder is not None:
-        write_bert_gguf(folder, weights, opts.outtype or "f16", progress=_stage(progress, "convert"))
+        write_bert_gguf(folder, weights, outtype, progress=_stage(progress, "convert"))
     elif source.writer is not None:
         source.writer(weights)
     elif source.move:
@@ -105,7 +107,7 @@ def _write_gguf(source: Source, opts: ImportOptions, staging: Path, progress: Pr
         "n_embd": info.n_embd,
         "normalize": folder.normalize if folder else True,
         "source_format": "sentence-transformers" if folder else "gguf",
-        "outtype": (opts.outtype or "f16") if folder else None,
+        "outtype": outtype if folder else None,
     }
 
 
@@ -155,7 +157,8 @@ def _write_onnx(source: Source, opts: ImportOptions, staging: Path, progress: Pr
 
     folder = source.folder
     assert folder is not None  # the pipeline sends only folders to a kind without `files`
-    extra = write_onnx_model(folder, staging, opts.quantize, _stage(progress, "convert"), compare=_int8_accuracy)
+    quantize = opts.engine_options.get("quantize")
+    extra = write_onnx_model(folder, staging, quantize, _stage(progress, "convert"), compare=_int8_accuracy)
     ctx_len = min(opts.ctx_len or folder.max_seq_length, folder.max_seq_length)
     return {
         "name": opts.name or folder.name,
@@ -192,7 +195,7 @@ def _int8_accuracy(reference: Path, candidate: Path, ctx_len: int) -> dict:
 
 def _onnx_space(source: Source, opts: ImportOptions) -> int:
     size = source.folder.weights.stat().st_size if source.folder is not None else 0
-    return int(size * (_ONNX_INT8_SPACE if opts.quantize else _ONNX_SPACE))
+    return int(size * (_ONNX_INT8_SPACE if "quantize" in opts.engine_options else _ONNX_SPACE))
 
 
 def _open_onnx(folder: Path, record: ModelRecord, settings: Settings) -> Engine:
@@ -210,7 +213,7 @@ KINDS: dict[str, EngineKind] = {
             summary="ONNX Runtime: sentence-transformers folders converted to an ONNX graph (default for folders)",
             files=False,
             folders=True,
-            options={"quantize": Option(("int8",))},
+            options={"quantize": Option(("int8",), "write an int8 graph (opt-in; its cosine to fp32 is recorded)")},
             write=_write_onnx,
             space=_onnx_space,
             open=_open_onnx,
@@ -220,7 +223,9 @@ KINDS: dict[str, EngineKind] = {
             summary="llama.cpp: GGUF files, and sentence-transformers folders converted to GGUF",
             files=True,
             folders=True,
-            options={"outtype": Option(("f32", "f16", "q8_0"), folders_only=True)},  # as convert.bert_gguf writes
+            options={  # the weight types convert.bert_gguf writes
+                "outtype": Option(("f32", "f16", "q8_0"), "weight type of a converted folder (default f16)", True)
+            },
             settings=("llama_max_batch_tokens", "llama_max_batch_seqs"),
             write=_write_gguf,
             space=_gguf_space,
@@ -229,11 +234,23 @@ KINDS: dict[str, EngineKind] = {
     )
 }
 ENGINE_NAMES: tuple[str, ...] = tuple(KINDS)
+OPTION_NAMES: tuple[str, ...] = tuple(dict.fromkeys(name for k in KINDS.values() for name in k.options))
 
 
 def option_values(option: str) -> tuple[str, ...]:
     """Every value that some kind accepts for `option` (for the API's schema and the CLI's choices)."""
     return tuple(dict.fromkeys(v for k in KINDS.values() if option in k.options for v in k.options[option].values))
+
+
+def option_owners(option: str) -> str:
+    """The kinds that take `option`, for help texts: `llama-cpp`."""
+    return ", ".join(k.name for k in KINDS.values() if option in k.options)
+
+
+def option_help(option: str) -> str:
+    """`llama-cpp: weight type of ...`: who takes `option`, and what it does."""
+    first = next(k.options[option] for k in KINDS.values() if option in k.options)
+    return f"{option_owners(option)}: {first.help}"
 
 
 def kind_of(name: str, model_id: str) -> EngineKind:
@@ -251,7 +268,11 @@ def choose(engine: str | None, source: Source, opts: ImportOptions) -> EngineKin
         raise InvalidRequest(f"Unknown pooling {opts.pooling!r}; use one of {', '.join(POOLINGS)}.", param="pooling")
     if opts.ctx_len is not None and opts.ctx_len <= 0:
         raise InvalidRequest("ctx_len must be a positive number of tokens.", param="ctx_len")
-    given = [name for name in ("outtype", "quantize") if getattr(opts, name) is not None]
+    given = list(opts.engine_options)
+    unknown = [name for name in given if name not in OPTION_NAMES]
+    if unknown:
+        raise InvalidRequest(f"Unknown option {unknown[0]!r}; engine options: {', '.join(OPTION_NAMES)}.",
+                             param=unknown[0])  # fmt: skip
     if engine is None:
         takes = [k for k in KINDS.values() if _takes(k, source) and all(o in k.options for o in given)]
         kind = takes[0] if takes else next(k for k in KINDS.values() if _takes(k, source))
@@ -264,15 +285,14 @@ def choose(engine: str | None, source: Source, opts: ImportOptions) -> EngineKin
         others = ", ".join(k.name for k in KINDS.values() if _takes(k, source))
         raise InvalidRequest(f"The {kind.name} engine does not import {what}; {others} does.", param="engine")
     for name in given:
-        option = kind.options.get(name)
+        option, value = kind.options.get(name), opts.engine_options[name]
         if option is None:
-            owners = ", ".join(k.name for k in KINDS.values() if name in k.options)
-            raise InvalidRequest(f"'{name}' is an option of the {owners} engine, not of {kind.name}.", param=name)
+            raise InvalidRequest(f"'{name}' is an option of the {option_owners(name)} engine, not of {kind.name}.",
+                                 param=name)  # fmt: skip
         if option.folders_only and source.folder is None:
             raise InvalidRequest(f"'{name}' applies to sentence-transformers folders, not GGUF files.", param=name)
-        if getattr(opts, name) not in option.values:
-            raise InvalidRequest(f"Unknown {name} {getattr(opts, name)!r}; use one of {', '.join(option.values)}.",
-                                 param=name)  # fmt: skip
+        if value not in option.values:
+            raise InvalidRequest(f"Unknown {name} {value!r}; use one of {', '.join(option.values)}.", param=name)
     return kind
 
 

@@ -84,7 +84,7 @@ async def import_model(body: ImportRequest, request: Request) -> Response:
                 progress(stage, done, total)
 
         options = ImportOptions(
-            name=name, pooling=body.pooling, ctx_len=body.ctx_len, outtype=body.outtype, quantize=body.quantize
+            name=name, pooling=body.pooling, ctx_len=body.ctx_len, engine_options=body.engine_options()
         )
         return importer.run(model_id, source, options, engine=body.engine, progress=step)
 
