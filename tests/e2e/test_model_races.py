@@ -14,7 +14,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from conftest import ServerProcess
+
+from tests.e2e.helpers import ServerProcess
 
 LONG = "word " * 1000  # 5,000 characters: tokenized on a thread, then refused as too long
 
@@ -28,11 +29,8 @@ def folder() -> Path:
 
 @pytest.fixture(scope="module")
 def srv(tmp_path_factory: pytest.TempPathFactory, folder: Path) -> Iterator[ServerProcess]:
-    s = ServerProcess(tmp_path_factory.mktemp("races") / "data")
-    try:
-        yield s.start().import_models({"model": "all-minilm:l6-v2", "model_path": str(folder)})
-    finally:
-        s.stop()
+    with ServerProcess(tmp_path_factory.mktemp("races") / "data") as s:
+        yield s.import_models({"model": "all-minilm:l6-v2", "model_path": str(folder)})
 
 
 @pytest.fixture
@@ -174,11 +172,8 @@ def _wait_for_queue(srv: ServerProcess, timeout: float = 30) -> None:
 
 @pytest.fixture(scope="module")
 def llama_srv(tmp_path_factory: pytest.TempPathFactory, folder: Path) -> Iterator[ServerProcess]:
-    s = ServerProcess(tmp_path_factory.mktemp("races-llama") / "data")
-    try:
-        yield s.start().import_models({"model": "m:llama", "model_path": str(folder), "engine": "llama-cpp"})
-    finally:
-        s.stop()
+    with ServerProcess(tmp_path_factory.mktemp("races-llama") / "data") as s:
+        yield s.import_models({"model": "m:llama", "model_path": str(folder), "engine": "llama-cpp"})
 
 
 def test_stop_start_and_delete_while_requests_tokenize_do_not_kill_the_server(llama_srv: ServerProcess) -> None:
@@ -220,9 +215,8 @@ def test_stop_start_delete_import_loop_under_8_clients(tmp_path: Path, folder: P
     """For 60 s, a controller stops, starts, deletes and re-imports model `a` while 8 clients embed with
     `a` and with a stable `b` (another pooling, so other vectors): no crash, no 5xx at all (requests that
     arrive during a delete wait for it and get 404), no 409, and every vector answered is its own model's."""
-    srv = ServerProcess(tmp_path / "data").start()
     body = {"model_path": str(folder), "engine": engine}
-    try:
+    with ServerProcess(tmp_path / "data") as srv:
         srv.import_models({"model": "a:1", **body}, {"model": "b:1", **body, "pooling": "cls"})
         with srv.client() as c:
             ref = {m: {t: _vector(c, m, t) for t in TEXTS} for m in ("a:1", "b:1")}
@@ -277,5 +271,3 @@ def test_stop_start_delete_import_loop_under_8_clients(tmp_path: Path, folder: P
         assert srv.proc.poll() is None, "the server died"
         assert not problems, problems[:5]
         assert rounds >= 3 and counts["ok"] > 100 and counts["404"] > 0, (rounds, counts)
-    finally:
-        srv.stop()

