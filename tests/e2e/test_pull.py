@@ -1,4 +1,4 @@
-"""Pulling from a local server that speaks the hub's protocol (tests/fakehub.py), through the API and
+"""Pulling from a local server that speaks the hub's protocol (tests/e2e/fakehub.py), through the API and
 the CLI: the three name forms, resume, integrity, cancel and pause, errors, disk space, joining."""
 
 from __future__ import annotations
