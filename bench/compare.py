@@ -14,61 +14,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import gguf
-import httpx
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from common import free_port, start_cortex, tree_rss_mib, wait_ready  # noqa: E402
+
 SHAPES = [(1, 1), (8, 1), (32, 1), (1, 32), (8, 32)]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args[0]} exited with {proc.returncode}")
-        try:
-            if httpx.get(url, timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise TimeoutError(url)
-
-
-def rss_mib(pid: int) -> float:
-    """Resident memory of a process and its children (Infinity runs under a shell)."""
-    total = 0.0
-    for p in [pid, *_children(pid)]:
-        try:
-            for line in Path(f"/proc/{p}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1]) / 1024
-        except OSError:
-            pass
-    return total
-
-
-def _children(pid: int) -> list[int]:
-    try:
-        kids = [int(k) for k in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    except OSError:
-        return []
-    return kids + [g for k in kids for g in _children(k)]
 
 
 def non_embedding_params(path: Path) -> int:
@@ -89,21 +47,6 @@ def start_llama_server(binary: str, gguf_path: Path, threads: int, pooling: str,
            "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_ready(f"http://127.0.0.1:{port}/health", proc)
-    return proc
-
-
-def start_cortex(imports: dict[str, dict], threads: int, port: int, data_dir: Path) -> subprocess.Popen:
-    """A cortex server (default configuration, every check on) with each of `imports` loaded."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CORTEX_")}
-    env.update(CORTEX_DATA_DIR=str(data_dir), CORTEX_N_THREADS=str(threads))
-    cmd = [sys.executable, "-m", "cortex", "start", "--foreground", "--port", str(port)]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}"
-    wait_ready(f"{base}/healthz", proc)
-    with httpx.Client(base_url=base, timeout=300) as c:
-        for model_id, body in imports.items():
-            c.post("/v1/models/import", json={"model": model_id, **body}).raise_for_status()
-            c.post("/v1/models/start", json={"model": model_id}).raise_for_status()
     return proc
 
 
@@ -192,7 +135,7 @@ def main() -> int:
             for name, (url, model) in servers.items():
                 drive(url, model, c, b, max(c, requests // 8))  # warm-up
                 results[(name, c, b)] = drive(url, model, c, b, requests)
-        rss = {name: rss_mib(p.pid) for name, p in zip(names, procs, strict=True)}
+        rss = {name: tree_rss_mib(p.pid) for name, p in zip(names, procs, strict=True)}
     finally:
         for p in procs:
             p.terminate()

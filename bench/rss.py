@@ -13,7 +13,6 @@ import argparse
 import asyncio
 import random
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -21,17 +20,10 @@ import httpx
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from compare import free_port, start_cortex  # noqa: E402
+from common import cortex_server, process_rss_mib  # noqa: E402
 from load import corpus  # noqa: E402
 
 from cortex.config import available_cores  # noqa: E402
-
-
-def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmRSS")
 
 
 async def drive(base: str, total: int, concurrency: int, pid: int) -> list[tuple[int, float]]:
@@ -53,7 +45,7 @@ async def drive(base: str, total: int, concurrency: int, pid: int) -> list[tuple
             r.raise_for_status()
             done += 1
             if done % step == 0:
-                samples.append((done, rss_mib(pid)))
+                samples.append((done, process_rss_mib(pid)))
 
     async with httpx.AsyncClient(base_url=base, timeout=120) as c:
         await asyncio.gather(*(client(c, bodies[i::concurrency]) for i in range(concurrency)))
@@ -65,16 +57,10 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=10_000)
     ap.add_argument("--concurrency", type=int, default=8)
     args = ap.parse_args()
-    port = free_port()
-    proc = start_cortex({"all-minilm": {}}, available_cores(), port, Path(tempfile.mkdtemp(prefix="cortex-rss-")))
-    base = f"http://127.0.0.1:{port}"
-    try:
+    with cortex_server({"all-minilm": {}}, available_cores(), prefix="cortex-rss-") as (proc, base):
         t0 = time.perf_counter()
         samples = asyncio.run(drive(base, args.requests, args.concurrency, proc.pid))
         wall = time.perf_counter() - t0
-    finally:
-        proc.terminate()
-        proc.wait(timeout=60)
     print(f"{args.requests} requests in {wall:.1f}s from {args.concurrency} clients")
     print("| requests done | RSS MiB |")
     print("|---|---|")

@@ -15,7 +15,6 @@ import argparse
 import asyncio
 import random
 import sys
-import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -24,9 +23,8 @@ import httpx
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from compare import free_port, start_cortex  # noqa: E402
+from common import cortex_server, process_rss_mib  # noqa: E402
 from load import corpus  # noqa: E402
-from rss import rss_mib  # noqa: E402
 
 from cortex.config import available_cores  # noqa: E402
 
@@ -81,7 +79,7 @@ async def run(base: str, clients: int, seconds: float, pid: int) -> tuple[Counte
 
     async def sampler() -> None:
         while time.monotonic() < until:
-            samples.append((time.monotonic() - start, rss_mib(pid)))
+            samples.append((time.monotonic() - start, process_rss_mib(pid)))
             await asyncio.sleep(max(1.0, seconds / 60))
 
     await asyncio.gather(sampler(), *(client(base, i, until, sents, stats, problems) for i in range(clients)))
@@ -93,15 +91,9 @@ def main() -> None:
     ap.add_argument("--minutes", type=float, default=10)
     ap.add_argument("--clients", type=int, default=32)
     args = ap.parse_args()
-    port = free_port()
-    proc = start_cortex({"all-minilm": {}}, available_cores(), port, Path(tempfile.mkdtemp(prefix="cortex-soak-")))
-    base = f"http://127.0.0.1:{port}"
-    try:
+    with cortex_server({"all-minilm": {}}, available_cores(), prefix="cortex-soak-") as (proc, base):
         stats, problems, samples = asyncio.run(run(base, args.clients, args.minutes * 60, proc.pid))
         alive = proc.poll() is None
-    finally:
-        proc.terminate()
-        proc.wait(timeout=60)
     total = sum(stats.values())
     print(f"{args.clients} clients for {args.minutes:g} min: {total} requests ({total / (args.minutes * 60):.1f}/s)")
     print("by kind:", dict(stats.most_common()))

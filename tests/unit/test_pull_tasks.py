@@ -1,6 +1,6 @@
 """Pull tasks in process: a lookup that outlasts the answer, and what it does once the hub has spoken.
 
-The hub is not the point here (tests/test_pull.py runs real pulls against a hub double): resolution and the
+The hub is not the point here (tests/e2e/test_pull.py runs real pulls against a hub double): resolution and the
 transfer are replaced by functions that wait on events, so the order of events is the test's to choose."""
 
 from __future__ import annotations

@@ -6,7 +6,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-from conftest import ServerProcess
+
+from tests.e2e.helpers import ServerProcess
 
 TEXTS = [
     "embedding",
@@ -17,8 +18,7 @@ TEXTS = [
 
 
 def test_batch_invariant_mode_and_graceful_exit(tmp_path: Path, gemma_gguf: Path) -> None:
-    srv = ServerProcess(tmp_path / "data", CORTEX_MAX_BATCH_SEQS="1").start()
-    try:
+    with ServerProcess(tmp_path / "data", CORTEX_MAX_BATCH_SEQS="1") as srv:
         with srv.client() as c:
             r = c.post("/v1/models/import", json={"model": "g:1", "model_path": str(gemma_gguf)})
             assert r.status_code == 200, r.text
@@ -34,13 +34,11 @@ def test_batch_invariant_mode_and_graceful_exit(tmp_path: Path, gemma_gguf: Path
         np.testing.assert_array_equal(batched, np.tile(single, (3, 1)))
         for got in concurrent:
             np.testing.assert_array_equal(got, single)
-    finally:
-        assert srv.stop() == 0  # SIGTERM: graceful shutdown, exit status 0
+    assert srv.returncode == 0  # SIGTERM: graceful shutdown, exit status 0
 
 
 def test_load_on_demand_off(tmp_path: Path, gemma_gguf: Path) -> None:
-    srv = ServerProcess(tmp_path / "data", CORTEX_LOAD_ON_DEMAND="false").start()
-    try:
+    with ServerProcess(tmp_path / "data", CORTEX_LOAD_ON_DEMAND="false") as srv:
         with srv.client() as c:
             assert c.post("/v1/models/import", json={"model": "g:1", "model_path": str(gemma_gguf)}).status_code == 200
             r = c.post("/v1/embeddings", json={"model": "g:1", "input": "x"})
@@ -49,5 +47,3 @@ def test_load_on_demand_off(tmp_path: Path, gemma_gguf: Path) -> None:
             assert c.post("/v1/models/start", json={"model": "g:1"}).status_code == 200
             assert c.post("/v1/embeddings", json={"model": "g:1", "input": "x"}).status_code == 200
         assert (srv.data_dir / "config.yml").is_file()
-    finally:
-        srv.stop()

@@ -7,7 +7,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import numpy as np
-from conftest import MODEL
+
+from tests.e2e.helpers import MODEL
 
 WORDS = [
     "alpha",

@@ -1,40 +1,16 @@
 """The batching scheduler's ordering and failure rules, with a stub engine (no inference here:
-the API tests cover the real engine)."""
+the API tests cover the real engine), and what a shutdown does to its queue."""
 
 from __future__ import annotations
 
 import asyncio
 import threading
 
-import numpy as np
 import pytest
 
-from cortex.errors import EngineFailure, InvalidRequest, Overloaded
+from cortex.errors import EngineFailure, InvalidRequest, Overloaded, ShuttingDown
 from cortex.runtime.scheduler import BatchScheduler
-
-
-class StubEngine:
-    """Returns each sequence's first token id as a 1-d 'vector'; records the batches it saw."""
-
-    n_embd = 1
-    n_ctx = 64
-    n_vocab = 1000
-    max_batch_tokens = 8
-    max_batch_seqs = 3
-    workers = 1
-
-    def __init__(self, fail_on: int | None = None) -> None:
-        self.batches: list[list[list[int]]] = []
-        self.fail_on = fail_on
-        self.gate = threading.Event()
-        self.gate.set()
-
-    def embed(self, seqs, wide: bool = False):
-        self.gate.wait()
-        self.batches.append([list(s) for s in seqs])
-        if self.fail_on is not None and any(s[0] == self.fail_on for s in seqs):
-            raise RuntimeError("boom")
-        return np.array([[float(s[0])] for s in seqs], dtype=np.float32)
+from tests.unit.support import StubEngine
 
 
 def run(coro):
@@ -174,3 +150,37 @@ def test_engines_with_workers_run_batches_in_parallel_and_a_lone_input_wide() ->
         assert engine.most_active == 2  # never more than `workers` at once, and both used
 
     run(main())
+
+
+class _HeldEngine(StubEngine):
+    """Holds each batch until `gate` is set, and says when one has started."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate.clear()
+        self.started = threading.Event()
+
+    def embed(self, seqs, wide: bool = False):
+        self.started.set()
+        return super().embed(seqs)
+
+
+def test_fail_pending_fails_what_is_queued_and_lets_the_running_batch_finish() -> None:
+    async def main() -> None:
+        engine = _HeldEngine()  # batches of at most 3 inputs, one at a time
+        sched = BatchScheduler(engine, model_id="m", max_queue_inputs=1000)
+        running = asyncio.ensure_future(sched.embed([[1], [2]]))
+        assert await asyncio.to_thread(engine.started.wait, 10)
+        queued = asyncio.ensure_future(sched.embed([[3], [4]]))
+        await asyncio.sleep(0)  # it is in the queue now
+        sched.fail_pending(ShuttingDown())
+        with pytest.raises(ShuttingDown):
+            await queued
+        with pytest.raises(ShuttingDown):
+            await sched.embed([[5]])
+        engine.gate.set()
+        assert (await running)[:, 0].tolist() == [1.0, 2.0]
+        await sched.close()
+        assert engine.batches == [[[1], [2]]]
+
+    asyncio.run(main())

