@@ -53,10 +53,6 @@ def _json(path: Path, limit: int = _CONFIG_LIMIT) -> dict:
     return data
 
 
-def is_st_folder(path: Path) -> bool:
-    return path.is_dir() and (path / "config.json").exists()
-
-
 def _architecture(config: dict) -> str:
     model_type = str(config.get("model_type", "")).lower()
     classes = set(config.get("architectures") or [])
