@@ -18,7 +18,7 @@ TEXTS = [
 
 
 def test_batch_invariant_mode_and_graceful_exit(tmp_path: Path, gemma_gguf: Path) -> None:
-    with ServerProcess(tmp_path / "data", CORTEX_MAX_BATCH_SEQS="1") as srv:
+    with ServerProcess(tmp_path / "data", CORTEX_LLAMA_MAX_BATCH_SEQS="1") as srv:
         with srv.client() as c:
             r = c.post("/v1/models/import", json={"model": "g:1", "model_path": str(gemma_gguf)})
             assert r.status_code == 200, r.text
