@@ -207,3 +207,9 @@ async def test_an_engine_that_no_longer_opens_is_a_500_model_unavailable(
         await api.post("/v1/embeddings", json={"model": "m:1", "input": "x"}),
     ):
         assert "its files no longer load" in _error(r, 500, "model_unavailable", "model")["message"]
+
+
+async def test_a_missing_query_parameter_is_named_as_such(api: httpx.AsyncClient) -> None:
+    """Issue 14: the variants route's error said "provide a 'query' parameter" when `model` was missing."""
+    err = _error(await api.get("/v1/models/pull/variants"), 400, None, "model")
+    assert "'model'" in err["message"] and "query" not in err["message"]

