@@ -286,11 +286,15 @@ def choose(engine: str | None, source: Source, opts: ImportOptions) -> EngineKin
         raise InvalidRequest(f"The {kind.name} engine does not import {what}; {others} does.", param="engine")
     for name in given:
         option, value = kind.options.get(name), opts.engine_options[name]
+        if source.folder is None and (option is None or option.folders_only):  # one answer for every such option
+            raise InvalidRequest(
+                f"A GGUF file is served as it is: '{name}' applies only when a sentence-transformers folder is "
+                f"converted ({option_owners(name)} engine). Leave it out, or import the folder instead.",
+                param=name,
+            )
         if option is None:
             raise InvalidRequest(f"'{name}' is an option of the {option_owners(name)} engine, not of {kind.name}.",
                                  param=name)  # fmt: skip
-        if option.folders_only and source.folder is None:
-            raise InvalidRequest(f"'{name}' applies to sentence-transformers folders, not GGUF files.", param=name)
         if value not in option.values:
             raise InvalidRequest(f"Unknown {name} {value!r}; use one of {', '.join(option.values)}.", param=name)
     return kind

@@ -1,0 +1,49 @@
+"""The engine kinds table: choosing a kind for a source and its options, and the advice when none fits."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from cortex.engine.kinds import ImportOptions, Source, choose
+from cortex.errors import InvalidRequest
+
+GGUF = Source(file=Path("model.gguf"))
+
+
+def _folder() -> Source:
+    from types import SimpleNamespace
+
+    return Source(folder=SimpleNamespace())  # type: ignore[arg-type]  # choose() only asks whether it is one
+
+
+def test_the_default_kind_follows_the_source_and_the_options() -> None:
+    assert choose(None, GGUF, ImportOptions()).name == "llama-cpp"
+    assert choose(None, _folder(), ImportOptions()).name == "onnxruntime"
+    assert choose(None, _folder(), ImportOptions(engine_options={"outtype": "q8_0"})).name == "llama-cpp"
+    assert choose(None, _folder(), ImportOptions(engine_options={"quantize": "int8"})).name == "onnxruntime"
+
+
+@pytest.mark.parametrize(("option", "value"), [("quantize", "int8"), ("outtype", "f16")])
+def test_conversion_options_on_a_gguf_get_the_same_advice(option: str, value: str) -> None:
+    """Issue 14: `--quantize` on a GGUF pointed at onnxruntime (which imports no GGUF), while `--outtype` on
+    a GGUF said folders only: two answers to one mistake."""
+    with pytest.raises(InvalidRequest) as caught:
+        choose(None, GGUF, ImportOptions(engine_options={option: value}))
+    assert caught.value.param == option
+    assert "A GGUF file is served as it is" in caught.value.message and "folder" in caught.value.message
+
+
+def test_wrong_names_and_values_are_400s_that_list_what_exists() -> None:
+    for engine, opts, words in (
+        ("vllm", ImportOptions(), "use one of onnxruntime, llama-cpp"),
+        ("onnxruntime", ImportOptions(engine_options={"outtype": "f16"}), "option of the llama-cpp engine"),
+        (None, ImportOptions(engine_options={"outtype": "f8"}), "use one of f32, f16, q8_0"),
+        (None, ImportOptions(engine_options={"colour": "red"}), "engine options: "),
+        (None, ImportOptions(pooling="max"), "use one of mean, cls, last"),
+    ):
+        with pytest.raises(InvalidRequest, match=words):
+            choose(engine, _folder(), opts)
+    with pytest.raises(InvalidRequest, match="does not import GGUF files"):
+        choose("onnxruntime", GGUF, ImportOptions())
