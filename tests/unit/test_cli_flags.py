@@ -119,6 +119,8 @@ def test_flags_reach_the_settings(invoke, launched) -> None:
         (("start",), {}, "prot: 40000\n", "unknown setting `prot`"),
         (("status",), {}, "max_batch_seqs: 8\n", "renamed `llama_max_batch_seqs`"),
         (("start",), {"CORTEX_MAX_BATCH_SEQS": "8"}, None, "set CORTEX_LLAMA_MAX_BATCH_SEQS"),
+        (("start", "--api-key-file", "/nonexistent"), {}, None, "cannot read api_key_file /nonexistent"),
+        (("models", "list"), {"CORTEX_API_KEY_FILE": "/nonexistent"}, None, "cannot read api_key_file"),
     ],
 )
 def test_a_bad_setting_is_one_line_and_exit_2(args, env, config, expected, invoke, tmp_path: Path) -> None:
@@ -152,3 +154,26 @@ def test_only_start_and_run_start_a_server(args, invoke, tmp_path: Path) -> None
     assert result.exit_code == 1, result.output
     assert "cortex is not running" in result.stderr and "cortex start" in result.stderr
     assert not (tmp_path / "data" / "server.json").exists()
+
+
+def test_run_starts_the_server_from_its_flags_as_start_does(invoke, monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    from cortex.cli.daemon import DaemonError
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    started: list = []
+
+    def start_background(settings: Settings, flags: dict) -> None:
+        started.append((settings, flags))
+        raise DaemonError("not in a unit test")
+
+    monkeypatch.setattr(cli, "start_background", start_background)
+    for command in ("start", "run"):
+        result = invoke(command, "--port", str(port), "--api-key", "k", "--no-load-on-demand")
+        assert result.exit_code == 1 and "not in a unit test" in result.stderr
+    (start_settings, start_flags), (run_settings, run_flags) = started
+    assert start_flags == run_flags == {"port": str(port), "api_keys": ["k"], "load_on_demand": False}
+    assert start_settings == run_settings and run_settings.port == port and run_settings.api_keys == ["k"]

@@ -135,6 +135,7 @@ def _not_running(settings: Settings) -> str:
 def _client() -> Client:
     """A client of this data folder's running server; a command that needs one never starts one."""
     settings = _settings()
+    _api_keys(settings)  # a bad key file is a bad setting, said first
     info = _running(settings)
     if info is None:
         raise _fail(_not_running(settings))
@@ -144,8 +145,17 @@ def _client() -> Client:
 def _client_for(settings: Settings, info: ServerInfo) -> Client:
     """A client of `info`, sending the first API key this CLI is configured with, else the key the server
     recorded in its server.json (private to the owner: 0600 in the 0700 data folder)."""
-    keys = settings.all_api_keys()
+    keys = _api_keys(settings)
     return Client(info.base_url, api_key=keys[0] if keys else info.api_key)
+
+
+def _api_keys(settings: Settings) -> list[str]:
+    """The configured keys; an api_key_file that cannot be read is a bad setting (exit 2)."""
+    try:
+        return settings.all_api_keys()
+    except (OSError, UnicodeDecodeError) as exc:
+        why = getattr(exc, "strerror", None) or str(exc)
+        raise _fail(f"cannot read api_key_file {settings.api_key_file}: {why}", code=2) from None
 
 
 def _call(fn, *args):
@@ -198,9 +208,10 @@ def _launch(
     The same for `start` and `run`: a server the CLI starts is always started from the same settings."""
     from cortex.api.server import ExposureError, check_exposure
 
+    _api_keys(settings)
     try:
         warnings = check_exposure(settings)
-    except (OSError, ExposureError) as exc:
+    except ExposureError as exc:
         raise _fail(str(exc)) from exc
     info = _running(settings)
     if info is not None:
