@@ -4,17 +4,26 @@ data folder's `config.yml` (in that order of precedence), so they can never drif
 
 from __future__ import annotations
 
+import difflib
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, get_args, get_origin
 
 import yaml
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, Field, ValidationError, field_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
 DEFAULT_PORT = 39281
 CONFIG_FILE = "config.yml"
+# Settings that changed name: an old name in config.yml or the environment is an error naming the new one.
+RENAMED = {"max_batch_tokens": "llama_max_batch_tokens", "max_batch_seqs": "llama_max_batch_seqs"}
+
+
+class SettingsError(ValueError):
+    """A setting with a wrong value or an unknown name; the message is one line that says which setting,
+    where it came from (a flag, a variable, or config.yml and its line) and what is allowed."""
 
 
 def default_data_dir() -> Path:
@@ -70,7 +79,7 @@ class Settings(BaseSettings):
     api_keys: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         validation_alias=AliasChoices("api_keys", "cortex_api_key", "cortex_api_keys"),
-        description="Keys clients must send as `Authorization: Bearer KEY` (env CORTEX_API_KEY, comma-separated)",
+        description="Keys clients must send as `Authorization: Bearer KEY` (comma-separated)",
     )
     api_key_file: Path | None = Field(None, description="A file with one API key per line")
     insecure: bool = Field(False, description="Allow binding beyond loopback without an API key")
@@ -143,20 +152,130 @@ class _ConfigFileSource(PydanticBaseSettingsSource):
 
     def __init__(self, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource) -> None:
         super().__init__(settings_cls)
-        data_dir = init_settings().get("data_dir") or default_data_dir()
-        path = Path(data_dir).expanduser() / CONFIG_FILE
-        self._values: dict[str, Any] = {}
-        if path.is_file():
-            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
-            if loaded is not None and not isinstance(loaded, dict):
-                raise ValueError(f"{path} must hold a mapping of setting names to values")
-            self._values = {k: v for k, v in (loaded or {}).items() if k != "data_dir"}
+        path = config_path(init_settings().get("data_dir"))
+        self._values = {k: value for k, (value, _) in read_config(path).items()}
 
     def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
         return self._values.get(field_name), field_name, False
 
     def __call__(self) -> dict[str, Any]:
-        return {k: v for k, v in self._values.items() if k in self.settings_cls.model_fields}
+        return dict(self._values)
+
+
+def config_path(data_dir: object = None) -> Path:
+    return Path(data_dir or default_data_dir()).expanduser() / CONFIG_FILE
+
+
+def _suggestion(name: str, known: list[str]) -> str:
+    """What `name`, not a setting, may have meant: its new name, a close one, or where the names are."""
+    if name in RENAMED:
+        return f"it was renamed `{RENAMED[name]}`"
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+    return f"did you mean `{close[0]}`?" if close else "`cortex start --help` lists the settings"
+
+
+def read_config(path: Path) -> dict[str, tuple[Any, int]]:
+    """config.yml as {setting: (value, line number)}; SettingsError for bad YAML or an unknown name."""
+    if not path.is_file():
+        return {}
+    text = path.read_text(encoding="utf-8")
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        loaded = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path} line {mark.line + 1}" if mark is not None else str(path)
+        problem = getattr(exc, "problem", None) or str(exc).replace("\n", " ")
+        raise SettingsError(f"{where} is not valid YAML: {problem}") from None
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict) or not isinstance(node, yaml.MappingNode):
+        raise SettingsError(f"{path} must hold a mapping of setting names to values")
+    lines = {str(key.value): key.start_mark.line + 1 for key, _ in node.value}
+    known = [name for name in Settings.model_fields if name != "data_dir"]
+    values: dict[str, tuple[Any, int]] = {}
+    for key, value in loaded.items():
+        name, line = str(key), lines.get(str(key), 0)
+        if name == "data_dir":
+            raise SettingsError(
+                f"`data_dir` in {path} line {line}: the data folder holds this file; set it with --data-dir "
+                "or CORTEX_DATA_DIR"
+            )
+        if name not in known:
+            raise SettingsError(f"unknown setting `{name}` in {path} line {line}: {_suggestion(name, known)}")
+        values[name] = (value, line)
+    return values
+
+
+def env_name(name: str) -> str:
+    """The `CORTEX_*` variable of setting `name`."""
+    return "CORTEX_API_KEY" if name == "api_keys" else f"CORTEX_{name.upper()}"
+
+
+def is_list(name: str) -> bool:
+    return get_origin(Settings.model_fields[name].annotation) is list
+
+
+def flag_names(name: str) -> list[str]:
+    """The flags of setting `name`; a list's first flag is singular and repeatable (`--api-key`)."""
+    dashed = "--" + name.replace("_", "-")
+    return [dashed.removesuffix("s"), dashed] if is_list(name) else [dashed]
+
+
+def allowed(name: str) -> str:
+    """What setting `name` accepts, in words, from its type and bounds."""
+    field = Settings.model_fields[name]
+    kinds = {int: "an integer", float: "a number", bool: "true or false", str: "text", Path: "a path"}
+    types = [t for t in (field.annotation, *get_args(field.annotation)) if t in kinds]
+    if is_list(name):
+        return "a list of text (comma-separated, or the flag repeated)"
+    kind = kinds[types[0]] if types else "a value"
+    bounds = {
+        k: getattr(m, k) for m in field.metadata for k in ("ge", "gt", "le", "lt") if getattr(m, k, None) is not None
+    }
+    if "ge" in bounds and "le" in bounds:
+        return f"{kind} from {bounds['ge']} to {bounds['le']}"
+    signs = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
+    return " ".join([kind, " and ".join(f"{signs[k]} {v}" for k, v in bounds.items())]).strip()
+
+
+def invalid(name: str, value: object, source: str) -> SettingsError:
+    return SettingsError(f"invalid {name} {value!r} (from {source}): it must be {allowed(name)}")
+
+
+def _environ_key(name: str, environ: Mapping[str, str]) -> str | None:
+    """The variable of `environ` that sets setting `name` (pydantic-settings ignores case), or None."""
+    wanted = {env_name(name)} | ({"CORTEX_API_KEYS"} if name == "api_keys" else set())
+    return next((key for key in environ if key.upper() in wanted), None)
+
+
+def _check_environment(environ: Mapping[str, str]) -> list[str]:
+    """Warnings for `CORTEX_*` variables that are no setting but look like one; SettingsError for the old
+    name of a renamed setting.
+
+    A renamed setting's old variable surely meant the setting: ignoring it would silently change what the
+    server does, so it fails. Other unknown `CORTEX_*` variables only warn (with a close setting's name):
+    the environment is shared by every program, and other tools named cortex use the same prefix, so
+    failing on them could stop cortex for a variable that was never meant for it.
+    """
+    known = {env_name(name): name for name in Settings.model_fields} | {"CORTEX_API_KEYS": "api_keys"}
+    warnings = []
+    for key in environ:
+        upper = key.upper()
+        if not upper.startswith("CORTEX_") or upper in known:
+            continue
+        old = upper.removeprefix("CORTEX_").lower()
+        if old in RENAMED:
+            raise SettingsError(f"{key} is no longer read: the setting was renamed, set {env_name(RENAMED[old])}")
+        close = difflib.get_close_matches(upper, list(known), n=1, cutoff=0.8)
+        if close:
+            warnings.append(f"{key} is not a cortex setting and is ignored; did you mean {close[0]}?")
+    return warnings
+
+
+def env_warnings(environ: Mapping[str, str] | None = None) -> list[str]:
+    """Unknown `CORTEX_*` variables that look like a mistyped setting, as warnings to print."""
+    return _check_environment(os.environ if environ is None else environ)
 
 
 def write_default_config(settings: Settings) -> None:
@@ -174,8 +293,34 @@ def write_default_config(settings: Settings) -> None:
 
 
 def load_settings(**flags: Any) -> Settings:
-    """Settings from flags (None means not given), then `CORTEX_*`, then config.yml, then defaults."""
+    """Settings from flags (None means not given), then `CORTEX_*`, then config.yml, then defaults.
+
+    SettingsError, one line, for a bad value (naming its flag, variable, or config.yml line), an unknown
+    name in config.yml, or the variable of a renamed setting.
+    """
     given = {k: v for k, v in flags.items() if v is not None}
     if "data_dir" in given:
         given["data_dir"] = Path(given["data_dir"]).expanduser()
-    return Settings(**given)
+    _check_environment(os.environ)
+    try:
+        return Settings(**given)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        name = str(error["loc"][0]) if error["loc"] else ""
+        name = "api_keys" if name.removeprefix("cortex_") in ("api_key", "api_keys") else name
+        if name not in Settings.model_fields:
+            raise SettingsError(f"invalid settings: {error['msg']}") from None
+        raise invalid(name, error["input"], _source(name, given)) from None
+
+
+def _source(name: str, flags: Mapping[str, Any]) -> str:
+    """Where setting `name`'s value came from: its flag, its variable, or config.yml and the line."""
+    if name in flags:
+        return flag_names(name)[0]
+    env = _environ_key(name, os.environ)
+    if env is not None:
+        return env
+    path = config_path(flags.get("data_dir"))
+    if name in (values := read_config(path)):
+        return f"{path} line {values[name][1]}"
+    return "its default"

@@ -32,9 +32,12 @@ def cortex_env(data_dir: Path) -> dict[str, str]:
     return env
 
 
-def cortex(data_dir: Path, *args: str, check: bool = True, timeout: float = 180) -> subprocess.CompletedProcess:
-    """`cortex --data-dir DATA_DIR ARGS...` in a child process; with `check`, it must exit 0."""
-    env = cortex_env(data_dir)
+def cortex(
+    data_dir: Path, *args: str, check: bool = True, timeout: float = 180, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    """`cortex --data-dir DATA_DIR ARGS...` in a child process, `env` added to its environment; with
+    `check`, it must exit 0."""
+    env = {**cortex_env(data_dir), **(env or {})}
     env["COLUMNS"] = "200"  # rich tables: no wrapping inside cells
     proc = subprocess.run(
         [sys.executable, "-m", "cortex", "--data-dir", str(data_dir), *args],

@@ -193,11 +193,14 @@ def test_key_is_not_on_the_command_line_and_the_cli_finds_it(tmp_path: Path) -> 
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
         assert b"s3cret-k3y" not in cmdline
         assert httpx.get(f"http://127.0.0.1:{port}/v1/models").status_code == 401
-        denied = subprocess.run([*base, "models", "list"], env=env, capture_output=True, text=True, timeout=60)
+        denied = subprocess.run([*base, "models", "list"], env={**env, "CORTEX_API_KEY": "wrong"},
+                                capture_output=True, text=True, timeout=60)  # fmt: skip
         assert denied.returncode == 1 and "API key" in denied.stderr
         allowed = subprocess.run([*base, "models", "list"], env={**env, "CORTEX_API_KEY": "s3cret-k3y"},
                                  capture_output=True, text=True, timeout=60)  # fmt: skip
         assert allowed.returncode == 0, allowed.stderr
+        recorded = subprocess.run([*base, "models", "list"], env=env, capture_output=True, text=True, timeout=60)
+        assert recorded.returncode == 0, recorded.stderr  # the key that `cortex start` was given
         (data / "keys.txt").write_text("# keys\ns3cret-k3y\n")
         by_file = subprocess.run([*base, "status"], env={**env, "CORTEX_API_KEY_FILE": str(data / "keys.txt")},
                                  capture_output=True, text=True, timeout=60)  # fmt: skip

@@ -118,4 +118,66 @@ def test_start_reports_a_port_in_use(data_dir: Path) -> None:
         port = s.getsockname()[1]
         proc = cortex(data_dir, "start", "--port", str(port), check=False, timeout=90)
     assert proc.returncode == 1
-    assert "exited" in proc.stderr and "address already in use" in proc.stderr.lower()
+    assert f"Port {port} on 127.0.0.1 is in use" in proc.stderr
+    assert "--port" in proc.stderr and "CORTEX_PORT" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (data_dir / "server.json").exists()
+
+
+def test_start_elsewhere_while_running_says_where_it_runs(data_dir: Path) -> None:
+    port = free_port()
+    cortex(data_dir, "start", "--port", str(port))
+    again = cortex(data_dir, "start", "--port", str(free_port()), check=False)
+    assert again.returncode == 1
+    assert f"already running at http://127.0.0.1:{port}" in again.stderr and "cortex stop" in again.stderr
+    same = cortex(data_dir, "start")  # nothing asked that the running server lacks
+    assert f"already running at http://127.0.0.1:{port}" in same.stdout
+    assert "stopped" in cortex(data_dir, "stop").stdout
+
+
+def test_a_key_given_to_start_reaches_later_commands_and_no_other_user(data_dir: Path, tmp_path: Path) -> None:
+    key_file = tmp_path / "keys.txt"
+    key_file.write_text("# keys\nk3y-from-a-file\n")
+    key_file.chmod(0o600)
+    port = free_port()
+    cortex(data_dir, "start", "--port", str(port), "--api-key-file", str(key_file))
+    pid = _server_state(data_dir)["pid"]
+    assert b"k3y-from-a-file" not in Path(f"/proc/{pid}/cmdline").read_bytes()
+    assert httpx.get(f"http://127.0.0.1:{port}/v1/models").status_code == 401
+    key_file.unlink()  # the CLI does not need the start's file, nor CORTEX_API_KEY
+    assert "running" in cortex(data_dir, "status").stdout
+    cortex(data_dir, "models", "list")
+    # where the key is kept for the CLI: files of the owner only, in a folder of the owner only
+    assert data_dir.stat().st_mode & 0o777 == 0o700
+    for path in data_dir.rglob("*"):
+        if path.is_file() and b"k3y-from-a-file" in path.read_bytes():
+            assert path.stat().st_mode & 0o077 == 0, path
+    cortex(data_dir, "stop")
+    assert not any(b"k3y-from-a-file" in p.read_bytes() for p in data_dir.rglob("*") if p.is_file())
+
+    cortex(data_dir, "start", "--port", str(port), "--api-key", "k3y-from-a-flag")
+    assert "running" in cortex(data_dir, "status").stdout
+    wrong = cortex(data_dir, "models", "list", check=False, env={"CORTEX_API_KEY": "wrong"})
+    assert wrong.returncode == 1 and "API key" in wrong.stderr  # a key the CLI is given comes first
+    cortex(data_dir, "stop")
+
+
+def test_bad_settings_are_one_line_without_a_traceback(data_dir: Path) -> None:
+    data_dir.mkdir()
+    (data_dir / "config.yml").write_text("# mine\nprot: 40000\n")
+    bad = cortex(data_dir, "start", check=False)
+    assert bad.returncode == 2
+    assert (
+        bad.stderr.strip() == f"error: unknown setting `prot` in {data_dir / 'config.yml'} line 2: did you mean `port`?"
+    )
+    (data_dir / "config.yml").unlink()
+    for args, env in ((("start", "--port", "99999"), {}), (("start",), {"CORTEX_PORT": "abc"})):
+        bad = cortex(data_dir, *args, check=False, env=env)
+        assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
+        assert "from 1 to 65535" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_commands_other_than_start_and_run_never_start_a_server(data_dir: Path) -> None:
+    for args in (("ps",), ("models", "list"), ("models", "import", "--model_id", "m:1", "--model_path", "/x")):
+        result = cortex(data_dir, *args, check=False)
+        assert result.returncode == 1 and "cortex is not running" in result.stderr and "cortex start" in result.stderr
+        assert not (data_dir / "server.json").exists()

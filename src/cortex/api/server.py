@@ -169,7 +169,7 @@ def _prepare_folder(settings: Settings) -> None:
 
 @contextlib.contextmanager
 def _server_record(settings: Settings) -> Iterator[None]:
-    """server.json, where the CLI finds this server, for as long as it runs."""
+    """server.json (0600), where the CLI finds this server and its first API key, for as long as it runs."""
     state = {
         "pid": os.getpid(),
         "host": settings.host,
@@ -177,6 +177,9 @@ def _server_record(settings: Settings) -> Iterator[None]:
         "started": int(time.time()),
         "tls": settings.ssl_certfile is not None,
     }
+    keys = settings.all_api_keys()
+    if keys:  # the CLI of this folder finds the key here, however it was given; the file is the owner's only
+        state["api_key"] = keys[0]
     write_atomic(settings.server_file, json.dumps(state).encode(), mode=0o600)
     try:
         yield

@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import httpx
 from pydantic import ValidationError
 
-from cortex.config import Settings
+from cortex.config import Settings, config_path
 from cortex.data_folder import folder_id, lock_holder, writable
 from cortex.schemas import Health
 
@@ -29,6 +31,7 @@ class ServerInfo:
     host: str
     port: int
     tls: bool = False
+    api_key: str | None = field(default=None, repr=False)  # for this folder's CLI: server.json is 0600
 
     @property
     def base_url(self) -> str:
@@ -85,7 +88,9 @@ def running_server(settings: Settings) -> ServerInfo | None:
     path = settings.server_file
     try:
         state = json.loads(path.read_text())
-        info = ServerInfo(int(state["pid"]), str(state["host"]), int(state["port"]), bool(state.get("tls")))
+        info = ServerInfo(
+            int(state["pid"]), str(state["host"]), int(state["port"]), bool(state.get("tls")), state.get("api_key")
+        )
     except (OSError, ValueError, KeyError, TypeError):
         return None
     if _pid_alive(info.pid):
@@ -98,6 +103,27 @@ def running_server(settings: Settings) -> ServerInfo | None:
     with contextlib.suppress(OSError):  # a read-only data folder keeps its stale record
         path.unlink()
     return None
+
+
+def check_port_free(settings: Settings) -> None:
+    """DaemonError, saying how to choose another port, if another program listens on the server's port."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            settings.host, settings.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+    except (OSError, IndexError):  # a host name that does not resolve: the server says so itself
+        return
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                return
+            raise DaemonError(
+                f"Port {settings.port} on {settings.host} is in use by another program. Choose another port "
+                f"with --port PORT or CORTEX_PORT=PORT (or `port: PORT` in {config_path(settings.data_dir)})."
+            ) from None
 
 
 def start_background(settings: Settings, flags: dict[str, object], *, timeout: float = 60.0) -> ServerInfo:
@@ -117,6 +143,8 @@ def start_background(settings: Settings, flags: dict[str, object], *, timeout: f
     env = dict(os.environ)
     for key, value in flags.items():
         name = "CORTEX_API_KEY" if key == "api_keys" else f"CORTEX_{key.upper()}"
+        if isinstance(value, bool):
+            value = str(value).lower()
         env[name] = ",".join(map(str, value)) if isinstance(value, list) else str(value)
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(

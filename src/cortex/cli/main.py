@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import functools
 import inspect
 import json
 import shlex
@@ -10,7 +11,7 @@ import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, get_args
 
 import click
 import typer
@@ -33,11 +34,21 @@ from cortex.cli.daemon import (
     DaemonError,
     NotAnswering,
     ServerInfo,
+    check_port_free,
     running_server,
     start_background,
     stop_server,
 )
-from cortex.config import Settings, load_settings
+from cortex.config import (
+    Settings,
+    SettingsError,
+    env_name,
+    env_warnings,
+    flag_names,
+    invalid,
+    is_list,
+    load_settings,
+)
 from cortex.data_folder import FolderInUse
 from cortex.engine.base import POOLINGS
 from cortex.engine.kinds import ENGINE_NAMES, OPTION_NAMES, option_help, option_values
@@ -54,7 +65,11 @@ from cortex.schemas import (
     VariantList,
 )
 
-app = typer.Typer(help="cortex: a local, OpenAI-compatible model server.", no_args_is_help=True)
+app = typer.Typer(
+    help="cortex: a local, OpenAI-compatible model server.",
+    no_args_is_help=True,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
 models_app = typer.Typer(help="Manage the models in the store.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
 
@@ -79,13 +94,21 @@ err = Console(stderr=True)
 
 class _State:
     data_dir: Path | None = None
+    flags: dict[str, object] = {}  # noqa: RUF012 (one CLI run per process; reset by the top-level callback)
 
 
 _state = _State()
 
 
 def _settings(**flags: object) -> Settings:
-    return load_settings(data_dir=_state.data_dir, **flags)
+    """This data folder's settings; a bad value or name ends the command with one line and exit 2."""
+    try:
+        settings = load_settings(data_dir=_state.data_dir, **flags)
+    except SettingsError as exc:
+        raise _fail(str(exc), code=2) from None
+    for warning in env_warnings():
+        err.print(f"[yellow]warning:[/yellow] {warning}", highlight=False, soft_wrap=True)
+    return settings
 
 
 def _fail(message: str, code: int = 1) -> typer.Exit:
@@ -102,28 +125,37 @@ def _running(settings: Settings) -> ServerInfo | None:
         raise _fail(str(exc)) from exc
 
 
-def _ensure_server(settings: Settings) -> ServerInfo:
-    """The running server for this data folder, started in the background if there is none."""
-    info = _running(settings)
-    if info is not None:
-        return info
-    try:
-        info = start_background(settings, {})
-    except DaemonError as exc:
-        raise _fail(str(exc)) from exc
-    err.print(f"Started cortex server at {info.base_url} (pid {info.pid})")
-    return info
+def _not_running(settings: Settings) -> str:
+    return (
+        f"cortex is not running (data folder {settings.data_dir}). Start it with `cortex start`, "
+        "or `cortex run [MODEL]` to start it and load a model."
+    )
 
 
 def _client() -> Client:
+    """A client of this data folder's running server; a command that needs one never starts one."""
     settings = _settings()
-    return _client_for(settings, _ensure_server(settings))
+    _api_keys(settings)  # a bad key file is a bad setting, said first
+    info = _running(settings)
+    if info is None:
+        raise _fail(_not_running(settings))
+    return _client_for(settings, info)
 
 
 def _client_for(settings: Settings, info: ServerInfo) -> Client:
-    """A client of `info`, sending this data folder's first API key if keys are configured."""
-    keys = settings.all_api_keys()
-    return Client(info.base_url, api_key=keys[0] if keys else None)
+    """A client of `info`, sending the first API key this CLI is configured with, else the key the server
+    recorded in its server.json (private to the owner: 0600 in the 0700 data folder)."""
+    keys = _api_keys(settings)
+    return Client(info.base_url, api_key=keys[0] if keys else info.api_key)
+
+
+def _api_keys(settings: Settings) -> list[str]:
+    """The configured keys; an api_key_file that cannot be read is a bad setting (exit 2)."""
+    try:
+        return settings.all_api_keys()
+    except (OSError, UnicodeDecodeError) as exc:
+        why = getattr(exc, "strerror", None) or str(exc)
+        raise _fail(f"cannot read api_key_file {settings.api_key_file}: {why}", code=2) from None
 
 
 def _call(fn, *args):
@@ -145,77 +177,56 @@ def _human_bytes(n: int | None) -> str:
     return f"{size:.1f} GiB"
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        out.print(f"cortex {version('cortex')}")
+        raise typer.Exit()
+
+
+_DATA_DIR_HELP = "Data folder (default: $CORTEX_DATA_DIR or ~/cortexcpp); before or after the command"
+
+
 @app.callback()
 def _main(
-    data_dir: Annotated[
-        Path | None, typer.Option("--data-dir", help="Data folder (default: $CORTEX_DATA_DIR or ~/cortexcpp)")
+    data_dir: Annotated[Path | None, typer.Option("--data-dir", help=_DATA_DIR_HELP)] = None,
+    version: Annotated[  # handled by its callback
+        bool | None, typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version")
     ] = None,
 ) -> None:
     _state.data_dir = data_dir
+    _state.flags = {}
 
 
-_LIST_SETTINGS = ("api_keys", "allowed_hosts", "allowed_origins")
+def _launch(
+    settings: Settings, flags: dict[str, object], *, foreground: bool = False
+) -> tuple[ServerInfo | None, bool]:
+    """Start a server with `settings` (`flags`, the ones given on the command line, reach a background
+    server as CORTEX_* variables): its address (None once a foreground server ended) and whether it was
+    running already, which is an error if `flags` ask for another address or other settings.
+    The same for `start` and `run`: a server the CLI starts is always started from the same settings."""
+    from cortex.api.server import ExposureError, check_exposure
 
-
-def _setting_flags(args: list[str]) -> dict[str, object]:
-    """`--max-body-bytes 1000 --api-key K --insecure` -> settings, for every field of the schema."""
-    fields = Settings.model_fields
-    flags: dict[str, object] = {}
-    i = 0
-    while i < len(args):
-        name, eq, value = args[i].removeprefix("--").partition("=")
-        key = {"api_key": "api_keys"}.get(name.replace("-", "_"), name.replace("-", "_"))
-        if not args[i].startswith("--") or key not in fields or key == "data_dir":
-            options = ", ".join("--" + f.replace("_", "-") for f in fields if f != "data_dir")
-            raise _fail(f"Unknown option {args[i]!r}. Settings flags: {options}")
-        if not eq:
-            if fields[key].annotation is bool:
-                value = "true"
-            elif i + 1 < len(args):
-                i += 1
-                value = args[i]
-            else:
-                raise _fail(f"{args[i]} needs a value")
-        if key in _LIST_SETTINGS:
-            flags.setdefault(key, []).extend(v.strip() for v in value.split(",") if v.strip())  # type: ignore[union-attr]
-        else:
-            flags[key] = value
-        i += 1
-    return flags
-
-
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def start(
-    ctx: typer.Context,
-    host: Annotated[str | None, typer.Option(help="Address to bind (default 127.0.0.1)")] = None,
-    port: Annotated[int | None, typer.Option(help="Port (default 39281)")] = None,
-    foreground: Annotated[bool, typer.Option("--foreground", help="Run in this process (containers)")] = False,
-) -> None:
-    """Start the server (in the background unless --foreground) and wait until it answers.
-
-    Every setting is also a flag: --api-key KEY (repeatable), --api-key-file FILE, --insecure,
-    --allowed-hosts, --allowed-origins, --ssl-certfile, --ssl-keyfile, --max-body-bytes,
-    --max-tokens-per-request, --max-json-depth, --max-header-bytes, --request-timeout-s,
-    --keepalive-timeout-s, --max-connections, --shutdown-grace-s, --n-threads, ... (see config.yml).
-    """
-    flags = _setting_flags(ctx.args)
-    if host is not None:
-        flags["host"] = host
-    if port is not None:
-        flags["port"] = port
+    _api_keys(settings)
     try:
-        settings = _settings(**flags)
-        from cortex.api.server import ExposureError, check_exposure
-
         warnings = check_exposure(settings)
-    except (ValueError, OSError, ExposureError) as exc:
+    except ExposureError as exc:
         raise _fail(str(exc)) from exc
     info = _running(settings)
     if info is not None:
-        if foreground:
-            raise _fail(f"A cortex server is already running for {settings.data_dir} (pid {info.pid}).")
-        out.print(f"cortex is already running at {info.base_url} (pid {info.pid})")
-        return
+        given = [flag_names(k)[0] for k in flags if getattr(settings, k) != getattr(info, k, None)]
+        if foreground or given:
+            raise _fail(
+                f"cortex is already running at {info.base_url} (pid {info.pid}) for {settings.data_dir}; "
+                + (f"the settings given ({', '.join(given)}) need a new server: " if given else "")
+                + "`cortex stop` it first to start another."
+            )
+        return info, True
+    try:
+        check_port_free(settings)
+    except DaemonError as exc:
+        raise _fail(str(exc)) from exc
     for warning in warnings:
         err.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
     if foreground:
@@ -225,12 +236,32 @@ def start(
             serve(settings)
         except FolderInUse as exc:
             raise _fail(str(exc)) from exc
-        return
+        return None, False
     try:
-        info = start_background(settings, flags)
+        return start_background(settings, flags), False
     except DaemonError as exc:
         raise _fail(str(exc)) from exc
-    out.print(f"cortex is running at {info.base_url} (pid {info.pid}); API at {info.base_url}/v1")
+
+
+@app.command()
+def start(
+    foreground: Annotated[bool, typer.Option("--foreground", help="Run in this process (containers)")] = False,
+) -> None:
+    """Start the server (in the background unless --foreground) and wait until it answers.
+
+    Every setting is a flag below, a CORTEX_* variable and a key of the data folder's config.yml, in that
+    order of precedence. An API key given here reaches the server through its environment, never its
+    command line, and the other commands of this data folder find it.
+    """
+    flags = _state.flags
+    settings = _settings(**flags)
+    info, running = _launch(settings, flags, foreground=foreground)
+    if info is None:
+        return
+    if running:
+        out.print(f"cortex is already running at {info.base_url} (pid {info.pid})")
+    else:
+        out.print(f"cortex is running at {info.base_url} (pid {info.pid}); API at {info.base_url}/v1")
 
 
 @app.command()
@@ -259,7 +290,7 @@ def status() -> None:
     settings = _settings()
     info = _running(settings)
     if info is None:
-        out.print(f"cortex is not running (data folder {settings.data_dir})")
+        out.print(_not_running(settings))
         raise typer.Exit(3)
     models = _call(_client_for(settings, info).get, "/v1/models", ModelList).data
     loaded = [m.id for m in models if m.status == "loaded"]
@@ -271,10 +302,15 @@ def status() -> None:
 def run(
     model: Annotated[str | None, typer.Argument(help="Model id (default: the configured default)")] = None,
 ) -> None:
-    """Start the server if needed, import a built-in model if missing, load it, print how to use it."""
-    settings = _settings()
+    """Start the server if needed (with the settings below, as `cortex start` does), import a built-in
+    model if missing, load it, print how to use it."""
+    settings = _settings(**_state.flags)
     model_id = model or settings.default_model
-    client = _client_for(settings, _ensure_server(settings))
+    info, running = _launch(settings, _state.flags)
+    assert info is not None
+    if not running:
+        err.print(f"Started cortex server at {info.base_url} (pid {info.pid})")
+    client = _client_for(settings, info)
     try:
         client.get(f"/v1/models/{model_id}")
     except ApiError as exc:
@@ -549,6 +585,96 @@ def models_stop(model_id: Annotated[str, typer.Argument(help="Model id")]) -> No
     """Unload a model from memory."""
     r: StopResult = _call(_client().post, "/v1/models/stop", {"model": model_id}, StopResult)
     out.print(f"Stopped {r.id}" if r.was_loaded else f"{r.id} was not loaded")
+
+
+_BOOL_WORDS = {"true": True, "1": True, "yes": True, "on": True, "false": False, "0": False, "no": False, "off": False}
+
+
+def _setting_option(name: str) -> inspect.Parameter:
+    """Setting `name` as a keyword parameter that typer makes a flag, from the settings schema: its
+    help, `CORTEX_*` name and default. Values stay text here: the schema checks them, for every source
+    alike, so that a bad flag gets the same one-line error as a bad variable or config.yml line."""
+    field = Settings.model_fields[name]
+    default = field.get_default(call_default_factory=True)
+    shown = False if default in (None, []) else str(default).lower() if isinstance(default, bool) else str(default)
+    names = flag_names(name)
+    if field.annotation is bool:
+        kind: object = bool | None
+        names = [f"{names[0]}/--no-{names[0][2:]}"]
+    else:
+        kind = list[str] | None if is_list(name) else str | None
+    metavars = {int: "INTEGER", float: "NUMBER", str: "TEXT", Path: "PATH"}
+    metavar = next((metavars[t] for t in (field.annotation, *get_args(field.annotation)) if t in metavars), None)
+    help = f"{field.description} (env {env_name(name)}{', repeatable' if is_list(name) else ''})"
+    option = typer.Option(*names, help=help, show_default=shown, metavar=metavar, rich_help_panel="Settings")
+    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[kind, option])
+
+
+_SETTING_NAMES = [name for name in Settings.model_fields if name != "data_dir"]
+_BOOL_FLAGS = {flag_names(n)[0]: n for n in _SETTING_NAMES if Settings.model_fields[n].annotation is bool}
+
+
+class _SettingsCommand(typer.core.TyperCommand):
+    """Also takes a boolean setting's value as a word, `--insecure false` (or `=false`), as `--no-insecure`."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        words: list[str] = []
+        i = 0
+        while i < len(args):
+            arg, i = args[i], i + 1
+            if arg == "--":
+                words += args[i - 1 :]
+                break
+            flag, eq, value = arg.partition("=")
+            if flag not in _BOOL_FLAGS:
+                words.append(arg)
+                continue
+            if not eq:
+                if i == len(args) or args[i].lower() not in _BOOL_WORDS:
+                    words.append(arg)
+                    continue
+                value, i = args[i], i + 1
+            if value.lower() not in _BOOL_WORDS:
+                raise _fail(str(invalid(_BOOL_FLAGS[flag], value, flag)), code=2)
+            words.append(flag if _BOOL_WORDS[value.lower()] else f"--no-{flag[2:]}")
+        return super().parse_args(ctx, words)
+
+
+def _with_options(command: Callable[..., None], settings: bool) -> Callable[..., None]:
+    """`command` with `--data-dir` (so it works after the command too) and, with `settings`, one flag per
+    setting (`start`, `run`): given ones are kept in `_state.flags` as {setting: value}."""
+    signature = inspect.signature(command, eval_str=True)
+    data_dir = inspect.Parameter(
+        "data_dir",
+        inspect.Parameter.KEYWORD_ONLY,
+        default=None,
+        annotation=Annotated[Path | None, typer.Option("--data-dir", help=_DATA_DIR_HELP)],
+    )
+    options = [_setting_option(name) for name in _SETTING_NAMES] if settings else []
+
+    @functools.wraps(command)
+    def with_options(*args: object, **kwargs: object) -> None:
+        if (folder := kwargs.pop("data_dir", None)) is not None:
+            _state.data_dir = folder  # type: ignore[assignment]
+        given = {name: kwargs.pop(name) for name in [p.name for p in options]}
+        _state.flags = {name: value for name, value in given.items() if value not in (None, [])}
+        for name, value in _state.flags.items():
+            if isinstance(value, list):  # repeated, and each may list several: `--api-key a,b --api-key c`
+                _state.flags[name] = [part.strip() for v in value for part in v.split(",") if part.strip()]
+        command(*args, **kwargs)
+
+    with_options.__signature__ = signature.replace(  # type: ignore[attr-defined]
+        parameters=[*signature.parameters.values(), data_dir, *options]
+    )
+    return with_options
+
+
+for _group in (app, models_app):
+    for _info in _group.registered_commands:
+        _takes_settings = _info.callback in (start, run)
+        _info.callback = _with_options(_info.callback, settings=_takes_settings)  # type: ignore[arg-type]
+        if _takes_settings:
+            _info.cls = _SettingsCommand
 
 
 def main() -> None:
