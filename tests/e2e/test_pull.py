@@ -238,6 +238,8 @@ def test_cli_pull_and_run(tmp_path: Path, hub) -> None:
     env = {**cortex_env(data), "HF_ENDPOINT": url, "HF_HUB_OFFLINE": "0"}
     base = [sys.executable, "-m", "cortex", "--data-dir", str(data)]
     try:
+        started = subprocess.run([*base, "start"], env=env, capture_output=True, text=True, timeout=120)
+        assert started.returncode == 0, started.stderr  # only start and run start a server
         out = subprocess.run([*base, "pull", "acme/minilm-gguf", "--quant", "F16"], env=env, capture_output=True,
                              text=True, timeout=300, stdin=subprocess.DEVNULL)  # fmt: skip
         assert out.returncode == 0, out.stderr
