@@ -7,9 +7,10 @@
   the gguf writer. Their lines go to DEBUG, so `--log-level debug` shows them and the default does not.
 - huggingface_hub warns on every retry of a flaky request; each such warning is shown once in
   `HUB_REPEAT_S`, its repeats go to DEBUG.
-- The file rotates as the access log does (10 MiB, 5 files kept). The lines also go to stderr, except
-  when stderr is `logs/server.out`, where `cortex start` (in the background) keeps the child's raw
-  output for start-up crashes: the lines would otherwise be written twice.
+- The file rotates as the access log does (10 MiB, 5 files kept). The lines also go to stderr, but
+  only the errors when stderr is `logs/server.out`, where `cortex start` (in the background) keeps the
+  child's raw output and shows its end when the start fails: that file does not rotate, so it must not
+  take every line a second time.
 """
 
 from __future__ import annotations
@@ -101,8 +102,10 @@ def configure(level: str, logs_dir: Path | None) -> list[logging.Handler]:
                 logs_dir / SERVER_LOG, maxBytes=ROTATE_BYTES, backupCount=ROTATE_KEEP, encoding="utf-8"
             )
         )
-    if logs_dir is None or not _is_raw_output(logs_dir):
-        handlers.append(logging.StreamHandler(sys.stderr))
+    stderr = logging.StreamHandler(sys.stderr)
+    if logs_dir is not None and _is_raw_output(logs_dir):
+        stderr.setLevel(logging.ERROR)  # what `cortex start` shows when the start fails (a port in use)
+    handlers.append(stderr)
     quiet = QuietLibraries(threshold)
     for handler in handlers:
         handler.setFormatter(logging.Formatter(FORMAT))
