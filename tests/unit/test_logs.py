@@ -59,8 +59,9 @@ async def test_an_error_line_names_the_request_and_a_line_outside_one_does_not(
     assert r.status_code == 500
     logging.getLogger("cortex").error("outside any request")
     lines = server_log().splitlines()
-    failed = [line for line in lines if "-> 500" in line]
-    assert failed and f"[req {r.headers['x-request-id']}]" in failed[0], lines
+    errors = [line for line in lines if " ERROR " in line and "outside any request" not in line]
+    assert len(errors) == 2, lines  # the engine's failure (the scheduler's line) and the 500 it became
+    assert all(f"[req {r.headers['x-request-id']}]" in line for line in errors), errors
     assert "[req" not in next(line for line in lines if "outside any request" in line)
 
 
@@ -149,3 +150,20 @@ def test_the_server_writes_a_rotating_server_log(settings: Callable[..., Setting
             root.removeHandler(handler)
             handler.close()
         root.handlers[:], root.level = before[0], before[1]
+
+
+async def test_a_bug_is_one_500_naming_the_request_and_logged_once_with_it(
+    api: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch, server_log: Callable[[], str]
+) -> None:
+    from cortex.store.store import ModelStore
+
+    def broken(self: ModelStore) -> list:
+        raise RuntimeError("a bug in the store")
+
+    monkeypatch.setattr(ModelStore, "list", broken)
+    r = await api.get("/v1/models")
+    request_id = r.headers["x-request-id"]
+    assert r.status_code == 500 and request_id in r.json()["error"]["message"]
+    text = server_log()
+    assert text.count("RuntimeError: a bug in the store") == 1  # not again by the server, without the id
+    assert f"ERROR cortex.api [req {request_id}]: unhandled error on GET /v1/models" in text
