@@ -78,8 +78,23 @@ class ModelNotFound(CortexError):
     type = "invalid_request_error"
     code = "model_not_found"
 
-    def __init__(self, model_id: str, hint: str = "") -> None:
+    def __init__(self, model_id: str, hint: str = "", *, suggestions: list[str] | tuple[str, ...] = ()) -> None:
+        """`suggestions`: stored ids close to `model_id` (cortex.store.ids.close_ids), named as "Did you mean"."""
+        if suggestions:
+            hint += f" Did you mean {' or '.join(f'`{s}`' for s in suggestions)}?"
         super().__init__(f"The model `{model_id}` does not exist.{hint}", param="model")
+        self.suggestions = list(suggestions)
+
+
+class PullTaskNotFound(CortexError):
+    """No pull task has this id (404): it never existed, or it finished long enough ago to be forgotten."""
+
+    status = 404
+    type = "invalid_request_error"
+    code = "pull_task_not_found"
+
+    def __init__(self, task_id: str) -> None:
+        super().__init__(f"No pull task `{task_id}`.")
 
 
 class ModelNotLoaded(CortexError):

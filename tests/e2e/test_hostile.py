@@ -122,6 +122,13 @@ CASES = [
      "invalid_model_file"),
     ("import with a bad outtype", "POST", "/v1/models/import", {"model": "x:1", "model_path": "/tmp",
      "outtype": "q2"}, {}, 400, None),
+    ("pull null model", "POST", "/v1/models/pull", {"model": None}, {}, 400, None),
+    ("pull a traversal name", "POST", "/v1/models/pull", {"model": "../../etc"}, {}, 400, None),
+    ("variants without a model", "GET", "/v1/models/pull/variants", None, {}, 400, None),
+    ("unknown pull task", "GET", "/v1/models/pull/nope", None, {}, 404, "pull_task_not_found"),
+    ("events of an unknown pull task", "GET", "/v1/models/pull/nope/events", None, {}, 404, "pull_task_not_found"),
+    ("cancel an unknown pull task", "DELETE", "/v1/models/pull/nope?keep_partial=maybe", None, {}, 400, None),
+    ("cancel a pull task never started", "DELETE", "/v1/models/pull/nope", None, {}, 404, "pull_task_not_found"),
 ]  # fmt: skip
 
 
@@ -141,8 +148,27 @@ def test_hostile_request(c, method, path, body, headers, status, code) -> None:
     good_request_works(c)
 
 
-def test_hostile_suite_is_large_enough() -> None:
-    assert len(CASES) + len(RAW_CASES) >= 40
+def test_every_operation_that_takes_input_has_a_hostile_case(tmp_path: Path) -> None:
+    """A route added to the API (or a parameter added to one) without a hostile case fails here: every
+    operation of the app's OpenAPI with a body or a parameter must be reached by at least one case (a case
+    reaches the first path, in the app's order, that its method and path match)."""
+    from cortex.api.app import create_app
+    from cortex.config import Settings
+
+    paths = create_app(Settings(data_dir=tmp_path / "data")).openapi()["paths"]
+    patterns = {path: re.compile(re.sub(r"\\\{[^}]+\\\}", "[^/]+", re.escape(path)) + "$") for path in paths}
+    reached = set()
+    for _, method, url, *_ in CASES:
+        path = url.partition("?")[0]
+        found = next((p for p in paths if method.lower() in paths[p] and patterns[p].match(path)), None)
+        reached.add((method, found))
+    wanted = {
+        (method.upper(), path)
+        for path, operations in paths.items()
+        for method, operation in operations.items()
+        if "requestBody" in operation or operation.get("parameters")
+    }
+    assert wanted - reached == set()
 
 
 ODD_BUT_VALID = [

@@ -313,3 +313,41 @@ def test_sigterm_pauses_a_running_pull_and_ends_its_stream(tmp_path: Path, hub, 
     with ServerProcess(tmp_path / "data", HF_ENDPOINT=url, HF_HUB_OFFLINE="0") as again, again.client() as c:
         done = pull(c, "acme/terminated")
         assert done["status"] == "done" and 0 < done["fetched_bytes"] < ggufs["f16"].stat().st_size
+
+
+def test_cli_pull_chooser_at_a_terminal(srv) -> None:
+    """`cortex pull NAME` at a terminal lists the variants and asks for one by number."""
+    import os
+    import re
+    import select
+
+    main, child = os.openpty()
+    env = {**cortex_env(srv.data_dir), "COLUMNS": "200"}
+    cmd = [sys.executable, "-m", "cortex", "--data-dir", str(srv.data_dir), "pull", "minilm"]
+    proc = subprocess.Popen(cmd, stdin=child, stdout=child, stderr=child, env=env, close_fds=True)
+    os.close(child)
+    seen, answered = b"", False
+    deadline = time.monotonic() + 300
+    try:
+        while time.monotonic() < deadline:
+            if select.select([main], [], [], 0.5)[0]:
+                try:
+                    chunk = os.read(main, 4096)
+                except OSError:  # EIO: the child closed the terminal
+                    break
+                if not chunk:
+                    break
+                seen += chunk
+            if not answered and b"Choose" in seen:
+                os.write(main, b"0\n2\n")  # out of range first: asked again
+                answered = True
+            if proc.poll() is not None and not select.select([main], [], [], 0.2)[0]:
+                break
+        assert proc.wait(timeout=30) == 0, seen.decode(errors="replace")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        os.close(main)
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", seen.decode(errors="replace"))  # rich's colours
+    assert "f16" in text and "q8" in text and "from 1 to 2" in text
+    assert "Pulled minilm:" in text, text

@@ -43,3 +43,14 @@ def test_non_string_ids_are_refused() -> None:
 def test_distinct_ids_get_distinct_folders() -> None:
     ids = ["a:b", "a/b", "a-b", "a_b", "a.b", "ab", "a/b:c", "a:b-c", "a-b:c"]
     assert len({folder_name(i) for i in ids}) == len(ids)
+
+
+def test_close_ids_finds_typos_closest_first_and_nothing_unrelated() -> None:
+    from cortex.store.ids import close_ids
+
+    stored = ["all-minilm:l6-v2", "gemma3:270m", "llama3.1:8b-gguf-q4-km", "acme/minilm-gguf:F16"]
+    assert close_ids("all-minlm", stored) == ["all-minilm:l6-v2"]
+    assert close_ids("ALL-MINILM:L6-V3", stored) == ["all-minilm:l6-v2"]
+    assert close_ids("llama3.1:8bb-gguf-q4-km", stored) == ["llama3.1:8b-gguf-q4-km"]
+    assert close_ids("minilm:q8", stored) == [] and close_ids("nomic-embed-text", stored) == []
+    assert close_ids("gemma3:270m", stored) == []  # the id itself is no suggestion

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from cortex.errors import Conflict, ModelNotFound
+from cortex.errors import Conflict, PullTaskNotFound
 from cortex.hub import tasks
 from cortex.hub.resolve import Plan, RemoteFile
 from cortex.hub.tasks import PullManager
@@ -138,7 +138,7 @@ def test_finished_tasks_are_pruned(tmp_path: Path, slow_hub: threading.Event) ->
         for _ in range(tasks.KEEP_FINISHED + 20):
             await pulls.start("acme/x")
         assert len(pulls.tasks) == tasks.KEEP_FINISHED + 1
-        with pytest.raises(ModelNotFound):
+        with pytest.raises(PullTaskNotFound):
             pulls.get(first.id)
 
     asyncio.run(scenario())

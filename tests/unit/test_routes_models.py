@@ -213,3 +213,34 @@ async def test_a_missing_query_parameter_is_named_as_such(api: httpx.AsyncClient
     """Issue 14: the variants route's error said "provide a 'query' parameter" when `model` was missing."""
     err = _error(await api.get("/v1/models/pull/variants"), 400, None, "model")
     assert "'model'" in err["message"] and "query" not in err["message"]
+
+
+@pytest.mark.parametrize(("method", "path"), [("GET", "/v1/models/pull/nope"), ("DELETE", "/v1/models/pull/nope"),
+                                              ("GET", "/v1/models/pull/nope/events")])  # fmt: skip
+async def test_an_unknown_pull_task_is_a_404_of_its_own(api: httpx.AsyncClient, method: str, path: str) -> None:
+    err = _error(await api.request(method, path), 404, "pull_task_not_found")
+    assert err["message"] == "No pull task `nope`."
+
+
+@pytest.mark.parametrize(
+    ("stored", "asked", "meant"),
+    [
+        ("all-minilm:l6-v2", "all-minlm", "all-minilm:l6-v2"),
+        ("llama3.1:8b-gguf-q4-km", "llama3.1:8bb-gguf-q4-km", "llama3.1:8b-gguf-q4-km"),
+    ],
+)
+async def test_an_unknown_model_names_the_closest_stored_ids(
+    api: httpx.AsyncClient, models_dir: Path, stored: str, asked: str, meant: str
+) -> None:
+    write_model(models_dir, stored)
+    write_model(models_dir, "gemma3:270m")
+    for r in (
+        await api.get(f"/v1/models/{asked}"),
+        await api.post("/v1/embeddings", json={"model": asked, "input": "a"}),
+        await api.post("/v1/models/start", json={"model": asked}),
+        await api.delete(f"/v1/models/{asked}"),
+    ):
+        err = _error(r, 404, "model_not_found", "model")
+        assert err["message"] == f"The model `{asked}` does not exist. Did you mean `{meant}`?"
+    err = _error(await api.get("/v1/models/zzz:9"), 404, "model_not_found", "model")
+    assert "Did you mean" not in err["message"]

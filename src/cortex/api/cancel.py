@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import threading
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
@@ -49,7 +50,8 @@ async def in_stoppable_thread(fn: Callable[[threading.Event], T]) -> T:
     """`fn(stop)` on a thread; if the awaiting task is cancelled, `stop` is set and the thread is waited
     for (it checks `stop` between steps and raises `Cancelled`), then the cancellation goes on."""
     stop = threading.Event()
-    thread = asyncio.get_running_loop().run_in_executor(None, fn, stop)
+    context = contextvars.copy_context()  # its log lines name the request (cortex.logs.REQUEST_ID)
+    thread = asyncio.get_running_loop().run_in_executor(None, context.run, fn, stop)
     try:
         return await asyncio.shield(thread)
     except asyncio.CancelledError:

@@ -68,8 +68,9 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> Response:
-        ref = uuid.uuid4().hex[:12]
-        log.exception("unhandled error %s on %s %s", ref, request.method, request.url.path)
+        ref = getattr(request.state, "request_id", None) or uuid.uuid4().hex  # the id server.log names it by
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        request.state.logged_error = exc  # the guard does not log it again
         return error_response(
-            500, f"The server had an error while processing your request (ref {ref}).", "server_error"
+            500, f"The server had an error while processing your request (request id {ref}).", "server_error"
         )

@@ -34,7 +34,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from cortex.config import Settings
 from cortex.errors import ShuttingDown, error_body
+from cortex.logs import REQUEST_ID
 
+_log = logging.getLogger("cortex.api")
 _OPEN_PATHS = frozenset({"/healthz", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
 _OPEN_PREFIX = "/docs/assets/"  # the docs pages' scripts and styles, served from the package (works offline)
 _JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
@@ -107,6 +109,7 @@ class Guard:
         request_id = uuid.uuid4().hex
         state = scope.setdefault("state", {})
         state["request_id"] = request_id
+        in_request = REQUEST_ID.set(request_id)  # every server.log line until the end names it (cortex.logs)
         headers = Headers(scope=scope)
         origin = headers.get("origin")
         cors_origin: str | None = None
@@ -153,8 +156,17 @@ class Guard:
             shutting_down = ShuttingDown()
             retry = {"retry-after": str(shutting_down.retry_after_s), "connection": "close"}
             await _respond(send_with_headers, shutting_down.status, shutting_down.to_dict(), retry)
+        except Exception as exc:
+            # The app's handler answered a 500 and logged it with this request's id, and Starlette raises it
+            # again "for the server to log": uvicorn would log it a second time, without the id. Log here
+            # only what no handler saw (an error once a streamed answer had begun), and end it here.
+            if state.get("logged_error") is not exc:
+                _log.exception("error while answering %s %s", scope["method"], scope["path"])
+            if not status:
+                await _respond(send_with_headers, 500, error_body("The server had an error.", type="server_error"), {})
         finally:
             self._log(scope, state, request_id, status, started)
+            REQUEST_ID.reset(in_request)
 
     def _refusal(self, scope: Scope, headers: Headers, origin: str | None) -> tuple | None:
         host = headers.get("host")

@@ -22,6 +22,7 @@ from cortex.api.http_protocol import GuardedHttpToolsProtocol
 from cortex.config import Settings, write_default_config
 from cortex.data_folder import lock_folder, writable
 from cortex.errors import ShuttingDown
+from cortex.logs import configure as configure_logging
 from cortex.store.atomic import write_atomic
 
 
@@ -125,7 +126,7 @@ def serve(settings: Settings) -> None:
 
 
 def _start_logging(settings: Settings, warnings: list[str], read_only: bool) -> None:
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(settings.log_level, None if read_only else settings.logs_dir)
     log = logging.getLogger("cortex")
     for warning in warnings:
         log.warning(warning)
@@ -145,6 +146,7 @@ def _uvicorn_server(settings: Settings, read_only: bool) -> _Server:
         loop=_loop(),
         http=GuardedHttpToolsProtocol,
         log_level=settings.log_level,
+        log_config=None,  # uvicorn's lines go through cortex.logs' handlers, request ids included
         access_log=False,
         timeout_keep_alive=int(max(1, settings.keepalive_timeout_s)),
         timeout_graceful_shutdown=int(settings.shutdown_grace_s),

@@ -127,7 +127,9 @@ def check_port_free(settings: Settings) -> None:
 
 
 def start_background(settings: Settings, flags: dict[str, object], *, timeout: float = 60.0) -> ServerInfo:
-    """Spawn `cortex start --foreground` detached, its output in logs/server.log; wait for /healthz.
+    """Spawn `cortex start --foreground` detached; wait for /healthz. It writes its log to logs/server.log
+    itself (rotated); its raw stdout and stderr, what a start-up crash prints, go to logs/server.out,
+    emptied at each start.
 
     The settings given as flags reach the child as CORTEX_* variables, never on its command line,
     where `ps` would show an API key to every user of the machine.
@@ -138,7 +140,7 @@ def start_background(settings: Settings, flags: dict[str, object], *, timeout: f
             f"The data folder {settings.data_dir} is read-only. `cortex start --foreground` serves it read-only."
         )
     settings.logs_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    log_path = settings.logs_dir / "server.log"
+    log_path = settings.logs_dir / "server.out"
     cmd = [sys.executable, "-m", "cortex", "--data-dir", str(settings.data_dir), "start", "--foreground"]
     env = dict(os.environ)
     for key, value in flags.items():
@@ -146,7 +148,7 @@ def start_background(settings: Settings, flags: dict[str, object], *, timeout: f
         if isinstance(value, bool):
             value = str(value).lower()
         env[name] = ",".join(map(str, value)) if isinstance(value, list) else str(value)
-    with open(log_path, "ab") as log:
+    with open(log_path, "wb") as log:
         proc = subprocess.Popen(
             cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env
         )

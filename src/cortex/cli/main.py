@@ -13,7 +13,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, get_args
 
-import click
 import typer
 from rich.console import Console
 from rich.progress import (
@@ -322,6 +321,7 @@ def run(
             err.print(f"Importing built-in model {model_id} ...")
             model_id = _import(client, {"model": model_id}).id
         else:
+            _refuse_a_typo(client, model_id)
             err.print(f"`{model_id}` is not in the store; pulling it from the hub ...")
             try:
                 model_id = _pull(client, model_id, None)
@@ -344,6 +344,20 @@ def run(
     )
 
 
+def _refuse_a_typo(client: Client, model_id: str) -> None:
+    """Before a pull (a minute on the hub, to end in a 404 for a typo): stop if `model_id` looks like a
+    stored id misspelled. `cortex pull` pulls a name whatever the store holds."""
+    from cortex.store.ids import close_ids
+
+    stored = [m.id for m in _call(client.get, "/v1/models", ModelList).data]
+    close = close_ids(model_id, stored)
+    if close:
+        raise _fail(
+            f"`{model_id}` is not in the store. Did you mean {' or '.join(f'`{c}`' for c in close)}? "
+            f"(To pull `{model_id}` from the hub: cortex pull {model_id})"
+        )
+
+
 def _choose(client: Client, name: str, quant: str | None) -> tuple[str, str | None]:
     """At a terminal, let the user pick a variant the name leaves open."""
     from cortex.hub.names import parse_pull_name
@@ -362,8 +376,17 @@ def _choose(client: Client, name: str, quant: str | None) -> tuple[str, str | No
     for i, v in enumerate(variants, 1):
         table.add_row(str(i), v.variant, v.file or "", _human_bytes(v.size))
     out.print(table)
-    pick = variants[typer.prompt("Choose", type=click.IntRange(1, len(variants))) - 1]
+    pick = variants[_ask_number("Choose", len(variants)) - 1]
     return (f"{name}:{pick.variant}", None) if parsed.kind == "cortexso" else (name, pick.variant)
+
+
+def _ask_number(prompt: str, most: int) -> int:
+    """A number from 1 to `most`, asked again until given (typer's prompt takes no click range type)."""
+    while True:
+        number = typer.prompt(f"{prompt} [1-{most}]", type=int)
+        if 1 <= number <= most:
+            return number
+        err.print(f"Choose a number from 1 to {most}.")
 
 
 def _pull(client: Client, name: str, quant: str | None, engine: str | None = None) -> str:
@@ -617,7 +640,7 @@ _BOOL_FLAGS = {flag_names(n)[0]: n for n in _SETTING_NAMES if Settings.model_fie
 class _SettingsCommand(typer.core.TyperCommand):
     """Also takes a boolean setting's value as a word, `--insecure false` (or `=false`), as `--no-insecure`."""
 
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+    def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:
         words: list[str] = []
         i = 0
         while i < len(args):

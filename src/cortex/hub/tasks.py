@@ -26,7 +26,7 @@ from cortex.errors import (
     IntegrityError,
     InvalidModelFile,
     InvalidRequest,
-    ModelNotFound,
+    PullTaskNotFound,
     error_body,
 )
 from cortex.hub.download import download, part_path
@@ -137,7 +137,7 @@ class PullManager:
     def get(self, task_id: str) -> PullTask:
         task = self.tasks.get(task_id)
         if task is None:
-            raise ModelNotFound(task_id, " No pull task has this id.")
+            raise PullTaskNotFound(task_id)
         return task
 
     async def start(self, name: str, quant: str | None = None, engine: str | None = None) -> PullTask:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 from collections import deque
 from collections.abc import Sequence
@@ -22,6 +23,7 @@ import numpy as np
 
 from cortex.engine.base import Engine
 from cortex.errors import CortexError, EngineFailure, InvalidRequest, ModelNotLoaded, Overloaded
+from cortex.logs import REQUEST_ID
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +36,7 @@ _LOOKAHEAD = 256
 class _Item:
     tokens: Sequence[int]
     future: asyncio.Future
+    request_id: str | None = None  # the request it came in, for the log (cortex.logs)
 
 
 class BatchScheduler:
@@ -53,7 +56,8 @@ class BatchScheduler:
         self._busy = 0
         self._running: set[asyncio.Task] = set()
         self._executor = ThreadPoolExecutor(self._workers, thread_name_prefix=f"engine-{model_id}")
-        self._task = asyncio.create_task(self._run(), name=f"scheduler-{model_id}")
+        # a context of its own: not that of the request that loaded the model, which its lines would name
+        self._task = asyncio.create_task(self._run(), name=f"scheduler-{model_id}", context=contextvars.Context())
 
     async def embed(self, seqs: Sequence[Sequence[int]]) -> np.ndarray:
         """Vectors for `seqs` (each at most `engine.n_ctx` tokens), one row per sequence, in order."""
@@ -74,7 +78,8 @@ class BatchScheduler:
             )
         loop = asyncio.get_running_loop()
         futures = [loop.create_future() for _ in seqs]
-        self._pending.extend(_Item(s, f) for s, f in zip(seqs, futures, strict=True))
+        request_id = REQUEST_ID.get()
+        self._pending.extend(_Item(s, f, request_id) for s, f in zip(seqs, futures, strict=True))
         self._idle.clear()
         self._wakeup.set()
         try:
@@ -130,7 +135,13 @@ class BatchScheduler:
             out = await loop.run_in_executor(self._executor, self.engine.embed, seqs, wide)
         except Exception as exc:
             if not isinstance(exc, CortexError):
-                log.exception("engine failed on a batch of %d inputs for %s", len(batch), self.model_id)
+                # a batch serves several requests: its line names them all, `[req ID1,ID2]`
+                ids = ",".join(sorted({i.request_id for i in batch if i.request_id}))
+                in_requests = REQUEST_ID.set(ids or None)
+                try:
+                    log.exception("engine failed on a batch of %d inputs for %s", len(batch), self.model_id)
+                finally:
+                    REQUEST_ID.reset(in_requests)
                 exc = EngineFailure(f"The engine failed while embedding with `{self.model_id}`.")
             for item in batch:
                 if not item.future.done():

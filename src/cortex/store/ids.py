@@ -11,7 +11,9 @@ could be imported but never fetched or deleted by its URL.
 
 from __future__ import annotations
 
+import difflib
 import re
+from collections.abc import Iterable
 
 from cortex.errors import InvalidRequest
 
@@ -59,3 +61,22 @@ def split_tag(model_id: str) -> tuple[str, str | None]:
     """`name:tag` -> (`name`, `tag`); an id without a tag gives (`id`, None)."""
     name, sep, tag = model_id.partition(":")
     return name, (tag if sep else None)
+
+
+_CLOSE_ENOUGH = 0.75  # difflib's ratio: `all-minlm` -> `all-minilm` is 0.95, unrelated names stay under 0.6
+
+
+def close_ids(wanted: str, ids: Iterable[str], n: int = 3) -> list[str]:
+    """The ids of `ids` that look like a typo of `wanted`, closest first (at most `n`): for a 404's "did you
+    mean" and for `cortex run`, which asks before it pulls. Each id is compared whole and by its NAME
+    alone, so a bare `all-minlm` finds `all-minilm:l6-v2`; case is ignored."""
+    wanted = wanted.lower()
+    scored = []
+    for model_id in ids:
+        whole = model_id.lower()
+        score = max(
+            difflib.SequenceMatcher(None, wanted, candidate).ratio() for candidate in (whole, whole.split(":")[0])
+        )
+        if score >= _CLOSE_ENOUGH and whole != wanted:
+            scored.append((-score, model_id))
+    return [model_id for _, model_id in sorted(scored)[:n]]

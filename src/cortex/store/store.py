@@ -35,7 +35,7 @@ from cortex.errors import (
 )
 from cortex.files import read_regular_file
 from cortex.store.atomic import fsync_dir, write_atomic
-from cortex.store.ids import folder_name, id_of_folder, split_tag
+from cortex.store.ids import close_ids, folder_name, id_of_folder, split_tag
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +104,8 @@ class ModelStore:
         self.read_only = read_only
         self._reserved: set[str] = set()  # ids being imported or pulled right now
         self._reserve_lock = threading.Lock()
-        self._tags: tuple[tuple[int, int], dict[str, list[str]]] | None = None  # (root's stamp, name -> ids)
+        # (root's stamp, NAME -> its NAME:TAG ids, every id)
+        self._tags: tuple[tuple[int, int], dict[str, list[str]], list[str]] | None = None
         if not read_only:
             root.mkdir(parents=True, exist_ok=True)
             self._sweep()
@@ -172,7 +173,7 @@ class ModelStore:
                 return matches[0]
             if matches:
                 raise ModelNotFound(model_id, f" It could mean {', '.join(matches)}: name one with its tag.")
-        raise ModelNotFound(model_id)
+        raise ModelNotFound(model_id, suggestions=close_ids(model_id, self._ids()))
 
     def _tagged(self) -> dict[str, list[str]]:
         """NAME -> the stored NAME:TAG ids. Rebuilt when the store's folder changes (an import, a delete,
@@ -182,12 +183,21 @@ class ModelStore:
         stamp = (st.st_ino, st.st_mtime_ns)
         if self._tags is None or self._tags[0] != stamp:
             tags: dict[str, list[str]] = {}
-            for record in self.list():
-                name, tag = split_tag(record.id)
+            ids = [record.id for record in self.list()]
+            for model_id in ids:
+                name, tag = split_tag(model_id)
                 if tag is not None:
-                    tags.setdefault(name, []).append(record.id)
-            self._tags = (stamp, tags)
+                    tags.setdefault(name, []).append(model_id)
+            self._tags = (stamp, tags, ids)
         return self._tags[1]
+
+    def _ids(self) -> list[str]:
+        """Every stored id, cached as `_tagged` is (a 404's "did you mean" reads no model.yml)."""
+        if not self.root.is_dir():  # a read-only data folder may have no models/
+            return []
+        self._tagged()
+        assert self._tags is not None
+        return self._tags[2]
 
     def get(self, model_id: str) -> ModelRecord:
         """The record of `model_id` (see `resolve`), or ModelNotFound."""

@@ -94,14 +94,21 @@ async def import_model(body: ImportRequest, request: Request) -> Response:
         except ClientGone:
             return Response(status_code=499)
         return json_response(_model_object(registry, record).model_dump())
-    return StreamingResponse(_import_events(run, registry), media_type="text/event-stream")
+    access = {"model": model_id, "outcome": "cancelled"}  # the access log's line (see _import_events)
+    request.state.access = access
+    events = _import_events(run, registry, access, getattr(request.state, "request_id", ""))
+    return StreamingResponse(events, media_type="text/event-stream")
 
 
 async def _import_events(
-    run: Callable[[threading.Event, Progress], ModelRecord], registry: ModelRegistry
+    run: Callable[[threading.Event, Progress], ModelRecord], registry: ModelRegistry, access: dict, request_id: str
 ) -> AsyncIterator[bytes]:
     """Server-sent events for an import: progress as it goes, then `done` or `error`. A client that
-    leaves stops the import (the generator is closed), which then leaves nothing in the store."""
+    leaves stops the import (the generator is closed), which then leaves nothing in the store.
+
+    The response's status is 200 before the import is done, so the access log's line says how it ended:
+    `access["outcome"]` is `ok`, `error` (with `error`, the error event's code, or its type when it has
+    none) or `cancelled` (the client left); a failure is also a line in server.log."""
     loop = asyncio.get_running_loop()
     events: asyncio.Queue[tuple[str, dict]] = asyncio.Queue()
 
@@ -113,11 +120,16 @@ async def _import_events(
         try:
             record = await in_stoppable_thread(lambda stop: run(stop, progress))
             events.put_nowait(("done", _model_object(registry, record).model_dump()))
+            access["outcome"] = "ok"
         except CortexError as exc:
+            log.log(logging.ERROR if exc.status >= 500 else logging.WARNING, "import failed: %s", exc.message)
+            access.update(outcome="error", error=exc.code or exc.type)
             events.put_nowait(("error", exc.to_dict()))
-        except Exception:  # a bug: log it, tell the client without the detail
+        except Exception:  # a bug: log it, tell the client without the detail but with the id the log names
             log.exception("import failed")
-            events.put_nowait(("error", error_body("The import failed.", type="server_error")))
+            access.update(outcome="error", error="server_error")
+            message = f"The import failed: the server had an error (request id {request_id})."
+            events.put_nowait(("error", error_body(message, type="server_error")))
 
     task = asyncio.create_task(work())
     try:
