@@ -67,7 +67,7 @@ def test_cli_round_trip(data_dir: Path, gemma_gguf: Path) -> None:
     assert bad.returncode == 1 and "outtype" in bad.stderr
     listing = cortex(data_dir, "models", "list").stdout
     assert "gemma3:270m" in listing and "mine:q4" in listing and "last" in listing and "mini:q8" in listing
-    record = json.loads(cortex(data_dir, "models", "get", "mine:q4").stdout)
+    record = json.loads(cortex(data_dir, "models", "get", "mine:q4", "--json").stdout)
     assert record["pooling"] == "last" and record["status"] == "stored"
 
     # start, ps, embeddings, stop a model

@@ -87,8 +87,10 @@ def _value(choice: enum.Enum | None) -> str | None:
     return None if choice is None else choice.value
 
 
-out = Console()
+# Piped output is not cut to 80 columns: a table is as wide as its content, for the next program to read.
+out = Console(width=None if sys.stdout.isatty() else 100_000)
 err = Console(stderr=True)
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print the API's JSON answer instead")]
 
 
 class _State:
@@ -277,6 +279,7 @@ def stop() -> None:
         out.print("cortex is not running")
         return
     try:
+        err.print(f"Stopping cortex (pid {info.pid}): waiting for the requests in flight to finish...")
         stop_server(info)
     except DaemonError as exc:
         raise _fail(str(exc)) from exc
@@ -284,15 +287,22 @@ def stop() -> None:
 
 
 @app.command()
-def status() -> None:
+def status(as_json: JsonFlag = False) -> None:
     """Say whether the server is running, where, and what it has loaded."""
     settings = _settings()
     info = _running(settings)
     if info is None:
-        out.print(_not_running(settings))
+        if as_json:
+            out.print_json(data={"running": False, "data_dir": str(settings.data_dir)})
+        else:
+            out.print(_not_running(settings))
         raise typer.Exit(3)
     models = _call(_client_for(settings, info).get, "/v1/models", ModelList).data
     loaded = [m.id for m in models if m.status == "loaded"]
+    if as_json:
+        out.print_json(data={"running": True, "url": info.base_url, "pid": info.pid,
+                             "data_dir": str(settings.data_dir), "stored": len(models), "loaded": loaded})  # fmt: skip
+        return
     out.print(f"cortex is running at {info.base_url} (pid {info.pid}, data folder {settings.data_dir})")
     out.print(f"models: {len(models)} stored, loaded: {', '.join(loaded) or 'none'}")
 
@@ -389,8 +399,9 @@ def _ask_number(prompt: str, most: int) -> int:
         err.print(f"Choose a number from 1 to {most}.")
 
 
-def _pull(client: Client, name: str, quant: str | None, engine: str | None = None) -> str:
-    """Pull through the API with a progress bar; Ctrl-C pauses (the next pull resumes). Returns the id."""
+def _pull(client: Client, name: str, quant: str | None, engine: str | None = None, *, quiet: bool = False) -> str:
+    """Pull through the API with a progress bar; Ctrl-C pauses (the next pull resumes). Returns the id.
+    `quiet`: no "Pulled" line on stdout (which then carries JSON)."""
     name, quant = _choose(client, name, quant)
     with err.status(f"Looking up {name} on the hub..."):  # a spinner at a terminal, nothing when piped
         body = {"model": name, "quant": quant, "engine": engine}
@@ -415,7 +426,8 @@ def _pull(client: Client, name: str, quant: str | None, engine: str | None = Non
         raise _fail(str(exc)) from exc
     if state.status != "done":
         raise _fail((state.error and state.error.error.message) or f"The pull ended {state.status}.")
-    out.print(f"Pulled {state.model}")
+    if not quiet:
+        out.print(f"Pulled {state.model}")
     return state.model
 
 
@@ -424,18 +436,28 @@ def pull(
     model: Annotated[str, typer.Argument(help="NAME[:TAG], ORG/REPO[:QUANT], or a hub URL of a .gguf file")],
     quant: Annotated[str | None, typer.Option(help="Which GGUF of ORG/REPO to take (e.g. Q4_K_M)")] = None,
     engine: Annotated[EngineChoice | None, typer.Option(help="For sentence-transformers repositories")] = None,
+    as_json: JsonFlag = False,
 ) -> None:
     """Pull a model from Hugging Face into the store (resumable; Ctrl-C pauses)."""
-    _pull(_client(), model, quant, _value(engine))
+    client = _client()
+    model_id = _pull(client, model, quant, _value(engine), quiet=as_json)
+    if as_json:
+        out.print_json(data=_call(client.get, f"/v1/models/{model_id}"))
 
 
 models_app.command("pull", help="Same as `cortex pull`.")(pull)
 
 
 @app.command()
-def ps() -> None:
+def ps(as_json: JsonFlag = False) -> None:
     """List the loaded models and the memory they hold."""
     models = [m for m in _call(_client().get, "/v1/models", ModelList).data if m.status == "loaded"]
+    if as_json:
+        out.print_json(ModelList(data=models).model_dump_json())
+        return
+    if not models:
+        out.print("No model is loaded. `cortex models start ID` loads one (or the first request does).")
+        return
     table = Table("model", "engine", "ctx_len", "dims", "memory")
     for m in models:
         table.add_row(m.id, m.engine, str(m.ctx_len), str(m.n_embd), _human_bytes(m.memory_bytes))
@@ -443,7 +465,7 @@ def ps() -> None:
 
 
 @app.command()
-def hardware(as_json: Annotated[bool, typer.Option("--json", help="The raw report")] = False) -> None:
+def hardware(as_json: JsonFlag = False) -> None:
     """Show the CPU, its features, memory, and which llama.cpp and ONNX Runtime code runs on it."""
     raw = _call(_client().get, "/v1/hardware")
     if as_json:
@@ -471,11 +493,15 @@ def hardware(as_json: Annotated[bool, typer.Option("--json", help="The raw repor
 @app.command()
 def embeddings(
     model: Annotated[str, typer.Argument(help="Model id")],
-    texts: Annotated[list[str], typer.Argument(help="One or more texts")],
+    texts: Annotated[list[str], typer.Argument(help="One or more texts; `-` reads them from stdin, one a line")],
     dimensions: Annotated[int | None, typer.Option(help="Truncate to this many dimensions")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the raw API response")] = False,
+    as_json: JsonFlag = False,
 ) -> None:
     """Embed texts from the shell and show the start of each vector."""
+    if texts == ["-"]:
+        texts = [line for line in sys.stdin.read().splitlines() if line.strip()]
+        if not texts:
+            raise _fail("No text on stdin: give one text a line.")
     body: dict = {"model": model, "input": texts}
     if dimensions is not None:
         body["dimensions"] = dimensions
@@ -574,9 +600,12 @@ def models_import(
 
 
 @models_app.command("list")
-def models_list() -> None:
+def models_list(as_json: JsonFlag = False) -> None:
     """Show the models in the store."""
     models = _call(_client().get, "/v1/models", ModelList).data
+    if as_json:
+        out.print_json(ModelList(data=models).model_dump_json())
+        return
     table = Table("id", "name", "engine", "pooling", "ctx_len", "dims", "size", "status")
     for m in models:
         table.add_row(m.id, m.name, m.engine, m.pooling, str(m.ctx_len), str(m.n_embd), _human_bytes(m.size), m.status)
@@ -584,16 +613,34 @@ def models_list() -> None:
 
 
 @models_app.command("get")
-def models_get(model_id: Annotated[str, typer.Argument(help="Model id")]) -> None:
-    """Show one model's record as JSON."""
-    out.print_json(data=_call(_client().get, f"/v1/models/{model_id}"))
+def models_get(model_id: Annotated[str, typer.Argument(help="Model id")], as_json: JsonFlag = False) -> None:
+    """Show one model: its record, whether it is loaded, and the memory it holds."""
+    m: ModelObject = _call(_client().get, f"/v1/models/{model_id}", ModelObject)
+    if as_json:
+        out.print_json(m.model_dump_json())
+        return
+    table = Table(show_header=False, box=None)
+    for key, value in m.model_dump(exclude={"object", "owned_by"}).items():
+        if value is not None:
+            table.add_row(key, _human_bytes(value) if key in ("size", "memory_bytes") else str(value))
+    out.print(table)
 
 
 @models_app.command("delete")
-def models_delete(model_id: Annotated[str, typer.Argument(help="Model id")]) -> None:
-    """Unload and delete a model and its files."""
-    result: DeleteResult = _call(_client().delete, f"/v1/models/{model_id}", DeleteResult)
-    out.print(f"Deleted {result.id}")
+def models_delete(model_ids: Annotated[list[str], typer.Argument(help="One or more model ids")]) -> None:
+    """Unload and delete models and their files (each one whole or not at all)."""
+    client = _client()
+    failed = 0
+    for model_id in model_ids:
+        try:
+            result = client.delete(f"/v1/models/{model_id}", DeleteResult)
+        except ApiError as exc:
+            err.print(f"[red]error:[/red] {exc}", highlight=False)
+            failed += 1
+            continue
+        out.print(f"Deleted {result.id}")
+    if failed:
+        raise typer.Exit(1)
 
 
 @models_app.command("start")
