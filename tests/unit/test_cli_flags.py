@@ -177,3 +177,9 @@ def test_run_starts_the_server_from_its_flags_as_start_does(invoke, monkeypatch:
     (start_settings, start_flags), (run_settings, run_flags) = started
     assert start_flags == run_flags == {"port": str(port), "api_keys": ["k"], "load_on_demand": False}
     assert start_settings == run_settings and run_settings.port == port and run_settings.api_keys == ["k"]
+
+
+def test_models_import_help_says_what_folders_become_and_lists_the_engine_options(invoke) -> None:
+    """Issue 14: `models import --help` said folders become GGUF (they become ONNX unless --engine llama-cpp)."""
+    out = invoke("models", "import", "--help").output
+    assert "converted to ONNX" in out and "--quantize" in out and "--outtype" in out

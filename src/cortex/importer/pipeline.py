@@ -78,7 +78,7 @@ def _read_source(source: Path | Callable[[Path], None], options: ImportOptions, 
         if options.pooling is not None:  # an override reaches whichever converter runs
             folder = dataclasses.replace(folder, pooling=options.pooling)
         return Source(folder=folder, label=label)
-    inspect_gguf(real)
+    inspect_gguf(real, label)
     return Source(file=real, move=move, label=label)
 
 

@@ -160,8 +160,10 @@ def _walk(cur: _Cursor) -> tuple[dict[str, object], int]:
     return meta, len(tensors)
 
 
-def inspect_gguf(path: Path) -> GGUFInfo:
-    """Parse `path` as GGUF and check that every tensor lies inside the file."""
+def inspect_gguf(path: Path, label: str | None = None) -> GGUFInfo:
+    """Parse `path` as GGUF and check that every tensor lies inside the file. Errors name it as `label`
+    (the path the user gave) when given, else by its file name."""
+    shown = label or path.name
     try:
         with open(path, "rb") as f:
             size = os.fstat(f.fileno()).st_size
@@ -169,16 +171,14 @@ def inspect_gguf(path: Path) -> GGUFInfo:
                 raise _Corrupt("the file is empty")
             meta, n_tensors = _walk(_Cursor(f, size))
     except (_Corrupt, OSError, struct.error) as exc:
-        raise InvalidModelFile(f"{path.name} is not a valid GGUF file: {exc}", param="model_path") from exc
+        raise InvalidModelFile(f"{shown} is not a valid GGUF file: {exc}", param="model_path") from exc
     arch = meta.get("general.architecture")
     if not isinstance(arch, str) or not arch:
-        raise InvalidModelFile(f"{path.name} has no general.architecture: not a model GGUF", param="model_path")
+        raise InvalidModelFile(f"{shown} has no general.architecture: not a model GGUF", param="model_path")
     n_embd = meta.get(f"{arch}.embedding_length")
     n_ctx = meta.get(f"{arch}.context_length")
     if not isinstance(n_embd, int) or n_embd <= 0 or not isinstance(n_ctx, int) or n_ctx <= 0:
-        raise InvalidModelFile(
-            f"{path.name} lacks {arch}.embedding_length or {arch}.context_length", param="model_path"
-        )
+        raise InvalidModelFile(f"{shown} lacks {arch}.embedding_length or {arch}.context_length", param="model_path")
     pooling = _POOLING_BY_CODE.get(meta.get(f"{arch}.pooling_type"))  # type: ignore[arg-type]
     name = meta.get("general.name")
     return GGUFInfo(
