@@ -63,6 +63,11 @@ class Settings(BaseSettings):
         description="Context length given at import when none is named (capped by the training context)",
     )
     max_inputs: int = Field(2048, ge=1, description="Inputs per embeddings request")
+    auto_truncate: bool = Field(
+        False,
+        description="Cut an input longer than the model's context instead of answering 400, for clients that "
+        "cannot send `truncate` (text-embeddings-inference's --auto-truncate); a request's `truncate` wins",
+    )
     # How llama.cpp packs sequences into one batch. ONNX Runtime runs one input per call on several
     # threads (measured faster than padded batches), so it has no batch settings: these are named for
     # the engine they shape (cortex.engine.kinds lists, per engine kind, the settings it reads).

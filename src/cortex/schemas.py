@@ -56,10 +56,10 @@ class EmbeddingRequest(BaseModel):
         None, description="Truncate each vector to this many dimensions, then L2-normalise it again"
     )
     user: StrictStr | None = Field(None, description="Accepted and ignored")
-    truncate: StrictBool = Field(
-        False,
+    truncate: StrictBool | None = Field(
+        None,
         description="Extension (as text-embeddings-inference and Ollama): cut each input to the model's context "
-        "instead of answering 400; usage then counts the tokens processed",
+        "instead of answering 400; usage then counts the tokens processed. Unset: the server's auto_truncate",
     )
 
     def inputs(self) -> list[str] | list[list[int]]:

@@ -47,3 +47,18 @@ def test_load_on_demand_off(tmp_path: Path, gemma_gguf: Path) -> None:
             assert c.post("/v1/models/start", json={"model": "g:1"}).status_code == 200
             assert c.post("/v1/embeddings", json={"model": "g:1", "input": "x"}).status_code == 200
         assert (srv.data_dir / "config.yml").is_file()
+
+
+def test_auto_truncate_serves_a_plain_openai_client(tmp_path: Path) -> None:
+    """Issue 15: a plain OpenAI client cannot send `truncate`; with auto_truncate the server cuts its long
+    input to the context, exactly as a request asking `truncate: true` is cut."""
+    from openai import OpenAI
+
+    long = "word " * 1000
+    with ServerProcess(tmp_path / "data", CORTEX_AUTO_TRUNCATE="true") as srv:
+        srv.import_models({"model": "all-minilm"})
+        client = OpenAI(base_url=f"{srv.base_url}/v1", api_key="not-needed", max_retries=0)
+        plain = client.embeddings.create(model="all-minilm", input=long)
+        asked = client.embeddings.create(model="all-minilm", input=long, extra_body={"truncate": True})
+        assert plain.usage.prompt_tokens == asked.usage.prompt_tokens == 256
+        np.testing.assert_allclose(plain.data[0].embedding, asked.data[0].embedding, atol=1e-6)

@@ -40,7 +40,8 @@ def test_every_input_form_parses_to_a_list_of_inputs(given: object, inputs: list
 
 def test_defaults_and_unknown_fields_ignored() -> None:
     req = parse_embedding_request(_body(user="u-1", frobnicate={"x": 1}))
-    assert (req.model, req.encoding_format, req.dimensions, req.truncate) == ("m:1", "float", None, False)
+    assert (req.model, req.encoding_format, req.dimensions) == ("m:1", "float", None)
+    assert req.truncate is None  # unset: the server's auto_truncate decides
 
 
 @pytest.mark.parametrize(

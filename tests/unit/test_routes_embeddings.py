@@ -101,6 +101,19 @@ async def test_an_input_over_the_context_is_a_400_in_openai_words_or_truncated(
     assert body["usage"]["prompt_tokens"] == 16
 
 
+async def test_auto_truncate_cuts_for_clients_that_cannot_ask_and_a_request_can_still_refuse(
+    settings: Callable[..., Settings], engines: StubEngines, model: str
+) -> None:
+    """Issue 15 (server-side options): plain OpenAI clients cannot send `truncate`; `auto_truncate` lets the
+    server cut for them, and a request's own `truncate: false` keeps the 400."""
+    long = " ".join(["w"] * 20)
+    async with serve(settings(auto_truncate=True)) as client:
+        body = await _embed(client, input=long)
+        assert body["usage"]["prompt_tokens"] == 16
+        r = await client.post("/v1/embeddings", json={"model": M, "input": long, "truncate": False})
+        assert r.status_code == 400 and r.json()["error"]["code"] == "context_length_exceeded"
+
+
 @pytest.fixture
 async def limited(
     settings: Callable[..., Settings], engines: StubEngines, model: str

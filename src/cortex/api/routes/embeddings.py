@@ -42,7 +42,8 @@ async def create_embeddings(request: Request) -> Response:
         check_dimensions(req.dimensions, model.engine.n_embd)
         access = {"model": req.model, "inputs": len(inputs)}
         request.state.access = access
-        work = embed_inputs(model, inputs, truncate=req.truncate, max_tokens=settings.max_tokens_per_request)
+        truncate = settings.auto_truncate if req.truncate is None else req.truncate
+        work = embed_inputs(model, inputs, truncate=truncate, max_tokens=settings.max_tokens_per_request)
         try:  # a client that leaves has its inputs dropped from the queue: nothing is computed for it
             vectors, n_tokens = await unless_disconnected(request, work)
         except ClientGone:
