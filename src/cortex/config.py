@@ -56,6 +56,9 @@ class Settings(BaseSettings):
     port: int = Field(DEFAULT_PORT, ge=1, le=65535, description="Port the server listens on")
     default_model: str = Field("all-minilm:l6-v2", description="Model that `cortex run` serves when none is named")
     load_on_demand: bool = Field(True, description="Load a stored model on its first request")
+    preload_models: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Models loaded at start; GET /ready answers 200 once they all are"
+    )
     n_threads: int = Field(default_factory=available_cores, ge=1, description="Inference threads per model")
     default_ctx_len: int = Field(
         2048,
@@ -112,7 +115,7 @@ class Settings(BaseSettings):
         description="Disk space an import or a pull must leave free in the data folder (507 otherwise)",
     )
 
-    @field_validator("api_keys", "allowed_hosts", "allowed_origins", mode="before")
+    @field_validator("api_keys", "allowed_hosts", "allowed_origins", "preload_models", mode="before")
     @classmethod
     def _split_commas(cls, value: object) -> object:
         if isinstance(value, str):

@@ -148,6 +148,15 @@ class Overloaded(CortexError):
     retry_after_s = 1
 
 
+class NotReady(CortexError):
+    """The models named in `preload_models` are not all loaded yet, or one failed to load (503)."""
+
+    status = 503
+    type = "server_error"
+    code = "not_ready"
+    retry_after_s = 1
+
+
 class InsufficientStorage(CortexError):
     """Too little free disk for an import or a pull (507, as WebDAV names it)."""
 

@@ -25,6 +25,13 @@ _ENGINES_HELP = "; ".join(f"{k.name}: {k.summary}" for k in KINDS.values())
 # --- /healthz ---
 
 
+class Ready(BaseModel):
+    """GET /ready: every model of preload_models is loaded; `models`: what is loaded now."""
+
+    status: Literal["ready"] = "ready"
+    models: list[str]
+
+
 class Health(BaseModel):
     """`data_folder` is the served folder's id (`cortex.data_folder.folder_id`): the CLI acts on a server
     only if it serves the CLI's own folder, not the original of a copied one."""

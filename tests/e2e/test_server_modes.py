@@ -62,3 +62,19 @@ def test_auto_truncate_serves_a_plain_openai_client(tmp_path: Path) -> None:
         asked = client.embeddings.create(model="all-minilm", input=long, extra_body={"truncate": True})
         assert plain.usage.prompt_tokens == asked.usage.prompt_tokens == 256
         np.testing.assert_allclose(plain.data[0].embedding, asked.data[0].embedding, atol=1e-6)
+
+
+def test_preloaded_models_are_loaded_at_start_and_ready_says_so(tmp_path: Path) -> None:
+    """Issue 15: `preload_models` loads at start, and GET /ready (open, for probes) turns 200 once it has."""
+    import time
+
+    with ServerProcess(tmp_path / "data") as srv:
+        srv.import_models({"model": "all-minilm"})
+    with ServerProcess(tmp_path / "data", CORTEX_PRELOAD_MODELS="all-minilm") as srv, srv.client() as c:
+        deadline = time.monotonic() + 60
+        while (r := c.get("/ready")).status_code != 200:
+            assert r.status_code == 503 and r.json()["error"]["code"] == "not_ready", r.text
+            assert time.monotonic() < deadline, "never ready"
+            time.sleep(0.1)
+        assert r.json()["models"] == ["all-minilm:l6-v2"]
+        assert c.get("/v1/models/all-minilm").json()["status"] == "loaded"  # before any embeddings request

@@ -15,6 +15,7 @@ from cortex.api.errors import install_error_handlers
 from cortex.api.routes import embeddings, hardware, health, models, pull
 from cortex.config import Settings
 from cortex.data_folder import folder_id
+from cortex.errors import CortexError
 from cortex.hardware import hardware_report, summary
 from cortex.hub.tasks import PullManager
 from cortex.importer import Importer
@@ -26,6 +27,17 @@ log = logging.getLogger("cortex")
 
 async def _log_hardware() -> None:
     log.info("hardware: %s", summary(await asyncio.to_thread(hardware_report)))
+
+
+async def _preload(registry: ModelRegistry, names: list[str], failed: dict[str, str]) -> None:
+    """Load `names` one after another (the server answers meanwhile); a model that cannot load is
+    logged and kept in `failed` with the reason, which GET /ready reports."""
+    for name in names:
+        try:
+            await registry.load(name)
+        except CortexError as exc:
+            failed[name] = exc.message
+            log.error("preload of %s failed: %s", name, exc.message)
 
 
 def create_app(settings: Settings, *, read_only: bool = False) -> FastAPI:
@@ -43,11 +55,14 @@ def create_app(settings: Settings, *, read_only: bool = False) -> FastAPI:
         app.state.importer = importer
         app.state.registry = registry
         app.state.pulls = pulls
+        app.state.preload_failed = {}
         report = asyncio.create_task(_log_hardware())  # in the background: start-up does not wait for it
+        preload = asyncio.create_task(_preload(registry, settings.preload_models, app.state.preload_failed))
         try:
             yield
         finally:
             report.cancel()
+            preload.cancel()
             await pulls.pause_all()  # partial downloads are kept for the next pull to resume
             await registry.close()
 

@@ -37,7 +37,7 @@ from cortex.errors import ShuttingDown, error_body
 from cortex.logs import REQUEST_ID
 
 _log = logging.getLogger("cortex.api")
-_OPEN_PATHS = frozenset({"/healthz", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
+_OPEN_PATHS = frozenset({"/healthz", "/health", "/ready", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
 _OPEN_PREFIX = "/docs/assets/"  # the docs pages' scripts and styles, served from the package (works offline)
 _JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
 _BRACKETS = re.compile(rb"[\[\]{}]")

@@ -1,4 +1,6 @@
-"""Liveness: answers as soon as the server accepts requests."""
+"""Liveness and readiness, open without an API key (probes of orchestrators send none) but under the
+same Host rules as every route: `/healthz` (the CLI's: pid, version, folder id) and `/health` answer as
+soon as the server accepts requests; `/ready` once every model of `preload_models` is loaded."""
 
 from __future__ import annotations
 
@@ -7,7 +9,9 @@ import os
 from fastapi import APIRouter, Request
 
 from cortex import __version__
-from cortex.schemas import Health
+from cortex.errors import CortexError, NotReady
+from cortex.schemas import Health, Ready
+from cortex.store.store import ModelStore
 
 router = APIRouter(tags=["health"])
 
@@ -15,3 +19,34 @@ router = APIRouter(tags=["health"])
 @router.get("/healthz", response_model=Health)
 async def healthz(request: Request) -> Health:
     return Health(pid=os.getpid(), version=__version__, data_folder=request.app.state.folder_id)
+
+
+@router.get("/health", response_model=Health, summary="Alive: the server accepts requests")
+async def health(request: Request) -> Health:
+    return await healthz(request)
+
+
+@router.get(
+    "/ready",
+    response_model=Ready,
+    summary="Ready: every model of preload_models is loaded",
+    responses={503: {"description": "Not yet, or a model failed to load (the error says which)"}},
+)
+async def ready(request: Request) -> Ready:
+    state = request.app.state
+    failed: dict[str, str] = state.preload_failed
+    if failed:
+        name, why = next(iter(failed.items()))
+        raise NotReady(f"The preloaded model `{name}` failed to load: {why}")
+    loaded = {m.record.id for m in state.registry.loaded()}
+    waiting = [name for name in state.settings.preload_models if not _loaded(state.store, name, loaded)]
+    if waiting:
+        raise NotReady(f"Loading {', '.join(waiting)} (preload_models).")
+    return Ready(models=sorted(loaded))
+
+
+def _loaded(store: ModelStore, name: str, loaded: set[str]) -> bool:
+    try:
+        return store.resolve(name) in loaded
+    except CortexError:  # an id that does not resolve: the preload's failure says why
+        return False
