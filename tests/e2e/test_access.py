@@ -38,7 +38,7 @@ def keyed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
         yield srv
 
 
-OPEN = {"/healthz", "/docs", "/openapi.json", "/docs/oauth2-redirect"}
+OPEN = {"/healthz", "/health", "/ready", "/docs", "/openapi.json", "/docs/oauth2-redirect"}  # probes send no key
 
 
 def _routes(base: str) -> list[tuple[str, str]]:
@@ -70,7 +70,7 @@ def test_every_route_needs_the_key(keyed) -> None:
 
 def test_health_and_docs_are_open(keyed) -> None:
     with keyed.client() as c:
-        for path in ("/healthz", "/docs", "/openapi.json"):
+        for path in ("/healthz", "/health", "/ready", "/docs", "/openapi.json"):
             assert c.get(path).status_code == 200
 
 
