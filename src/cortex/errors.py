@@ -62,12 +62,15 @@ class ContextLengthExceeded(InvalidRequest):
 
     code = "context_length_exceeded"
 
-    def __init__(self, limit: int, requested: int, *, index: int | None = None) -> None:
-        where = "" if index is None else f" (input at index {index})"
+    def __init__(
+        self, limit: int, requested: int, *, index: int | None = None, param: str = "input", item: str = "input"
+    ) -> None:
+        """`item` names what `index` counts (`input`, or a rerank request's `document`); `param` its field."""
+        where = "" if index is None else f" ({item} at index {index})"
         super().__init__(
             f"This model's maximum context length is {limit} tokens, however you requested "
-            f"{requested} tokens{where}. Please reduce the length of the input.",
-            param="input",
+            f"{requested} tokens{where}. Please reduce the length of the {item}.",
+            param=param,
         )
 
 
@@ -108,6 +111,27 @@ class ModelNotLoaded(CortexError):
         super().__init__(
             f"The model `{model_id}` is not loaded. Start it with `cortex models start {model_id}` "
             "or POST /v1/models/start.",
+            param="model",
+        )
+
+
+# What each model task serves, for the message that refuses a model on the wrong route.
+TASK_ROUTES = {
+    "embed": "embeddings (POST /v1/embeddings)",
+    "rerank": "reranking (POST /v1/rerank, /v2/rerank and /rerank)",
+}
+
+
+class WrongModelTask(InvalidRequest):
+    """A route asked a model for work of another task: embeddings from a cross-encoder, or a rerank from an
+    embedding model (400). The message says which routes the model serves."""
+
+    code = "wrong_model_task"
+
+    def __init__(self, model_id: str, task: str, wanted: str) -> None:
+        super().__init__(
+            f"The model `{model_id}` is a {task} model: it serves {TASK_ROUTES.get(task, task)} only. "
+            f"This route needs a {wanted} model.",
             param="model",
         )
 

@@ -96,6 +96,117 @@ class EmbeddingResponse(BaseModel):
     usage: Usage
 
 
+# --- rerank: /v1/rerank (Jina, llama-server), /v2/rerank (Cohere), /rerank (text-embeddings-inference) ---
+# Unknown fields are ignored, as those servers do. `raw_scores` and `truncate` are extensions where the
+# original has none: scores are the sigmoid of the cross-encoder's logit unless `raw_scores`.
+
+_RAW_SCORES = "The cross-encoder's logits instead of their sigmoid (sentence-transformers' default for one label)"
+_TRUNCATE = (
+    "Cut a pair longer than the model's context as sentence-transformers does (longest first: the query is kept "
+    "whole where possible) instead of answering 400. Unset: the server's auto_truncate"
+)
+
+
+class RerankDocument(BaseModel):
+    """A document as an object (Jina's and Cohere v1's `{"text": ...}`)."""
+
+    model_config = ConfigDict(extra="ignore")
+    text: StrictStr
+
+
+class RerankRequest(BaseModel):
+    """`POST /v1/rerank` (Jina's and llama-server's shape; also `/rerank` when the body has `documents`)."""
+
+    model_config = ConfigDict(extra="ignore")
+    model: StrictStr = Field(description="Id of a rerank model in the store")
+    query: StrictStr
+    documents: list[StrictStr | RerankDocument] = Field(description="Strings, or objects with a `text`")
+    top_n: StrictInt | None = Field(None, description="Return the best `top_n` results (default: all)")
+    return_documents: StrictBool = Field(True, description="Give each result its `document` (Jina's default)")
+    raw_scores: StrictBool = Field(False, description=_RAW_SCORES)
+    truncate: StrictBool | None = Field(None, description=_TRUNCATE)
+
+    def texts(self) -> list[str]:
+        return [d if isinstance(d, str) else d.text for d in self.documents]
+
+
+class RerankResult(BaseModel):
+    index: int = Field(description="The document's position in the request")
+    relevance_score: float
+    document: RerankDocument | None = None
+
+
+class RerankResponse(BaseModel):
+    model: str
+    object: Literal["list"] = "list"
+    results: list[RerankResult] = Field(description="Best first; equal scores in request order")
+    usage: Usage
+
+
+class CohereRerankRequest(BaseModel):
+    """`POST /v2/rerank`: what the Cohere SDK's `ClientV2.rerank` sends."""
+
+    model_config = ConfigDict(extra="ignore")
+    model: StrictStr
+    query: StrictStr
+    documents: list[StrictStr]
+    top_n: StrictInt | None = None
+    max_tokens_per_doc: StrictInt | None = Field(None, description="Cut each document to this many tokens first")
+    raw_scores: StrictBool = Field(False, description=_RAW_SCORES)
+    truncate: StrictBool = Field(
+        True, description="As Cohere does, a pair longer than the context is cut (longest first); false: 400"
+    )
+
+
+class CohereRerankResult(BaseModel):
+    index: int
+    relevance_score: float
+
+
+class CohereApiVersion(BaseModel):
+    version: str = "2"
+
+
+class CohereBilledUnits(BaseModel):
+    search_units: int = 1
+
+
+class CohereTokens(BaseModel):
+    input_tokens: int
+
+
+class CohereMeta(BaseModel):
+    api_version: CohereApiVersion = CohereApiVersion()
+    billed_units: CohereBilledUnits = CohereBilledUnits()
+    tokens: CohereTokens
+
+
+class CohereRerankResponse(BaseModel):
+    id: str
+    results: list[CohereRerankResult]
+    meta: CohereMeta
+
+
+class TeiRerankRequest(BaseModel):
+    """`POST /rerank` with `texts`: text-embeddings-inference's shape. Without `model`, the server's only
+    rerank model serves it."""
+
+    model_config = ConfigDict(extra="ignore")
+    query: StrictStr
+    texts: list[StrictStr]
+    model: StrictStr | None = Field(None, description="Extension: which rerank model (default: the only one)")
+    raw_scores: StrictBool = Field(False, description=_RAW_SCORES)
+    return_text: StrictBool = False
+    truncate: StrictBool | None = Field(None, description=_TRUNCATE)
+    truncation_direction: Literal["Right", "right"] = Field("Right", description="Only Right: the end is cut")
+
+
+class TeiRank(BaseModel):
+    index: int
+    score: float
+    text: str | None = None
+
+
 # --- /v1/models ---
 
 

@@ -11,10 +11,11 @@ from __future__ import annotations
 import base64
 import json
 import re
+from typing import TypeVar
 
 import numpy as np
 import orjson
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from cortex.engine.base import l2_normalize
 from cortex.errors import InvalidRequest
@@ -73,6 +74,31 @@ def parse_embedding_request(body: bytes) -> EmbeddingRequest:
     except ValidationError as exc:
         field = str(exc.errors()[0]["loc"][0])
         raise InvalidRequest(_FIELD_ERRORS.get(field, f"Invalid value for '{field}'."), param=field) from exc
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def load_object(body: bytes) -> dict:
+    """A request body that must be a JSON object; 400 otherwise."""
+    data = _load_json(body)
+    if not isinstance(data, dict):
+        raise InvalidRequest("The request body must be a JSON object.")
+    return data
+
+
+def parse_request(data: dict, schema: type[M], messages: dict[str, str]) -> M:
+    """A body (`load_object`) as `schema`, as `parse_embedding_request` does for embeddings: every fault a
+    400 naming the parameter; `messages` says per field what it must be."""
+    try:
+        return schema.model_validate(data)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        field = str(error["loc"][0]) if error["loc"] else None
+        if error["type"] == "missing" and field is not None:
+            raise InvalidRequest(f"You must provide a '{field}' parameter.", param=field) from exc
+        message = messages.get(field or "", f"Invalid value for '{field}'.")
+        raise InvalidRequest(message, param=field) from exc
 
 
 def check_inputs(inputs: list[str] | list[list[int]], max_inputs: int) -> None:

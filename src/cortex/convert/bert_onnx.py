@@ -4,6 +4,11 @@ The graph takes `input_ids` and `attention_mask` (int64, [batch, tokens]) and re
 ([batch, hidden]): token + position + type-0 embeddings and LayerNorm; per layer, self-attention with
 the padding mask and a GELU (erf) feed-forward, each with its residual LayerNorm; then the folder's pooling
 (mean over real tokens, CLS, or last real token) and, if its modules.json says so, L2 normalisation.
+
+A cross-encoder (`task` rerank) takes the same two inputs, one `[CLS] query [SEP] document [SEP]` pair per
+row, and returns `logits` ([batch, 1]): its token types (0 up to and including the first [SEP], 1 after) are
+derived in the graph from the ids, so the engine and scheduler pass plain token-id sequences as for
+embeddings; then BERT's pooler (dense + tanh on [CLS]) and the classifier give one logit per pair.
 """
 
 from __future__ import annotations
@@ -89,12 +94,16 @@ def build_bert_onnx(model: STModel, out: Path, progress: Progress | None = None)
             # embeddings
             word = b.init("word_embeddings", w("embeddings.word_embeddings.weight"))
             pos = b.init("position_embeddings", w("embeddings.position_embeddings.weight")[: model.max_seq_length])
-            type0 = b.init("token_type_0", w("embeddings.token_type_embeddings.weight")[0])
+            if model.task == "rerank":
+                types = b.op("Gather", [b.init("token_types", w("embeddings.token_type_embeddings.weight")),
+                                        _pair_token_types(b, model)])  # fmt: skip
+            else:
+                types = b.init("token_type_0", w("embeddings.token_type_embeddings.weight")[0])
             seq_len = b.op("Gather", [b.op("Shape", ["input_ids"]), b.init("one_i", np.array(1, dtype=np.int64))])
             positions = b.op("Range", [b.init("zero_i", np.array(0, dtype=np.int64)), seq_len,
                                        b.init("step_i", np.array(1, dtype=np.int64))])  # fmt: skip
             x = b.op(
-                "Add", [b.op("Add", [b.op("Gather", [word, "input_ids"]), b.op("Gather", [pos, positions])]), type0]
+                "Add", [b.op("Add", [b.op("Gather", [word, "input_ids"]), b.op("Gather", [pos, positions])]), types]
             )
             x = _layer_norm(b, x, w("embeddings.LayerNorm.weight"), w("embeddings.LayerNorm.bias"), eps, "emb_ln")
             # attention bias from the padding mask: 0 where attended, a large negative where padded
@@ -133,14 +142,21 @@ def build_bert_onnx(model: STModel, out: Path, progress: Progress | None = None)
                                 w(p + "output.LayerNorm.bias"), eps, f"l{i}.out_ln")  # fmt: skip
                 if progress:
                     progress(i + 2, total)
+            if model.task == "rerank":
+                head = _classifier(b, x, w("pooler.dense.weight"), w("pooler.dense.bias"), f, keys)
     except SafetensorError as exc:
         raise InvalidModelFile(
             f"Cannot read {model.weights.name} (truncated or corrupt?): {exc}", param="model_path"
         ) from exc
-    pooled = _pool(b, x, mask_f, model.pooling)
-    if model.normalize:
-        pooled = b.op("LpNormalization", [pooled], axis=-1, p=2)
-    b.nodes.append(helper.make_node("Identity", [pooled], ["embeddings"]))
+    if model.task == "rerank":
+        output, width = "logits", 1
+        b.nodes.append(helper.make_node("Identity", [head], [output]))
+    else:
+        output, width = "embeddings", hidden
+        pooled = _pool(b, x, mask_f, model.pooling)
+        if model.normalize:
+            pooled = b.op("LpNormalization", [pooled], axis=-1, p=2)
+        b.nodes.append(helper.make_node("Identity", [pooled], [output]))
     graph = helper.make_graph(
         b.nodes,
         "cortex-bert",
@@ -148,7 +164,7 @@ def build_bert_onnx(model: STModel, out: Path, progress: Progress | None = None)
             helper.make_tensor_value_info(n, TensorProto.INT64, ["batch", "tokens"])
             for n in ("input_ids", "attention_mask")
         ],
-        [helper.make_tensor_value_info("embeddings", TensorProto.FLOAT, ["batch", hidden])],
+        [helper.make_tensor_value_info(output, TensorProto.FLOAT, ["batch", width])],
         b.inits,
     )
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="cortex")
@@ -156,6 +172,30 @@ def build_bert_onnx(model: STModel, out: Path, progress: Progress | None = None)
     onnx.save_model(proto, out)
     if progress:
         progress(total, total)
+
+
+def _pair_token_types(b: _Builder, model: STModel) -> str:
+    """Token types of `[CLS] query [SEP] document [SEP]` rows: 0 up to and including the first [SEP], 1 after
+    it (padding gets 1, and is masked). The count of [SEP]s strictly before each position, capped at 1."""
+    if "[SEP]" not in model.vocab:
+        raise InvalidModelFile("A cross-encoder's vocabulary needs a [SEP] token", param="model_path")
+    sep = b.init("sep_id", np.array(model.vocab.index("[SEP]"), dtype=np.int64))
+    is_sep = b.op("Cast", [b.op("Equal", ["input_ids", sep])], to=TensorProto.INT64)
+    before = b.op("CumSum", [is_sep, b.init("types_axis", np.array(1, dtype=np.int64))], exclusive=1)
+    return b.op("Min", [before, b.init("type_one", np.array(1, dtype=np.int64))])
+
+
+def _classifier(b: _Builder, x: str, pool_w: np.ndarray, pool_b: np.ndarray, f: object, keys: set[str]) -> str:
+    """BertForSequenceClassification's head: pooler (dense + tanh on [CLS]), then the one-label classifier."""
+    if "classifier.weight" not in keys or "classifier.bias" not in keys:
+        raise InvalidModelFile("A cross-encoder's weights need `classifier.weight` and `.bias`", param="model_path")
+    weight, bias = (f.get_tensor(f"classifier.{n}").astype(np.float32) for n in ("weight", "bias"))  # type: ignore[attr-defined]
+    if weight.shape[0] != 1:
+        raise InvalidModelFile(f"The classifier has {weight.shape[0]} outputs; a cross-encoder has one",
+                               param="model_path")  # fmt: skip
+    cls = b.op("Gather", [x, b.init("cls_index", np.array(0, dtype=np.int64))], axis=1)
+    pooled = b.op("Tanh", [_linear(b, cls, pool_w, pool_b, "pooler")])
+    return _linear(b, pooled, weight, bias, "classifier")
 
 
 def _pool(b: _Builder, x: str, mask_f: str, pooling: str) -> str:

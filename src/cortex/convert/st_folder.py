@@ -37,6 +37,7 @@ class STModel:
     normalize: bool
     max_seq_length: int
     name: str
+    task: str = "embed"  # embed (a bi-encoder) | rerank (a cross-encoder: one logit per query-document pair)
 
     @property
     def n_embd(self) -> int:
@@ -146,6 +147,32 @@ def _normalize(folder: Path) -> bool:
     return any(str(m.get("type", "")).endswith("Normalize") for m in _modules(folder))
 
 
+def _task(folder: Path, config: dict) -> str:
+    """rerank for a sentence-transformers CrossEncoder (a sequence classifier with one label and no
+    sentence-transformers modules); embed otherwise. A classifier with several labels is refused."""
+    classes = [str(c) for c in config.get("architectures") or []]
+    if not any(c.endswith("ForSequenceClassification") for c in classes) or (folder / "modules.json").exists():
+        return "embed"
+    labels = config.get("id2label")
+    n_labels = len(labels) if isinstance(labels, dict) else int(config.get("num_labels", 2))  # transformers' default
+    if n_labels != 1:
+        raise InvalidModelFile(
+            f"This sequence classifier has {n_labels} labels; cortex reranks with cross-encoders that have one "
+            "(a relevance logit per query-document pair).",
+            param="model_path",
+        )
+    if int(config.get("type_vocab_size", 2)) < 2:
+        raise InvalidModelFile("A cross-encoder needs two token types (query, document)", param="model_path")
+    return "rerank"
+
+
+def _cross_encoder_max_length(folder: Path, max_pos: int) -> int:
+    """sentence-transformers' CrossEncoder max_length: the tokenizer's model_max_length, within the positions."""
+    cfg = folder / "tokenizer_config.json"
+    value = _json(cfg).get("model_max_length") if cfg.exists() else None
+    return min(value, max_pos) if isinstance(value, int) and value > 0 else max_pos
+
+
 def _embedding_rows(weights: Path) -> int | None:
     """Rows of the token embedding matrix, read from the safetensors header (no weights read)."""
     try:
@@ -188,7 +215,8 @@ def read_st_folder(folder: Path) -> STModel:
             param="model_path",
         )
     max_pos = int(config.get("max_position_embeddings", 512))
-    max_seq = max_pos
+    task = _task(folder, config)
+    max_seq = _cross_encoder_max_length(folder, max_pos) if task == "rerank" else max_pos
     st_cfg = folder / "sentence_bert_config.json"
     if st_cfg.exists():
         value = _json(st_cfg).get("max_seq_length")
@@ -204,4 +232,5 @@ def read_st_folder(folder: Path) -> STModel:
         normalize=_normalize(folder),
         max_seq_length=max_seq,
         name=str(config.get("_name_or_path") or folder.name).rsplit("/", 1)[-1],
+        task=task,
     )

@@ -46,6 +46,18 @@ class Engine(Protocol):
         ...
 
 
+class PairEngine(Engine, Protocol):
+    """A cross-encoder (a model whose task is rerank): `embed` gives one logit per pair, a row of one."""
+
+    def tokenize_pairs(
+        self, query: str, documents: Sequence[str], *, truncate: bool, doc_tokens: int | None = None
+    ) -> list[list[int]]:
+        """`[CLS] query [SEP] document [SEP]` ids per document. With `truncate`, a pair longer than `n_ctx` is
+        cut as sentence-transformers cuts it (longest first: tokens come off the longer of query and document);
+        `doc_tokens` first cuts each document to that many tokens (Cohere's max_tokens_per_doc)."""
+        ...
+
+
 def truncate_tokens(tokens: list[int], n: int, trailing: frozenset[int]) -> list[int]:
     """Cut a tokenized text to `n` tokens; a special token the tokenizer appends (in `trailing`, such as
     BERT's [SEP]) stays last, exactly as tokenizers truncate."""

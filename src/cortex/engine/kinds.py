@@ -64,6 +64,7 @@ class EngineKind:
     summary: str
     files: bool  # imports GGUF files
     folders: bool  # imports sentence-transformers folders
+    tasks: tuple[str, ...] = ("embed",)  # what its models may do (ModelRecord.task): embed, rerank
     options: dict[str, Option] = field(default_factory=dict)  # ImportOptions fields this kind takes
     settings: tuple[str, ...] = ()  # the Settings fields that shape how it batches
     # (source, options, staging folder, progress, default context) -> model.yml fields of the written files
@@ -160,15 +161,17 @@ def _write_onnx(source: Source, opts: ImportOptions, staging: Path, progress: Pr
     quantize = opts.engine_options.get("quantize")
     extra = write_onnx_model(folder, staging, quantize, _stage(progress, "convert"), compare=_int8_accuracy)
     ctx_len = min(opts.ctx_len or folder.max_seq_length, folder.max_seq_length)
+    rerank = folder.task == "rerank"  # a cross-encoder: one logit per pair, from the pooler on [CLS]
     return {
         "name": opts.name or folder.name,
         "files": list(FILES),
         "architecture": "bert",
-        "pooling": folder.pooling,
+        "task": folder.task,
+        "pooling": "cls" if rerank else folder.pooling,
         "ctx_len": ctx_len,
         "n_ctx_train": folder.max_seq_length,
-        "n_embd": folder.n_embd,
-        "normalize": folder.normalize,
+        "n_embd": 1 if rerank else folder.n_embd,
+        "normalize": False if rerank else folder.normalize,
         "source_format": "sentence-transformers",
         **extra,
     }
@@ -213,6 +216,7 @@ KINDS: dict[str, EngineKind] = {
             summary="ONNX Runtime: sentence-transformers folders converted to an ONNX graph (default for folders)",
             files=False,
             folders=True,
+            tasks=("embed", "rerank"),
             options={"quantize": Option(("int8",), "write an int8 graph (opt-in; its cosine to fp32 is recorded)")},
             write=_write_onnx,
             space=_onnx_space,
@@ -276,6 +280,8 @@ def choose(engine: str | None, source: Source, opts: ImportOptions) -> EngineKin
     if engine is None:
         takes = [k for k in KINDS.values() if _takes(k, source) and all(o in k.options for o in given)]
         kind = takes[0] if takes else next(k for k in KINDS.values() if _takes(k, source))
+        if _task(source) not in kind.tasks:  # a cross-encoder: the first kind that serves its task
+            kind = next((k for k in KINDS.values() if _takes(k, source) and _task(source) in k.tasks), kind)
     elif engine in KINDS:
         kind = KINDS[engine]
     else:
@@ -284,6 +290,13 @@ def choose(engine: str | None, source: Source, opts: ImportOptions) -> EngineKin
     if not _takes(kind, source):
         others = ", ".join(k.name for k in KINDS.values() if _takes(k, source))
         raise InvalidRequest(f"The {kind.name} engine does not import {what}; {others} does.", param="engine")
+    if _task(source) not in kind.tasks:
+        others = ", ".join(k.name for k in KINDS.values() if _task(source) in k.tasks)
+        raise InvalidRequest(
+            f"This folder is a cross-encoder (a {_task(source)} model), which the {kind.name} engine does not "
+            f"serve; import it with the {others} engine.",
+            param="engine",
+        )
     for name in given:
         option, value = kind.options.get(name), opts.engine_options[name]
         if source.folder is None and (option is None or option.folders_only):  # one answer for every such option
@@ -298,6 +311,10 @@ def choose(engine: str | None, source: Source, opts: ImportOptions) -> EngineKin
         if value not in option.values:
             raise InvalidRequest(f"Unknown {name} {value!r}; use one of {', '.join(option.values)}.", param=name)
     return kind
+
+
+def _task(source: Source) -> str:
+    return source.folder.task if source.folder is not None else "embed"
 
 
 def _takes(kind: EngineKind, source: Source) -> bool:

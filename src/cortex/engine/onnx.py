@@ -21,7 +21,7 @@ from onnx.external_data_helper import uses_external_data
 from tokenizers import Tokenizer
 
 from cortex.engine.base import truncate_tokens
-from cortex.errors import EngineFailure, InvalidModelFile
+from cortex.errors import EngineFailure, InvalidModelFile, InvalidRequest
 
 
 def load_shared_weights(path: Path) -> tuple[dict[str, ort.OrtValue], int]:
@@ -64,6 +64,10 @@ class OnnxEngine:
         self.tokenizer.no_truncation()
         self.n_vocab = self.tokenizer.get_vocab_size()
         self.n_ctx = ctx_len
+        # pairs of a cross-encoder cut to the context as sentence-transformers cuts them (see tokenize_pairs)
+        self._pair_cutter = Tokenizer.from_file(str(tokenizer))
+        self._pair_cutter.no_padding()
+        self._pair_cutter.enable_truncation(ctx_len, strategy="longest_first")
         self._weights, self._weight_bytes = load_shared_weights(graph)
         self._narrow = self._session(graph, 1)
         self._wide = self._session(graph, n_threads) if n_threads > 1 else self._narrow
@@ -89,6 +93,23 @@ class OnnxEngine:
 
     def tokenize(self, text: str) -> list[int]:
         return self.tokenizer.encode(text).ids
+
+    def tokenize_pairs(
+        self, query: str, documents: Sequence[str], *, truncate: bool, doc_tokens: int | None = None
+    ) -> list[list[int]]:
+        """See `cortex.engine.base.PairEngine`. The query is tokenized once, the documents in one batch
+        (the tokenizers library spreads a batch over its own threads); the template adds the special tokens."""
+        q = self.tokenizer.encode(query, add_special_tokens=False)
+        docs = self.tokenizer.encode_batch(list(documents), add_special_tokens=False)
+        pairs = []
+        for d in docs:
+            if doc_tokens is not None:
+                d.truncate(doc_tokens)
+            try:
+                pairs.append((self._pair_cutter if truncate else self.tokenizer).post_process(q, d).ids)
+            except Exception as exc:  # tokenizers cannot cut to a context shorter than the special tokens
+                raise InvalidRequest(f"Cannot cut the pair to {self.n_ctx} tokens: {exc}", param="documents") from exc
+        return pairs
 
     def truncate(self, tokens: list[int], n: int) -> list[int]:
         return truncate_tokens(tokens, n, self._trailing)

@@ -14,7 +14,7 @@ from typing import TypeVar
 from cortex.config import Settings
 from cortex.engine.base import Engine
 from cortex.engine.kinds import kind_of
-from cortex.errors import CortexError, InvalidModelFile, ModelNotLoaded, ModelUnavailable
+from cortex.errors import CortexError, InvalidModelFile, ModelNotLoaded, ModelUnavailable, WrongModelTask
 from cortex.runtime.scheduler import BatchScheduler
 from cortex.store.store import ModelRecord, ModelStore
 
@@ -92,19 +92,23 @@ class ModelRegistry:
         return self._locks.setdefault(model_id, asyncio.Lock())
 
     @contextlib.asynccontextmanager
-    async def use(self, model_id: str) -> AsyncIterator[LoadedModel]:
-        """The loaded model that `model_id` names, loading it first if allowed, held for the block."""
-        model = await self._acquire(model_id)
+    async def use(self, model_id: str, task: str = "embed") -> AsyncIterator[LoadedModel]:
+        """The loaded model that `model_id` names, loading it first if allowed, held for the block. A model
+        of another task (ModelRecord.task: embed, rerank) is refused before it is loaded (WrongModelTask)."""
+        model = await self._acquire(model_id, task)
         try:
             yield model
         finally:
             model.release()
 
-    async def _acquire(self, model_id: str) -> LoadedModel:
+    async def _acquire(self, model_id: str, task: str) -> LoadedModel:
         if self._shed is not None:
             raise self._shed.with_traceback(None)
         resolved = self.store.resolve(model_id)  # ModelNotFound for an unknown id
         hit = self._loaded.get(resolved)
+        record = hit.record if hit is not None else self.store.get(resolved)
+        if record.task != task:
+            raise WrongModelTask(record.id, record.task, task)
         if hit is None:
             if not self.settings.load_on_demand:
                 raise ModelNotLoaded(model_id)

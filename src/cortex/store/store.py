@@ -57,6 +57,9 @@ class ModelRecord(BaseModel):
     engine: str = Field("llama-cpp", description="The engine kind that serves it (cortex.engine.kinds)")
     files: list[str]
     architecture: str
+    task: Literal["embed", "rerank"] = Field(
+        "embed", description="embed: a bi-encoder's vectors; rerank: a cross-encoder's score per (query, document)"
+    )
     pooling: str
     ctx_len: int = Field(gt=0)
     n_ctx_train: int = Field(gt=0)
