@@ -12,10 +12,10 @@ from cortex.errors import InvalidRequest
 GGUF = Source(file=Path("model.gguf"))
 
 
-def _folder() -> Source:
+def _folder(task: str = "embed") -> Source:
     from types import SimpleNamespace
 
-    return Source(folder=SimpleNamespace())  # type: ignore[arg-type]  # choose() only asks whether it is one
+    return Source(folder=SimpleNamespace(task=task))  # type: ignore[arg-type]  # choose() asks only what it is
 
 
 def test_the_default_kind_follows_the_source_and_the_options() -> None:
@@ -47,3 +47,12 @@ def test_wrong_names_and_values_are_400s_that_list_what_exists() -> None:
             choose(engine, _folder(), opts)
     with pytest.raises(InvalidRequest, match="does not import GGUF files"):
         choose("onnxruntime", GGUF, ImportOptions())
+
+
+def test_a_cross_encoder_goes_to_a_kind_that_serves_rerank() -> None:
+    assert choose(None, _folder("rerank"), ImportOptions()).name == "onnxruntime"
+    with pytest.raises(InvalidRequest, match="cross-encoder.*llama-cpp engine does not serve.*onnxruntime") as caught:
+        choose("llama-cpp", _folder("rerank"), ImportOptions())
+    assert caught.value.param == "engine"
+    with pytest.raises(InvalidRequest, match="option of the llama-cpp engine"):  # outtype cannot pull it there
+        choose(None, _folder("rerank"), ImportOptions(engine_options={"outtype": "f16"}))

@@ -343,12 +343,16 @@ def run(
                 raise
     loaded: ModelObject = _call(client.post, "/v1/models/start", {"model": model_id}, ModelObject)
     base = client.base_url
-    body = json.dumps({"model": model_id, "input": "embedding"})
-    out.print(f"Model [bold]{loaded.id}[/bold] is loaded ({loaded.n_embd} dimensions).")
+    if loaded.task == "rerank":
+        route, body = "v1/rerank", json.dumps({"model": model_id, "query": "a query", "documents": ["a", "b"]})
+        out.print(f"Model [bold]{loaded.id}[/bold] is loaded (a cross-encoder: it reranks).")
+    else:
+        route, body = "v1/embeddings", json.dumps({"model": model_id, "input": "embedding"})
+        out.print(f"Model [bold]{loaded.id}[/bold] is loaded ({loaded.n_embd} dimensions).")
     out.print(f"OpenAI base URL: {base}/v1")
     out.print("Try:", highlight=False)
     out.print(
-        f"  curl {base}/v1/embeddings -H 'Content-Type: application/json' -d {shlex.quote(body)}",
+        f"  curl {base}/{route} -H 'Content-Type: application/json' -d {shlex.quote(body)}",
         highlight=False,
         soft_wrap=True,
     )
@@ -591,8 +595,9 @@ def models_import(
     if model_path is not None:
         body["model_path"] = str(model_path.expanduser().resolve())
     model = _import(_client(), body)
+    what = "a cross-encoder for rerank" if model.task == "rerank" else f"{model.n_embd} dimensions"
     out.print(
-        f"Imported {model.id} ({model.engine}, {_human_bytes(model.size)}, {model.n_embd} dimensions, "
+        f"Imported {model.id} ({model.engine}, {_human_bytes(model.size)}, {what}, "
         f"pooling {model.pooling}, context {model.ctx_len})"
     )
     if model.int8_min_cosine is not None:
