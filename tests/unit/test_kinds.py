@@ -51,7 +51,7 @@ def test_wrong_names_and_values_are_400s_that_list_what_exists() -> None:
 
 def test_a_cross_encoder_goes_to_a_kind_that_serves_rerank() -> None:
     assert choose(None, _folder("rerank"), ImportOptions()).name == "onnxruntime"
-    with pytest.raises(InvalidRequest, match="cross-encoder.*llama-cpp engine does not serve.*onnxruntime") as caught:
+    with pytest.raises(InvalidRequest, match=r"cross-encoder.*llama-cpp engine does not serve.*onnxruntime") as caught:
         choose("llama-cpp", _folder("rerank"), ImportOptions())
     assert caught.value.param == "engine"
     with pytest.raises(InvalidRequest, match="option of the llama-cpp engine"):  # outtype cannot pull it there

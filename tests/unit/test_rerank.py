@@ -282,3 +282,66 @@ async def test_pairs_of_concurrent_requests_share_batches(api: httpx.AsyncClient
         got = {x["index"]: x["relevance_score"] for x in a.json()["results"]}
         assert got == {j: pytest.approx(1 / (1 + math.exp(-_logit(d)))) for j, d in enumerate(DOCS[i : i + 2])}
     assert max(len(b) for b in engine.batches) == 6  # the three queued requests' pairs ran as one batch
+
+
+# --- what a folder says ---
+
+
+def _folder(tmp_path: Path, *, config: dict | None = None, files: dict[str, str] | None = None) -> Path:
+    """The fixture cross-encoder copied, its config.json updated with `config` and `files` written."""
+    import json
+    import shutil
+
+    from tests import DATA
+
+    folder = tmp_path / "ce"
+    shutil.copytree(DATA / "cross-encoder-tiny", folder)
+    cfg = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**cfg, **(config or {})}))
+    for name, text in (files or {}).items():
+        (folder / name).write_text(text)
+    return folder
+
+
+def test_a_cross_encoder_folder_is_read_as_rerank(tmp_path: Path) -> None:
+    from cortex.convert.st_folder import read_st_folder
+
+    model = read_st_folder(_folder(tmp_path))
+    assert (model.task, model.activation, model.max_seq_length) == ("rerank", "sigmoid", 256)
+
+
+@pytest.mark.parametrize(
+    ("config", "activation"),
+    [
+        ({"sentence_transformers": {"activation_fn": "torch.nn.modules.linear.Identity"}}, "identity"),
+        ({"sentence_transformers": {"activation_fn": "torch.nn.modules.activation.Sigmoid"}}, "sigmoid"),
+        ({"sbert_ce_default_activation_function": "torch.nn.modules.linear.Identity"}, "identity"),  # before v4
+    ],
+)
+def test_the_folders_activation_is_kept(tmp_path: Path, config: dict, activation: str) -> None:
+    from cortex.convert.st_folder import read_st_folder
+
+    assert read_st_folder(_folder(tmp_path, config=config)).activation == activation
+
+
+def test_what_is_not_a_one_label_cross_encoder(tmp_path: Path) -> None:
+    from cortex.convert.st_folder import read_st_folder
+    from cortex.errors import InvalidModelFile
+
+    with pytest.raises(InvalidModelFile, match="2 labels"):
+        read_st_folder(_folder(tmp_path / "a", config={"id2label": {"0": "NO", "1": "YES"}}))
+    with pytest.raises(InvalidModelFile, match=r"activation `torch\.nn\.Tanh` is not supported"):
+        read_st_folder(_folder(tmp_path / "b", config={"sentence_transformers": {"activation_fn": "torch.nn.Tanh"}}))
+    short = read_st_folder(_folder(tmp_path / "c", config={"max_position_embeddings": 128}))
+    assert short.max_seq_length == 128  # the tokenizer's 256, within the positions
+    bi = read_st_folder(_folder(tmp_path / "d", files={"modules.json": "[]"}))
+    assert (bi.task, bi.activation) == ("embed", None)  # sentence-transformers modules: a bi-encoder
+
+
+async def test_a_model_whose_activation_is_identity_scores_its_logits(
+    settings: Callable[..., Settings], pair_engines: StubEngines, models_dir: Path
+) -> None:
+    write_model(models_dir, R, task="rerank", activation="identity", n_embd=1, ctx_len=12, pooling="cls")
+    async with serve(settings()) as api:
+        r = await api.post("/v1/rerank", json={"model": R, "query": QUERY, "documents": DOCS})
+    assert [x["relevance_score"] for x in r.json()["results"]] == [2.0, 2.0, 1.0, 0.0]

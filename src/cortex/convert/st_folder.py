@@ -38,6 +38,7 @@ class STModel:
     max_seq_length: int
     name: str
     task: str = "embed"  # embed (a bi-encoder) | rerank (a cross-encoder: one logit per query-document pair)
+    activation: str | None = None  # rerank: sigmoid | identity, what turns a logit into sentence-transformers' score
 
     @property
     def n_embd(self) -> int:
@@ -166,6 +167,29 @@ def _task(folder: Path, config: dict) -> str:
     return "rerank"
 
 
+# sentence-transformers' CrossEncoder activations (config.json names them by import path) that cortex applies.
+_ACTIVATIONS = {
+    "torch.nn.modules.activation.Sigmoid": "sigmoid",
+    "torch.nn.modules.linear.Identity": "identity",
+}
+
+
+def _activation(config: dict) -> str:
+    """The score sentence-transformers gives a cross-encoder's logit: the activation its config.json names
+    (`sentence_transformers.activation_fn`, or before v4 `sbert_ce_default_activation_function`), else
+    sigmoid, its default for one label."""
+    st = config.get("sentence_transformers")
+    named = st.get("activation_fn") if isinstance(st, dict) else config.get("sbert_ce_default_activation_function")
+    if named is None:
+        return "sigmoid"
+    if named not in _ACTIVATIONS:
+        raise InvalidModelFile(
+            f"The cross-encoder's activation `{named}` is not supported: use one of {', '.join(_ACTIVATIONS)}.",
+            param="model_path",
+        )
+    return _ACTIVATIONS[named]
+
+
 def _cross_encoder_max_length(folder: Path, max_pos: int) -> int:
     """sentence-transformers' CrossEncoder max_length: the tokenizer's model_max_length, within the positions."""
     cfg = folder / "tokenizer_config.json"
@@ -233,4 +257,5 @@ def read_st_folder(folder: Path) -> STModel:
         max_seq_length=max_seq,
         name=str(config.get("_name_or_path") or folder.name).rsplit("/", 1)[-1],
         task=task,
+        activation=_activation(config) if task == "rerank" else None,
     )

@@ -167,6 +167,7 @@ def _write_onnx(source: Source, opts: ImportOptions, staging: Path, progress: Pr
         "files": list(FILES),
         "architecture": "bert",
         "task": folder.task,
+        "activation": folder.activation,
         "pooling": "cls" if rerank else folder.pooling,
         "ctx_len": ctx_len,
         "n_ctx_train": folder.max_seq_length,

@@ -71,8 +71,10 @@ async def score_pairs(
     doc_tokens: int | None = None,
     docs_param: str = "documents",
 ) -> tuple[list[float], int]:
-    """One score per document (the sigmoid of the cross-encoder's logit, or the logit with `raw`) and the
-    tokens of all pairs. The caller holds `model` (`ModelRegistry.use(..., task="rerank")`).
+    """One score per document and the tokens of all pairs. A score is sentence-transformers': the sigmoid of
+    the cross-encoder's logit, or the logit itself where its config.json names the Identity activation
+    (`record.activation`) or the request asks for `raw`. The caller holds `model` (`ModelRegistry.use(...,
+    task="rerank")`).
 
     A pair longer than the context is a 400 naming the document, or with `truncate` is cut the way
     sentence-transformers cuts it. `doc_tokens` cuts each document first (Cohere's max_tokens_per_doc)."""
@@ -94,6 +96,7 @@ async def score_pairs(
             param=docs_param,
         )
     logits = (await model.scheduler.embed(seqs))[:, 0]
+    raw = raw or model.record.activation == "identity"  # the model's own default score is its logit
     scores = logits.astype(np.float64) if raw else sigmoid(logits)
     return scores.tolist(), total
 

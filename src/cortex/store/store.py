@@ -60,6 +60,9 @@ class ModelRecord(BaseModel):
     task: Literal["embed", "rerank"] = Field(
         "embed", description="embed: a bi-encoder's vectors; rerank: a cross-encoder's score per (query, document)"
     )
+    activation: Literal["sigmoid", "identity"] | None = Field(
+        None, description="rerank: the default score of a logit (sentence-transformers' activation_fn)"
+    )
     pooling: str
     ctx_len: int = Field(gt=0)
     n_ctx_train: int = Field(gt=0)
