@@ -1,4 +1,6 @@
-"""Rerank throughput: query-document pairs per second at 1 and 8 concurrent clients on POST /v1/rerank.
+"""Rerank parity and throughput on POST /v1/rerank: the largest |score - sentence-transformers'| over the
+fixture's reference pairs (tests/data/cross-encoder-tiny.reference.json; on the server it starts, not with
+--url), then query-document pairs per second at 1 and 8 concurrent clients.
 
 Each client sends requests of one query and `--docs` documents, sentences of Python's pydoc topics (real text
 nobody here wrote), closed loop, for `--seconds` per concurrency after a warm-up. Every answer is checked (one
@@ -25,7 +27,8 @@ import httpx
 sys.path.insert(0, str(Path(__file__).parent))
 from common import cortex_server
 
-FIXTURE = Path(__file__).parents[1] / "tests" / "data" / "cross-encoder-tiny"
+DATA = Path(__file__).parents[1] / "tests" / "data"
+FIXTURE = DATA / "cross-encoder-tiny"
 
 
 def corpus(seed: int = 0, n: int = 4000) -> list[str]:
@@ -35,6 +38,27 @@ def corpus(seed: int = 0, n: int = 4000) -> list[str]:
     sents = [s.strip() for s in re.split(r"(?<=[.!?])\s+", text) if 20 <= len(s.strip()) <= 600]
     random.Random(seed).shuffle(sents)
     return sents[:n]
+
+
+def parity(url: str, model: str) -> dict:
+    """Max |score - reference| over the reference pairs, raw and sigmoid, and for the long pair cut."""
+    ref = json.loads((DATA / "cross-encoder-tiny.reference.json").read_text())
+    worst = {"raw": 0.0, "sigmoid": 0.0}
+    with httpx.Client(base_url=url, timeout=120) as c:
+        for p in ref["pairs"]:
+            for kind in worst:
+                body = {"model": model, "query": p["query"], "documents": [p["document"]], "raw_scores": kind == "raw"}
+                got = c.post("/v1/rerank", json=body).raise_for_status().json()["results"][0]["relevance_score"]
+                worst[kind] = max(worst[kind], abs(got - p[kind]))
+        long = ref["long"]
+        body = {"model": model, "query": long["query"], "documents": [long["document"]], "raw_scores": True}
+        got = c.post("/v1/rerank", json={**body, "truncate": True}).raise_for_status().json()["results"][0]
+    return {
+        "pairs": len(ref["pairs"]),
+        "max_abs_diff_raw": float(f"{worst['raw']:.3g}"),
+        "max_abs_diff_sigmoid": float(f"{worst['sigmoid']:.3g}"),
+        "long_pair_truncated_abs_diff": float(f"{abs(got['relevance_score'] - long['raw_truncated']):.3g}"),
+    }
 
 
 def run(url: str, model: str, clients: int, docs: int, seconds: float) -> dict:
@@ -101,13 +125,16 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=10)
     a = ap.parse_args()
     if a.url:
-        for clients in (1, 8):
-            print(json.dumps(run(a.url, a.model, clients, a.docs, a.seconds)), flush=True)
+        throughput(a.url, a)
         return
-    imports = {a.model: {"model_path": str(FIXTURE)}}
-    with cortex_server(imports, a.threads, "bench-rerank-") as (_, url):
-        for clients in (1, 8):
-            print(json.dumps(run(url, a.model, clients, a.docs, a.seconds)), flush=True)
+    with cortex_server({a.model: {"model_path": str(FIXTURE)}}, a.threads, "bench-rerank-") as (_, url):
+        print(json.dumps({"parity": parity(url, a.model)}), flush=True)
+        throughput(url, a)
+
+
+def throughput(url: str, a: argparse.Namespace) -> None:
+    for clients in (1, 8):
+        print(json.dumps(run(url, a.model, clients, a.docs, a.seconds)), flush=True)
 
 
 if __name__ == "__main__":

