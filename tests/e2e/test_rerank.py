@@ -192,11 +192,14 @@ def test_errors(c) -> None:
     assert r.json()["error"]["code"] == "wrong_model_task" and "/v1/embeddings" in r.json()["error"]["message"]
 
 
-def test_llama_cpp_does_not_take_a_cross_encoder(c) -> None:
+def test_llama_cpp_and_int8_do_not_take_a_cross_encoder(c) -> None:
     r = c.post("/v1/models/import", json={"model": "ce:gguf", "model_path": str(FOLDER), "engine": "llama-cpp"})
     err = r.json()["error"]
     assert r.status_code == 400 and err["param"] == "engine" and "onnxruntime" in err["message"]
-    assert "ce:gguf" not in [m["id"] for m in c.get("/v1/models").json()["data"]]
+    r = c.post("/v1/models/import", json={"model": "ce:int8", "model_path": str(FOLDER), "quantize": "int8"})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "quantize"
+    ids = [m["id"] for m in c.get("/v1/models").json()["data"]]
+    assert "ce:gguf" not in ids and "ce:int8" not in ids
 
 
 def test_cli_import_and_pull_from_the_hub(c, srv) -> None:

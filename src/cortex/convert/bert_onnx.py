@@ -83,11 +83,13 @@ def build_bert_onnx(model: STModel, out: Path, progress: Progress | None = None)
             keys = set(f.keys())
             prefix = "bert." if "bert.embeddings.word_embeddings.weight" in keys else ""
 
-            def w(name: str) -> np.ndarray:
-                key = prefix + name
+            def tensor(key: str) -> np.ndarray:
                 if key not in keys:
                     raise InvalidModelFile(f"{model.weights.name} lacks tensor {key!r}", param="model_path")
                 return f.get_tensor(key).astype(np.float32)
+
+            def w(name: str) -> np.ndarray:  # the encoder's tensors, under `bert.` in a task model's weights
+                return tensor(prefix + name)
 
             b = _Builder()
             total = layers + 2
@@ -143,7 +145,8 @@ def build_bert_onnx(model: STModel, out: Path, progress: Progress | None = None)
                 if progress:
                     progress(i + 2, total)
             if model.task == "rerank":
-                head = _classifier(b, x, w("pooler.dense.weight"), w("pooler.dense.bias"), f, keys)
+                pooler = (w("pooler.dense.weight"), w("pooler.dense.bias"))
+                head = _classifier(b, x, pooler, (tensor("classifier.weight"), tensor("classifier.bias")))
     except SafetensorError as exc:
         raise InvalidModelFile(
             f"Cannot read {model.weights.name} (truncated or corrupt?): {exc}", param="model_path"
@@ -185,17 +188,15 @@ def _pair_token_types(b: _Builder, model: STModel) -> str:
     return b.op("Min", [before, b.init("type_one", np.array(1, dtype=np.int64))])
 
 
-def _classifier(b: _Builder, x: str, pool_w: np.ndarray, pool_b: np.ndarray, f: object, keys: set[str]) -> str:
-    """BertForSequenceClassification's head: pooler (dense + tanh on [CLS]), then the one-label classifier."""
-    if "classifier.weight" not in keys or "classifier.bias" not in keys:
-        raise InvalidModelFile("A cross-encoder's weights need `classifier.weight` and `.bias`", param="model_path")
-    weight, bias = (f.get_tensor(f"classifier.{n}").astype(np.float32) for n in ("weight", "bias"))  # type: ignore[attr-defined]
-    if weight.shape[0] != 1:
-        raise InvalidModelFile(f"The classifier has {weight.shape[0]} outputs; a cross-encoder has one",
+def _classifier(b: _Builder, x: str, pooler: tuple[np.ndarray, np.ndarray], head: tuple[np.ndarray, np.ndarray]) -> str:
+    """BertForSequenceClassification's head: the pooler (dense + tanh on [CLS]), then the one-label classifier
+    (`pooler` and `head` are each a weight and a bias)."""
+    if head[0].shape[0] != 1:
+        raise InvalidModelFile(f"The classifier has {head[0].shape[0]} outputs; a cross-encoder has one",
                                param="model_path")  # fmt: skip
     cls = b.op("Gather", [x, b.init("cls_index", np.array(0, dtype=np.int64))], axis=1)
-    pooled = b.op("Tanh", [_linear(b, cls, pool_w, pool_b, "pooler")])
-    return _linear(b, pooled, weight, bias, "classifier")
+    pooled = b.op("Tanh", [_linear(b, cls, *pooler, "pooler")])
+    return _linear(b, pooled, *head, "classifier")
 
 
 def _pool(b: _Builder, x: str, mask_f: str, pooling: str) -> str:

@@ -159,6 +159,9 @@ def _write_onnx(source: Source, opts: ImportOptions, staging: Path, progress: Pr
     folder = source.folder
     assert folder is not None  # the pipeline sends only folders to a kind without `files`
     quantize = opts.engine_options.get("quantize")
+    if quantize is not None and folder.task == "rerank":  # its accuracy is measured on embeddings' cosines
+        raise InvalidRequest("--quantize int8 is for embedding models; a cross-encoder is served in fp32.",
+                             param="quantize")  # fmt: skip
     extra = write_onnx_model(folder, staging, quantize, _stage(progress, "convert"), compare=_int8_accuracy)
     ctx_len = min(opts.ctx_len or folder.max_seq_length, folder.max_seq_length)
     rerank = folder.task == "rerank"  # a cross-encoder: one logit per pair, from the pooler on [CLS]
