@@ -338,6 +338,19 @@ def test_what_is_not_a_one_label_cross_encoder(tmp_path: Path) -> None:
     assert (bi.task, bi.activation) == ("embed", None)  # sentence-transformers modules: a bi-encoder
 
 
+def test_a_cross_encoder_saved_by_sentence_transformers_5_7_is_one(tmp_path: Path) -> None:
+    """From 5.7 a CrossEncoder is saved with modules.json; config_sentence_transformers.json says what it is."""
+    import json
+
+    from cortex.convert.st_folder import read_st_folder
+
+    transformer = "sentence_transformers.base.modules.Transformer"
+    modules = json.dumps([{"idx": 0, "name": "0", "path": "", "type": transformer}])
+    st = json.dumps({"model_type": "CrossEncoder", "activation_fn": "torch.nn.modules.linear.Identity"})
+    model = read_st_folder(_folder(tmp_path, files={"modules.json": modules, "config_sentence_transformers.json": st}))
+    assert (model.task, model.activation) == ("rerank", "identity")
+
+
 async def test_a_model_whose_activation_is_identity_scores_its_logits(
     settings: Callable[..., Settings], pair_engines: StubEngines, models_dir: Path
 ) -> None:

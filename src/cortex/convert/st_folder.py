@@ -148,11 +148,21 @@ def _normalize(folder: Path) -> bool:
     return any(str(m.get("type", "")).endswith("Normalize") for m in _modules(folder))
 
 
+def _st_config(folder: Path) -> dict:
+    """config_sentence_transformers.json ({} when absent): sentence-transformers' own record of the model."""
+    path = folder / "config_sentence_transformers.json"
+    return _json(path) if path.exists() else {}
+
+
 def _task(folder: Path, config: dict) -> str:
-    """rerank for a sentence-transformers CrossEncoder (a sequence classifier with one label and no
-    sentence-transformers modules); embed otherwise. A classifier with several labels is refused."""
+    """rerank for a sentence-transformers CrossEncoder: one saved as such (config_sentence_transformers.json
+    says `model_type: CrossEncoder`, as sentence-transformers 5.7+ writes it beside its modules.json), or a
+    plain transformers sequence classifier without sentence-transformers modules; embed otherwise. A
+    classifier with several labels is refused: a rerank score is one logit."""
     classes = [str(c) for c in config.get("architectures") or []]
-    if not any(c.endswith("ForSequenceClassification") for c in classes) or (folder / "modules.json").exists():
+    saved_as_cross_encoder = _st_config(folder).get("model_type") == "CrossEncoder"
+    classifier = any(c.endswith("ForSequenceClassification") for c in classes)
+    if not saved_as_cross_encoder and (not classifier or (folder / "modules.json").exists()):
         return "embed"
     labels = config.get("id2label")
     n_labels = len(labels) if isinstance(labels, dict) else int(config.get("num_labels", 2))  # transformers' default
@@ -174,12 +184,14 @@ _ACTIVATIONS = {
 }
 
 
-def _activation(config: dict) -> str:
-    """The score sentence-transformers gives a cross-encoder's logit: the activation its config.json names
-    (`sentence_transformers.activation_fn`, or before v4 `sbert_ce_default_activation_function`), else
-    sigmoid, its default for one label."""
+def _activation(folder: Path, config: dict) -> str:
+    """The score sentence-transformers gives a cross-encoder's logit: the activation it recorded (in
+    config_sentence_transformers.json from 5.7, else config.json's `sentence_transformers.activation_fn`, or
+    before v4 `sbert_ce_default_activation_function`), else sigmoid, its default for one label."""
     st = config.get("sentence_transformers")
-    named = st.get("activation_fn") if isinstance(st, dict) else config.get("sbert_ce_default_activation_function")
+    named = _st_config(folder).get("activation_fn") or (
+        st.get("activation_fn") if isinstance(st, dict) else config.get("sbert_ce_default_activation_function")
+    )
     if named is None:
         return "sigmoid"
     if named not in _ACTIVATIONS:
@@ -257,5 +269,5 @@ def read_st_folder(folder: Path) -> STModel:
         max_seq_length=max_seq,
         name=str(config.get("_name_or_path") or folder.name).rsplit("/", 1)[-1],
         task=task,
-        activation=_activation(config) if task == "rerank" else None,
+        activation=_activation(folder, config) if task == "rerank" else None,
     )
