@@ -141,6 +141,10 @@ def test_cohere_sdk(srv) -> None:
         co.rerank(model="ce:nothing", query="q", documents=["a"])
     with pytest.raises(cohere.errors.BadRequestError):
         co.rerank(model=EMB, query="q", documents=["a"])
+    v1 = cohere.Client(base_url=srv.base_url, api_key="x").rerank(model=CE, query=PAIRS[idx[0]]["query"],
+                                                                  documents=docs, top_n=3)  # fmt: skip
+    assert [r.index for r in v1.results] == expected  # Cohere's v1 SDK reads the /v1/rerank answer too
+    assert [r.document.text for r in v1.results] == [docs[j] for j in expected]
 
 
 def test_tei_route_with_httpx(c) -> None:
