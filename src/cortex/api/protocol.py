@@ -11,10 +11,11 @@ from __future__ import annotations
 import base64
 import json
 import re
+from typing import TypeVar
 
 import numpy as np
 import orjson
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from cortex.engine.base import l2_normalize
 from cortex.errors import InvalidRequest
@@ -30,6 +31,7 @@ _FIELD_ERRORS = {
     "truncate": "'truncate' must be true or false.",
 }
 _SURROGATE = re.compile("[\ud800-\udfff]")
+M = TypeVar("M", bound=BaseModel)
 
 
 def _load_json(body: bytes) -> object:
@@ -73,6 +75,23 @@ def parse_embedding_request(body: bytes) -> EmbeddingRequest:
     except ValidationError as exc:
         field = str(exc.errors()[0]["loc"][0])
         raise InvalidRequest(_FIELD_ERRORS.get(field, f"Invalid value for '{field}'."), param=field) from exc
+
+
+def parse_body(body: bytes, model: type[M]) -> M:
+    """Parse a JSON object body into `model`; InvalidRequest naming the first missing or invalid field (for
+    routes whose clients need no custom messages, such as Ollama's)."""
+    data = _load_json(body)
+    if not isinstance(data, dict):
+        raise InvalidRequest("The request body must be a JSON object.")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        field = str(error["loc"][0]) if error["loc"] else None
+        if error["type"] == "missing":
+            raise InvalidRequest(f"You must provide a '{field}' parameter.", param=field) from exc
+        message = str(error["msg"]).removeprefix("Value error, ")
+        raise InvalidRequest(f"Invalid value for '{field}': {message}", param=field) from exc
 
 
 def check_inputs(inputs: list[str] | list[list[int]], max_inputs: int) -> None:
