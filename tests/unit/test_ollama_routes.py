@@ -112,6 +112,7 @@ async def test_tags_ps_show_and_version(api: httpx.AsyncClient, model: str) -> N
     from cortex import __version__
 
     assert (await api.get("/api/version")).json() == {"version": __version__}
+    assert (await api.head("/api/version")).status_code == (await api.head("/api/tags")).status_code == 200
 
 
 async def test_keep_alive_sets_when_the_model_unloads(api: httpx.AsyncClient, model: str) -> None:

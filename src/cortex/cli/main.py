@@ -639,9 +639,11 @@ def models_get(model_id: Annotated[str, typer.Argument(help="Model id")], as_jso
         out.print_json(m.model_dump_json())
         return
     table = Table(show_header=False, box=None)
-    for key, value in m.model_dump(exclude={"object", "owned_by"}).items():
+    for key, value in m.model_dump(exclude={"object", "owned_by", "expires_at"}).items():
         if value is not None:
             table.add_row(key, _human_bytes(value) if key in ("size", "memory_bytes") else str(value))
+    if m.status == "loaded":
+        table.add_row("unloads", _until(m.expires_at, time.time()))
     out.print(table)
 
 

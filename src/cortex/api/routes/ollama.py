@@ -135,8 +135,10 @@ async def embeddings(request: Request) -> Response:
     return Response(body, media_type="application/json")
 
 
-def _rfc3339(unix: float) -> str:
-    return datetime.fromtimestamp(unix, UTC).isoformat().replace("+00:00", "Z")
+def _rfc3339(when: float | datetime) -> str:
+    """A Unix time or an aware datetime as RFC 3339 in UTC, to the second (as Go's time.Time reads it)."""
+    moment = when if isinstance(when, datetime) else datetime.fromtimestamp(when, UTC)
+    return moment.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def _details(record: ModelRecord) -> OllamaDetails:
@@ -162,25 +164,30 @@ def _model(record: ModelRecord) -> dict:
 
 
 @router.get("/tags", response_model=OllamaTags, summary="The stored models (Ollama)")
+@router.head("/tags", include_in_schema=False)  # as Ollama: clients probe a server with HEAD
 async def tags(request: Request) -> OllamaTags:
     records = await asyncio.to_thread(_store(request).list)
     return OllamaTags(models=[OllamaModel(**_model(r)) for r in records])
 
 
-def _running(model: LoadedModel) -> OllamaRunning:
+def _expires(model: LoadedModel) -> datetime:
+    """When the model unloads; a model kept loaded gets a date a century ahead, as Ollama's "forever" is."""
     expires = model.expires_at()
-    expires_at = datetime.now(UTC) + _FOREVER if expires is None else datetime.fromtimestamp(expires, UTC)
-    return OllamaRunning(
-        **_model(model.record) | {"size": model.engine.memory_bytes()},
-        expires_at=expires_at.isoformat().replace("+00:00", "Z"),
-        context_length=model.engine.n_ctx,
-    )
+    return datetime.now(UTC) + _FOREVER if expires is None else datetime.fromtimestamp(expires, UTC)
 
 
 @router.get("/ps", response_model=OllamaPs, summary="The loaded models and when each unloads (Ollama)")
 async def ps(request: Request) -> OllamaPs:
-    running = [_running(m) for m in _registry(request).loaded()]
-    return OllamaPs(models=sorted(running, key=lambda m: m.expires_at, reverse=True))  # longest left first
+    loaded = sorted(((_expires(m), m) for m in _registry(request).loaded()), key=lambda e: e[0], reverse=True)
+    running = [
+        OllamaRunning(
+            **_model(m.record) | {"size": m.engine.memory_bytes()},
+            expires_at=_rfc3339(expires),
+            context_length=m.engine.n_ctx,
+        )
+        for expires, m in loaded  # the longest left first, as Ollama lists them
+    ]
+    return OllamaPs(models=running)
 
 
 def _named(ref: OllamaModelRef) -> str:
@@ -209,6 +216,7 @@ async def show(request: Request) -> OllamaShow:
 
 
 @router.get("/version", response_model=OllamaVersion, summary="The server's version (cortex's)")
+@router.head("/version", include_in_schema=False)
 async def version() -> OllamaVersion:
     return OllamaVersion(version=__version__)
 
