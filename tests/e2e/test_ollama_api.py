@@ -39,22 +39,23 @@ def minilm() -> Path:
 
 
 @pytest.fixture(scope="module")
-def hub(minilm: Path) -> Iterator[str]:
+def hub(minilm: Path) -> Iterator[tuple[FakeHub, str]]:
     h = FakeHub()
     for rel in ST_FILES:
         h.add("acme/minilm", "main", rel, minilm / rel)
         h.add("acme/broken", "main", rel, minilm / rel, lie=rel == "model.safetensors")
+        h.add("acme/left", "main", rel, minilm / rel)
     url = h.start()
     try:
-        yield url
+        yield h, url
     finally:
         h.stop()
 
 
 @pytest.fixture(scope="module")
-def srv(tmp_path_factory: pytest.TempPathFactory, minilm: Path, hub: str) -> Iterator[ServerProcess]:
+def srv(tmp_path_factory: pytest.TempPathFactory, minilm: Path, hub) -> Iterator[ServerProcess]:
     data = tmp_path_factory.mktemp("ollama") / "data"
-    with ServerProcess(data, HF_ENDPOINT=hub, HF_TOKEN="hf_test_token", HF_HUB_OFFLINE="0") as s:
+    with ServerProcess(data, HF_ENDPOINT=hub[1], HF_TOKEN="hf_test_token", HF_HUB_OFFLINE="0") as s:
         s.import_models({"model": "minilm:l6", "model_path": str(minilm)})
         yield s
 
@@ -219,3 +220,26 @@ def test_max_loaded_models_keeps_one_loaded(kept: ServerProcess) -> None:
     assert _loaded(kept) == ["two:a"]  # one:a made room, though it was to stay
     with kept.client() as c:
         assert [m["id"] for m in c.get("/v1/models").json()["data"] if m["status"] == "loaded"] == ["two:a"]
+
+
+def test_a_client_that_leaves_a_pull_pauses_it_and_the_next_pull_resumes(srv: ServerProcess, hub) -> None:
+    h, _ = hub
+    h.throttle["model.safetensors"] = 0.2  # seconds per MiB: the client has time to leave mid-file
+    try:
+        with srv.client(timeout=300) as c, c.stream("POST", "/api/pull", json={"model": "acme/left"}) as r:
+            for line in r.iter_lines():
+                progress = json.loads(line)
+                if progress.get("total", 0) > 1_000_000 and progress["completed"] > 0:
+                    break  # leave mid-download: the connection closes
+    finally:
+        h.throttle.pop("model.safetensors")
+    with srv.client(timeout=300) as c:
+        statuses = []
+        while not statuses or statuses[-1] == "paused":  # the first may join the left pull before it pauses
+            task = c.post("/v1/models/pull", json={"model": "acme/left"}).json()
+            while task["status"] not in ("done", "failed", "cancelled", "paused"):
+                time.sleep(0.1)
+                task = c.get(f"/v1/models/pull/{task['task']}").json()
+            statuses.append(task["status"])
+    assert statuses[-1] == "done" and len(statuses) <= 2
+    assert 0 < task["fetched_bytes"] < task["total_bytes"]  # resumed where the left pull stopped, not restarted
