@@ -145,6 +145,37 @@ async def test_max_loaded_models_never_unloads_a_held_model(settings, models_dir
     await registry.close()
 
 
+async def test_a_preloaded_model_is_kept_and_never_unloaded_for_room(
+    settings, models_dir: Path, engines: StubEngines
+) -> None:
+    """GET /ready waits for preload_models: neither idle_unload_s nor the cap may unload one of them."""
+    config = settings(preload_models=["a"], idle_unload_s=0.05, max_loaded_models=1)
+    registry = _registry(models_dir, config, "a:1", "b:1")
+    async with registry.use("a:1") as a:
+        pass
+    async with registry.use("b:1"):  # over the cap: a is pinned, so both stay while b is held
+        assert _ids(registry) == ["a:1", "b:1"]
+    await _until(lambda: _ids(registry) == ["a:1"], "b:1 unloaded once idle, a:1 kept")
+    assert a.pinned and a.expires_at() is None
+    async with registry.use("a:1", keep_alive_s=0):  # a request's own keep_alive still lets it go
+        pass
+    await _until(lambda: not registry.loaded(), "a:1 unloaded after keep_alive=0")
+    await registry.close()
+
+
+async def test_keep_alive_default_gives_the_model_the_servers_again(
+    settings, models_dir: Path, engines: StubEngines
+) -> None:
+    registry = _registry(models_dir, settings(idle_unload_s=600), "a:1")
+    async with registry.use("a:1", keep_alive_s=math.inf) as a:
+        pass
+    assert a.keep_alive_s == math.inf
+    async with registry.use("a:1", keep_alive_s="default"):
+        pass
+    assert a.keep_alive_s == 600
+    await registry.close()
+
+
 async def test_the_model_object_says_when_a_model_unloads(settings, models_dir: Path, engines: StubEngines) -> None:
     from tests.unit.support import serve
 

@@ -11,7 +11,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 from cortex.config import Settings
 from cortex.engine.base import Engine
@@ -31,7 +31,8 @@ class LoadedModel:
     no one holds it, because closing frees the native model under any thread still tokenizing.
 
     Keep-alive: once no request holds it, it stays loaded `keep_alive_s` seconds after its last use (inf:
-    until unloaded by hand or for room); `on_idle` is told when the last holder lets go."""
+    until unloaded by hand or for room); `on_idle` is told when the last holder lets go. A `pinned` model (one
+    of preload_models, which GET /ready waits for) is kept by default and never unloaded for room."""
 
     record: ModelRecord
     engine: Engine
@@ -40,6 +41,7 @@ class LoadedModel:
     files: tuple[tuple[int, int, int], ...]  # (inode, size, mtime) of each when it was loaded
     holders: int = 0
     keep_alive_s: float = math.inf
+    pinned: bool = False
     last_used: float = field(default_factory=time.monotonic)  # time.monotonic() of the last hold or release
     on_idle: Callable[[LoadedModel], None] = field(default=lambda _: None, repr=False)
     _free: asyncio.Event = field(default_factory=asyncio.Event)
@@ -113,7 +115,7 @@ class ModelRegistry:
         self._locks: dict[str, asyncio.Lock] = {}
         self._unloading: set[asyncio.Task] = set()  # unloads started from a request, kept until done
         self._shed: CortexError | None = None  # set by shed(): the answer to every later request
-        self.default_keep_alive_s = settings.idle_unload_s or math.inf
+        self._idle_unload_s = settings.idle_unload_s or math.inf
         self._wake = asyncio.Event()  # a model went idle, loaded, or got a new keep-alive: the reaper looks again
         self._reaper: asyncio.Task | None = None
 
@@ -124,13 +126,16 @@ class ModelRegistry:
         return self._locks.setdefault(model_id, asyncio.Lock())
 
     @contextlib.asynccontextmanager
-    async def use(self, model_id: str, *, keep_alive_s: float | None = None) -> AsyncIterator[LoadedModel]:
+    async def use(
+        self, model_id: str, *, keep_alive_s: float | Literal["default"] | None = None
+    ) -> AsyncIterator[LoadedModel]:
         """The loaded model that `model_id` names, loading it first if allowed, held for the block.
         `keep_alive_s` (Ollama's keep_alive): how long it stays loaded once idle, from now on (0: unloaded
-        right after this block; inf: until unloaded by hand); None leaves it as it is."""
+        right after this block; inf: until unloaded by hand); "default" gives it the server's again
+        (`default_keep_alive`); None leaves it as it is."""
         model = await self._acquire(model_id)
         if keep_alive_s is not None:
-            model.keep_alive_s = keep_alive_s
+            model.keep_alive_s = self.default_keep_alive(model) if keep_alive_s == "default" else keep_alive_s
         try:
             yield model
         finally:
@@ -185,8 +190,9 @@ class ModelRegistry:
                 raise ModelUnavailable(record.id, "its files could not be read") from exc
             scheduler = BatchScheduler(engine, model_id=record.id, max_queue_inputs=self.settings.max_queue_inputs)
             loaded = LoadedModel(
-                record, engine, scheduler, paths, files, keep_alive_s=self.default_keep_alive_s, on_idle=self._idle
+                record, engine, scheduler, paths, files, pinned=self._preloaded(record.id), on_idle=self._idle
             )
+            loaded.keep_alive_s = self.default_keep_alive(loaded)
             self._loaded[record.id] = loaded
             self._start_reaper()
             self._wake.set()  # its deadline, and the cap if two models loaded at once
@@ -219,6 +225,18 @@ class ModelRegistry:
         log.info("unloaded %s", loaded.record.id)
         return True
 
+    def default_keep_alive(self, model: LoadedModel) -> float:
+        """idle_unload_s (inf for 0), or inf for a model of preload_models: unloading one would make GET /ready
+        fail, so only a request's own keep_alive can let it go."""
+        return math.inf if model.pinned else self._idle_unload_s
+
+    def _preloaded(self, model_id: str) -> bool:
+        for name in self.settings.preload_models:
+            with contextlib.suppress(CortexError):  # a name that no longer resolves pins nothing
+                if self.store.resolve(name) == model_id:
+                    return True
+        return False
+
     def _idle(self, model: LoadedModel) -> None:
         if not math.isinf(model.keep_alive_s) or self.settings.max_loaded_models:
             self._wake.set()
@@ -246,11 +264,15 @@ class ModelRegistry:
         """The loaded models no request holds, least recently used first."""
         return sorted((m for m in self._loaded.values() if not m.holders), key=lambda m: m.last_used)
 
+    def _evictable(self) -> list[LoadedModel]:
+        return [m for m in self._idle_lru() if not m.pinned]
+
     async def _make_room(self, more: int) -> None:
         """Unload idle models, least recently used first, until `more` more fit under max_loaded_models. Held
-        models stay: with all of them held the cap is exceeded until one is let go (the reaper then acts)."""
+        and pinned models stay: with all of them held the cap is exceeded until one is let go (the reaper then
+        acts); the pinned ones count towards it."""
         cap = self.settings.max_loaded_models
-        for model in self._idle_lru() if cap else ():
+        for model in self._evictable() if cap else ():
             if len(self._loaded) + more <= cap:
                 return
             log.info("unloading %s to stay within max_loaded_models=%d", model.record.id, cap)

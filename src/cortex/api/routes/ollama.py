@@ -68,13 +68,13 @@ async def _embed(
     dimensions: int | None = None,
 ) -> tuple[np.ndarray, int, int]:  # fmt: skip
     """Vectors, tokens, and the nanoseconds until the model was ready. No inputs only loads the model (as
-    Ollama does); `keep_alive_s` None is the server's idle_unload_s (Ollama's default keep_alive)."""
+    Ollama does); `keep_alive_s` None gives the model the server's keep-alive again, as Ollama's default does."""
     started = time.perf_counter_ns()
     settings = request.app.state.settings
     if inputs:
         check_inputs(inputs, settings.max_inputs)
     registry = _registry(request)
-    keep = registry.default_keep_alive_s if keep_alive_s is None else keep_alive_s
+    keep = "default" if keep_alive_s is None else keep_alive_s
     access = {"model": model_id, "inputs": len(inputs)}
     request.state.access = access
     async with registry.use(model_id, keep_alive_s=keep) as model:
