@@ -4,6 +4,8 @@ keep_alive, and Ollama's error shape `{"error": "..."}` on every /api/* answer, 
 
 from __future__ import annotations
 
+import asyncio
+import json
 import math
 from pathlib import Path
 
@@ -11,6 +13,8 @@ import httpx
 import numpy as np
 import pytest
 
+from cortex import __version__
+from cortex.api.guard import Guard
 from tests.unit.support import StubEngines, serve, write_model
 
 pytestmark = pytest.mark.anyio
@@ -109,8 +113,6 @@ async def test_tags_ps_show_and_version(api: httpx.AsyncClient, model: str) -> N
     show = (await api.post("/api/show", json={"name": M})).json()  # `name`: the older field
     assert show["capabilities"] == ["embedding"] and show["details"] == entry["details"]
     assert show["model_info"]["bert.embedding_length"] == 8 and show["model_info"]["bert.context_length"] == 32
-    from cortex import __version__
-
     assert (await api.get("/api/version")).json() == {"version": __version__}
     assert (await api.head("/api/version")).status_code == (await api.head("/api/tags")).status_code == 200
 
@@ -166,3 +168,28 @@ async def test_the_guards_refusals_are_in_ollamas_shape_under_api(settings, mode
         assert "max_json_depth" in _ollama_error(await api.post("/api/embed", json=deep, headers=auth), 400)
         r = await api.get("/v1/models")  # OpenAI's shape elsewhere
         assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
+
+
+async def test_a_request_cut_off_by_shutdown_gets_a_503_in_ollamas_shape(settings, tmp_path: Path) -> None:
+    """The guard's own answers are shaped by path too: here the 503 of a request the shutdown grace ends."""
+
+    async def stuck(scope, receive, send) -> None:
+        await asyncio.Event().wait()
+
+    sent: list[dict] = []
+
+    async def receive() -> dict:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    guard = Guard(stuck, settings(), logs_dir=tmp_path / "logs")
+    scope = {"type": "http", "method": "POST", "path": "/api/embed", "scheme": "http", "headers": []}
+    task = asyncio.ensure_future(guard(scope, receive, send))
+    await asyncio.sleep(0.05)
+    task.cancel()
+    await task
+    start, body = sent
+    assert start["status"] == 503
+    assert "shutting down" in json.loads(body["body"])["error"]
