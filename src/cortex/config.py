@@ -81,6 +81,21 @@ class Settings(BaseSettings):
     )
     llama_max_batch_seqs: int = Field(64, ge=1, le=256, description="llama-cpp: sequences in one batch")
     max_queue_inputs: int = Field(16384, ge=1, description="Inputs waiting per model before new requests get 503")
+    # keep-alive: a server answers its first request after an unload only once the model has loaded again
+    # (seconds for a large GGUF), and GET /ready stops counting an unloaded preload_models entry as ready;
+    # so by default models stay loaded (0), and memory is bounded by setting either of these.
+    idle_unload_s: float = Field(
+        0,
+        ge=0,
+        description="Unload a model no request has used for this many seconds (0: never); Ollama's per-request "
+        "keep_alive sets one model's own",
+    )
+    max_loaded_models: int = Field(
+        0,
+        ge=0,
+        description="Most models loaded at once: loading one more first unloads the least recently used one "
+        "that no request holds (0: no cap)",
+    )
     log_level: str = Field("info", description="Server log level")
 
     # access control

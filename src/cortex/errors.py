@@ -117,7 +117,7 @@ class ModelNotLoaded(CortexError):
 
 # What each model task serves, for the message that refuses a model on the wrong route.
 TASK_ROUTES = {
-    "embed": "embeddings (POST /v1/embeddings)",
+    "embed": "embeddings (POST /v1/embeddings, and Ollama's /api/embed and /api/embeddings)",
     "rerank": "reranking (POST /v1/rerank, /v2/rerank and /rerank)",
 }
 

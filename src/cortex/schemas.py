@@ -8,9 +8,21 @@ OpenAI's error body is `cortex.errors.ErrorBody`, next to the errors that fill i
 
 from __future__ import annotations
 
-from typing import Literal
+import math
+import re
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, create_model
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    create_model,
+    field_validator,
+)
 
 from cortex.engine.base import POOLINGS
 from cortex.engine.kinds import ENGINE_NAMES, KINDS, OPTION_NAMES, option_help, option_values
@@ -218,12 +230,21 @@ class ModelObject(ModelRecord):
     owned_by: str = "cortex"
     status: Literal["loaded", "stored"]
     memory_bytes: int | None = Field(None, description="Bytes held in memory while loaded")
+    expires_at: int | None = Field(
+        None,
+        description="Loaded: when (Unix time) it is unloaded unless a request uses it first "
+        "(idle_unload_s or Ollama's keep_alive); None when it stays loaded",
+    )
 
     @classmethod
-    def from_record(cls, record: ModelRecord, *, memory_bytes: int | None = None) -> ModelObject:
+    def from_record(
+        cls, record: ModelRecord, *, memory_bytes: int | None = None, expires_at: float | None = None
+    ) -> ModelObject:
         """The object for `record`: loaded and holding `memory_bytes`, or only stored when that is None."""
         status = "stored" if memory_bytes is None else "loaded"
-        return cls.model_validate({**dict(record), "status": status, "memory_bytes": memory_bytes})
+        expires = None if expires_at is None else math.ceil(expires_at)
+        fields = {"status": status, "memory_bytes": memory_bytes, "expires_at": expires}
+        return cls.model_validate({**dict(record), **fields})
 
 
 class ModelList(BaseModel):
@@ -365,3 +386,165 @@ class Hardware(BaseModel):
     memory: Memory
     llama_cpp: LlamaCpp
     onnxruntime: OnnxRuntime
+
+
+# --- Ollama's API (/api/*), the fields its clients send and read (ollama/api/types.go) ---
+
+_DURATION_PART = re.compile(r"(\d+\.?\d*|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
+_UNIT_S = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_keep_alive(value: float | str) -> float:
+    """Ollama's keep_alive in seconds: a number of seconds or a Go duration ("5m", "1h30m", "10s", "0"); a
+    negative one means forever (inf). A bare number in a string is seconds, as OLLAMA_KEEP_ALIVE takes it."""
+    if isinstance(value, str):
+        text = value.strip()
+        sign = -1.0 if text.startswith("-") else 1.0
+        body = text.lstrip("+-")
+        try:
+            seconds = float(body)
+        except ValueError:
+            parts = _DURATION_PART.findall(body)
+            if not body or "".join(n + u for n, u in parts) != body:
+                raise ValueError(
+                    f"{value!r} is not a duration: use seconds, or a duration such as 5m or 1h30m"
+                ) from None
+            seconds = sum(float(n) * _UNIT_S[u] for n, u in parts)
+        value = sign * seconds
+    if not math.isfinite(value):
+        raise ValueError("keep_alive must be finite")
+    return math.inf if value < 0 else float(value)
+
+
+class _OllamaRequest(BaseModel):
+    """Unknown fields are ignored, as Ollama's server does."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: StrictStr = Field(description="A model id in the store; `NAME:latest` names what NAME does")
+    keep_alive: StrictInt | StrictFloat | StrictStr | None = Field(
+        None,
+        description="How long the model stays loaded after this request: seconds, or a duration such as 5m "
+        "or 1h30m; 0 unloads it right after, negative keeps it loaded. Unset: the server's idle_unload_s",
+    )
+    options: dict[str, Any] | None = Field(None, description="Accepted; its generation options mean nothing here")
+
+    @field_validator("keep_alive")
+    @classmethod
+    def _duration(cls, value: float | str | None) -> float | None:
+        return None if value is None else parse_keep_alive(value)
+
+
+class OllamaEmbedRequest(_OllamaRequest):
+    """`POST /api/embed`."""
+
+    input: StrictStr | list[StrictStr] | None = Field(
+        None, description="A string or a list of strings; none (or an empty string) only loads the model"
+    )
+    truncate: StrictBool = Field(True, description="Cut inputs longer than the context (default); false: 400 instead")
+    dimensions: StrictInt | None = Field(None, description="Keep this many dimensions, then L2-normalise again")
+
+    def inputs(self) -> list[str]:
+        if self.input is None or self.input == "":
+            return []
+        return [self.input] if isinstance(self.input, str) else self.input
+
+
+class OllamaEmbedResponse(BaseModel):
+    model: str
+    embeddings: list[list[float]]
+    total_duration: int = Field(description="Nanoseconds")
+    load_duration: int = Field(description="Nanoseconds until the model was ready (its load, if it was not)")
+    prompt_eval_count: int = Field(description="Tokens embedded")
+
+
+class OllamaEmbeddingsRequest(_OllamaRequest):
+    """`POST /api/embeddings` (Ollama's legacy route)."""
+
+    prompt: StrictStr = Field("", description="One text; empty only loads the model")
+
+
+class OllamaEmbeddingsResponse(BaseModel):
+    embedding: list[float]
+
+
+class OllamaModelRef(BaseModel):
+    """`POST /api/show`: `model` (or its older name, `name`)."""
+
+    model_config = ConfigDict(extra="ignore")
+    model: StrictStr | None = None
+    name: StrictStr | None = None
+
+
+class OllamaPullRequest(OllamaModelRef):
+    """`POST /api/pull`: a cortex pull name (NAME[:TAG], ORG/REPO[:QUANT], URL); `NAME:latest` pulls NAME."""
+
+    insecure: StrictBool | None = Field(None, description="Accepted; the hub is always reached over HTTPS")
+    stream: StrictBool = Field(True, description="NDJSON progress lines (default), or false for one final object")
+
+
+class OllamaDetails(BaseModel):
+    parent_model: str = ""
+    format: str = Field(description="gguf or onnx")
+    family: str
+    families: list[str]
+    parameter_size: str = ""
+    quantization_level: str = ""
+
+
+class OllamaModel(BaseModel):
+    """An entry of `GET /api/tags`."""
+
+    name: str
+    model: str
+    modified_at: str = Field(description="RFC 3339: when it was imported")
+    size: int
+    digest: str = Field(description="sha256 of its stored record: changes when the model is replaced")
+    details: OllamaDetails
+
+
+class OllamaTags(BaseModel):
+    models: list[OllamaModel]
+
+
+class OllamaRunning(OllamaModel):
+    """An entry of `GET /api/ps`."""
+
+    expires_at: str = Field(description="RFC 3339; a model kept loaded has a date a century ahead (Ollama's 'Forever')")
+    size_vram: int = 0
+    context_length: int
+
+
+class OllamaPs(BaseModel):
+    models: list[OllamaRunning]
+
+
+class OllamaShow(BaseModel):
+    """`POST /api/show`."""
+
+    modelfile: str = ""
+    parameters: str = ""
+    template: str = ""
+    details: OllamaDetails
+    model_info: dict[str, Any]
+    capabilities: list[str]
+    modified_at: str
+
+
+class OllamaProgress(BaseModel):
+    """A line of `POST /api/pull`'s NDJSON (fields without a value are left out)."""
+
+    status: str
+    digest: str | None = None
+    total: int | None = None
+    completed: int | None = None
+
+
+class OllamaVersion(BaseModel):
+    version: str
+
+
+class OllamaError(BaseModel):
+    """Ollama's error body, on every /api/* route (cortex.api.errors.shaped)."""
+
+    error: str

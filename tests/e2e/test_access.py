@@ -61,8 +61,11 @@ def test_every_route_needs_the_key(keyed) -> None:
                             {"Authorization": "Basic first-key-123"}):  # fmt: skip
                 r = c.request(method, path, json={}, headers=headers)
                 assert r.status_code == 401, (method, path, headers)
-                assert r.json()["error"]["code"] == "invalid_api_key"
-                assert r.json()["error"]["type"] == "invalid_request_error"
+                if path.startswith("/api/"):  # Ollama's routes answer in Ollama's shape
+                    assert "API key" in r.json()["error"]
+                else:
+                    assert r.json()["error"]["code"] == "invalid_api_key"
+                    assert r.json()["error"]["type"] == "invalid_request_error"
                 assert r.headers["www-authenticate"].startswith("Bearer")
             r = c.request(method, path, json={"model": "nope:9"}, headers={"Authorization": "Bearer first-key-123"})
             assert r.status_code != 401, (method, path)

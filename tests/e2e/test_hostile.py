@@ -129,6 +129,33 @@ CASES = [
     ("events of an unknown pull task", "GET", "/v1/models/pull/nope/events", None, {}, 404, "pull_task_not_found"),
     ("cancel an unknown pull task", "DELETE", "/v1/models/pull/nope?keep_partial=maybe", None, {}, 400, None),
     ("cancel a pull task never started", "DELETE", "/v1/models/pull/nope", None, {}, 404, "pull_task_not_found"),
+    # Ollama's routes: the same rules, in Ollama's error shape (no code to check)
+    ("ollama embed body an array", "POST", "/api/embed", [{"model": M, "input": "a"}], {}, 400, None),
+    ("ollama embed input a number", "POST", "/api/embed", {"model": M, "input": 3}, {}, 400, None),
+    ("ollama embed empty item", "POST", "/api/embed", {"model": M, "input": ["a", ""]}, {}, 400, None),
+    ("ollama embed too many inputs", "POST", "/api/embed", {"model": M, "input": ["a"] * 17}, {}, 400, None),
+    ("ollama embed model traversal", "POST", "/api/embed", {"model": "../../etc/passwd", "input": "a"}, {}, 400, None),
+    ("ollama embed model unknown", "POST", "/api/embed", {"model": "nope:1", "input": "a"}, {}, 404, None),
+    ("ollama embed keep_alive words", "POST", "/api/embed", {"model": M, "input": "a", "keep_alive": "forever"}, {},
+     400, None),
+    ("ollama embed keep_alive infinite", "POST", "/api/embed", b'{"model":"m:1","input":"a","keep_alive":1e400}', {},
+     400, None),
+    ("ollama embed truncate a string", "POST", "/api/embed", {"model": M, "input": "a", "truncate": "no"}, {}, 400,
+     None),
+    ("ollama embed dimensions beyond model", "POST", "/api/embed", {"model": M, "input": "a", "dimensions": 385}, {},
+     400, None),
+    ("ollama embed options a list", "POST", "/api/embed", {"model": M, "input": "a", "options": [1]}, {}, 400, None),
+    ("ollama embed deep", "POST", "/api/embed", f'{{"model":"m:1","input":"a","options":{nested(9)}}}'.encode(), {},
+     400, None),
+    ("ollama embed too large", "POST", "/api/embed", {"model": M, "input": ["x" * 1000] * 70}, {}, 413, None),
+    ("ollama embeddings prompt a list", "POST", "/api/embeddings", {"model": M, "prompt": ["a"]}, {}, 400, None),
+    ("ollama embeddings model null", "POST", "/api/embeddings", {"model": None, "prompt": "a"}, {}, 400, None),
+    ("ollama show model a number", "POST", "/api/show", {"model": 5}, {}, 400, None),
+    ("ollama show model unknown", "POST", "/api/show", {"model": "nope:1"}, {}, 404, None),
+    ("ollama pull a traversal name", "POST", "/api/pull", {"model": "../../etc"}, {}, 400, None),
+    ("ollama pull stream a string", "POST", "/api/pull", {"model": "a", "stream": "no"}, {}, 400, None),
+    ("ollama wrong method", "GET", "/api/embed", None, {}, 405, None),
+    ("ollama unknown route", "POST", "/api/generate", {"model": M}, {}, 404, None),
 ]  # fmt: skip
 
 
@@ -138,12 +165,17 @@ def test_hostile_request(c, method, path, body, headers, status, code) -> None:
     content = body if isinstance(body, bytes) else (None if body is None and method != "POST" else json.dumps(body))
     r = c.request(method, path, content=content, headers={"content-type": J, **headers})
     assert r.status_code == status, r.text[:300]
-    err = r.json()["error"]
-    assert set(err) == {"message", "type", "param", "code"}
-    assert err["type"] == "invalid_request_error"
-    if code is not None:
-        assert err["code"] == code
-    assert "Traceback" not in err["message"] and str(Path.home()) not in err["message"]
+    if path.startswith("/api/"):  # Ollama's shape: {"error": "message"}
+        assert list(r.json()) == ["error"]
+        message = r.json()["error"]
+    else:
+        err = r.json()["error"]
+        assert set(err) == {"message", "type", "param", "code"}
+        assert err["type"] == "invalid_request_error"
+        if code is not None:
+            assert err["code"] == code
+        message = err["message"]
+    assert isinstance(message, str) and "Traceback" not in message and str(Path.home()) not in message
     assert r.headers.get("x-request-id")
     good_request_works(c)
 

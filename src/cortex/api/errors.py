@@ -1,4 +1,4 @@
-"""Translate errors into OpenAI-shaped responses, in one place."""
+"""Translate errors into responses, in one place: OpenAI's error shape, or Ollama's under its routes."""
 
 from __future__ import annotations
 
@@ -13,6 +13,15 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from cortex.errors import CortexError, error_body
 
 log = logging.getLogger("cortex.api")
+OLLAMA_PREFIX = "/api/"  # Ollama's API (cortex.api.routes.ollama): its clients read `{"error": "message"}`
+
+
+def shaped(path: str, body: dict) -> dict:
+    """The error body for a request to `path`: `body` (OpenAI's shape, see cortex.errors.error_body), or under
+    Ollama's routes Ollama's `{"error": message}`. Every error answer goes through here, the guard's too."""
+    if path.startswith(OLLAMA_PREFIX):
+        return {"error": body["error"]["message"]}
+    return body
 
 
 def json_response(body: object, status: int = 200) -> Response:
@@ -21,15 +30,16 @@ def json_response(body: object, status: int = 200) -> Response:
 
 
 def error_response(
-    status: int, message: str, type_: str, *, param: str | None = None, code: str | None = None
+    request: Request, status: int, message: str, type_: str, *, param: str | None = None, code: str | None = None
 ) -> Response:
-    return json_response(error_body(message, type=type_, param=param, code=code), status)
+    body = error_body(message, type=type_, param=param, code=code)
+    return json_response(shaped(request.url.path, body), status)
 
 
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(CortexError)
     async def _cortex_error(request: Request, exc: CortexError) -> Response:
-        response = json_response(exc.to_dict(), exc.status)
+        response = json_response(shaped(request.url.path, exc.to_dict()), exc.status)
         if exc.retry_after_s is not None:
             response.headers["Retry-After"] = str(exc.retry_after_s)
         if exc.status >= 500:
@@ -50,7 +60,7 @@ def install_error_handlers(app: FastAPI) -> None:
             message = f"You must provide a '{param}' parameter."
         else:
             message = f"Invalid value for '{'.'.join(loc) or 'body'}': {first.get('msg', 'invalid')}."
-        return error_response(400, message, "invalid_request_error", param=param)
+        return error_response(request, 400, message, "invalid_request_error", param=param)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
@@ -61,7 +71,7 @@ def install_error_handlers(app: FastAPI) -> None:
         else:
             message = str(exc.detail)
         kind = "invalid_request_error" if exc.status_code < 500 else "server_error"
-        response = error_response(exc.status_code, message, kind)
+        response = error_response(request, exc.status_code, message, kind)
         for key, value in (exc.headers or {}).items():
             response.headers[key] = value
         return response
@@ -72,5 +82,5 @@ def install_error_handlers(app: FastAPI) -> None:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         request.state.logged_error = exc  # the guard does not log it again
         return error_response(
-            500, f"The server had an error while processing your request (request id {ref}).", "server_error"
+            request, 500, f"The server had an error while processing your request (request id {ref}).", "server_error"
         )

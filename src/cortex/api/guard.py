@@ -10,7 +10,7 @@ Every request, in order:
 5. has its body read here, up to `max_body_bytes` (413 beyond) and `max_json_depth` (400 beyond),
    before the app sees it;
 6. if still unanswered when the shutdown grace runs out, gets a 503 `server_shutting_down`.
-Every refusal is in OpenAI's error shape.
+Every refusal is in OpenAI's error shape, or in Ollama's under its routes (`cortex.api.errors.shaped`).
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from typing import Any
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from cortex.api.errors import shaped
 from cortex.config import Settings
 from cortex.errors import ShuttingDown, error_body
 from cortex.logs import REQUEST_ID
@@ -115,6 +116,7 @@ class Guard:
         cors_origin: str | None = None
         status = 0
         started = time.perf_counter()
+        path = scope["path"]
 
         async def send_with_headers(message: Message) -> None:
             nonlocal status
@@ -130,22 +132,23 @@ class Guard:
         try:
             refusal = self._refusal(scope, headers, origin)
             if refusal is not None:
-                await _respond(send_with_headers, *refusal)
+                await _respond(send_with_headers, path, *refusal)
                 return
             if origin is not None:
                 cors_origin = origin
                 if scope["method"] == "OPTIONS" and "access-control-request-method" in headers:
-                    await _respond(send_with_headers, 204, None, _preflight_headers())
+                    await _respond(send_with_headers, path, 204, None, _preflight_headers())
                     return
             if not self._authorized(scope["path"], headers):
                 await _respond(
                     send_with_headers,
+                    path,
                     401,
                     _error("Incorrect or missing API key. Send it as 'Authorization: Bearer KEY'.", "invalid_api_key"),
                     {"www-authenticate": 'Bearer realm="cortex"'},
                 )
                 return
-            body_receive = await self._read_body(headers, receive, send_with_headers)
+            body_receive = await self._read_body(headers, receive, send_with_headers, path)
             if body_receive is not None:
                 await self.app(scope, body_receive, send_with_headers)
         except asyncio.CancelledError:
@@ -155,7 +158,7 @@ class Guard:
                 raise  # the answer had begun: uvicorn can only close the connection
             shutting_down = ShuttingDown()
             retry = {"retry-after": str(shutting_down.retry_after_s), "connection": "close"}
-            await _respond(send_with_headers, shutting_down.status, shutting_down.to_dict(), retry)
+            await _respond(send_with_headers, path, shutting_down.status, shutting_down.to_dict(), retry)
         except Exception as exc:
             # The app's handler answered a 500 and logged it with this request's id, and Starlette raises it
             # again "for the server to log": uvicorn would log it a second time, without the id. Log here
@@ -163,7 +166,8 @@ class Guard:
             if state.get("logged_error") is not exc:
                 _log.exception("error while answering %s %s", scope["method"], scope["path"])
             if not status:
-                await _respond(send_with_headers, 500, error_body("The server had an error.", type="server_error"), {})
+                body = error_body("The server had an error.", type="server_error")
+                await _respond(send_with_headers, path, 500, body, {})
         finally:
             self._log(scope, state, request_id, status, started)
             REQUEST_ID.reset(in_request)
@@ -188,7 +192,7 @@ class Guard:
             ok |= hmac.compare_digest(given, key)
         return ok and scheme.lower() == "bearer"
 
-    async def _read_body(self, headers: Headers, receive: Receive, send: Send) -> Receive | None:
+    async def _read_body(self, headers: Headers, receive: Receive, send: Send, path: str) -> Receive | None:
         """Read the whole body within limits; return a receive() that replays it, or None if answered."""
         limit = self.settings.max_body_bytes
         too_large = (
@@ -198,7 +202,7 @@ class Guard:
         )
         length = headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > limit:
-            await _respond(send, *too_large)
+            await _respond(send, path, *too_large)
             return None
         chunks: list[bytes] = []
         size = 0
@@ -209,7 +213,7 @@ class Guard:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > limit:
-                await _respond(send, *too_large)
+                await _respond(send, path, *too_large)
                 return None
             chunks.append(chunk)
             if not message.get("more_body", False):
@@ -219,6 +223,7 @@ class Guard:
         if json_depth_exceeds(body, depth):
             await _respond(
                 send,
+                path,
                 400,
                 _error(f"The JSON body nests deeper than {depth} levels (max_json_depth).", "json_too_deep"),
                 {},
@@ -265,8 +270,9 @@ def _error(message: str, code: str) -> dict:
     return error_body(message, type="invalid_request_error", code=code)
 
 
-async def _respond(send: Send, status: int, body: dict | None, headers: dict[str, str]) -> None:
-    payload = b"" if body is None else json.dumps(body).encode()
+async def _respond(send: Send, path: str, status: int, body: dict | None, headers: dict[str, str]) -> None:
+    """Answer with `body`, an error in OpenAI's shape (shaped for `path`), or nothing."""
+    payload = b"" if body is None else json.dumps(shaped(path, body)).encode()
     raw = [(k.encode(), v.encode()) for k, v in headers.items()]
     if body is not None:
         raw += [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]

@@ -31,6 +31,7 @@ _FIELD_ERRORS = {
     "truncate": "'truncate' must be true or false.",
 }
 _SURROGATE = re.compile("[\ud800-\udfff]")
+M = TypeVar("M", bound=BaseModel)
 
 
 def _load_json(body: bytes) -> object:
@@ -76,9 +77,6 @@ def parse_embedding_request(body: bytes) -> EmbeddingRequest:
         raise InvalidRequest(_FIELD_ERRORS.get(field, f"Invalid value for '{field}'."), param=field) from exc
 
 
-M = TypeVar("M", bound=BaseModel)
-
-
 def load_object(body: bytes) -> dict:
     """A request body that must be a JSON object; 400 otherwise."""
     data = _load_json(body)
@@ -87,9 +85,9 @@ def load_object(body: bytes) -> dict:
     return data
 
 
-def parse_request(data: dict, schema: type[M], messages: dict[str, str]) -> M:
+def parse_request(data: dict, schema: type[M], messages: dict[str, str] | None = None) -> M:
     """A body (`load_object`) as `schema`, as `parse_embedding_request` does for embeddings: every fault a
-    400 naming the parameter; `messages` says per field what it must be."""
+    400 naming the parameter; `messages` says per field what it must be (else pydantic's words)."""
     try:
         return schema.model_validate(data)
     except ValidationError as exc:
@@ -97,8 +95,14 @@ def parse_request(data: dict, schema: type[M], messages: dict[str, str]) -> M:
         field = str(error["loc"][0]) if error["loc"] else None
         if error["type"] == "missing" and field is not None:
             raise InvalidRequest(f"You must provide a '{field}' parameter.", param=field) from exc
-        message = messages.get(field or "", f"Invalid value for '{field}'.")
+        detail = str(error["msg"]).removeprefix("Value error, ")
+        message = (messages or {}).get(field or "") or f"Invalid value for '{field}': {detail}"
         raise InvalidRequest(message, param=field) from exc
+
+
+def parse_body(body: bytes, schema: type[M]) -> M:
+    """`parse_request(load_object(body), schema)`, for routes whose clients need no custom messages."""
+    return parse_request(load_object(body), schema)
 
 
 def check_inputs(inputs: list[str] | list[list[int]], max_inputs: int) -> None:

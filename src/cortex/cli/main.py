@@ -9,6 +9,7 @@ import json
 import shlex
 import signal
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, get_args
@@ -176,6 +177,22 @@ def _human_bytes(n: int | None) -> str:
             return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
         size /= 1024
     return f"{size:.1f} GiB"
+
+
+def _until(expires_at: int | None, now: float) -> str:
+    """When a loaded model unloads, in words: `never`, `in 4 min`, `in 30 s`, `now`."""
+    if expires_at is None:
+        return "never"
+    left = expires_at - now
+    if left < 1:
+        return "now"
+    if left < 90:
+        return f"in {int(left)} s"
+    if left < 90 * 60:
+        return f"in {round(left / 60)} min"
+    if left < 36 * 3600:
+        return f"in {round(left / 3600)} h"
+    return f"in {round(left / 86400)} d"
 
 
 def _print_version(value: bool) -> None:
@@ -454,7 +471,7 @@ models_app.command("pull", help="Same as `cortex pull`.")(pull)
 
 @app.command()
 def ps(as_json: JsonFlag = False) -> None:
-    """List the loaded models and the memory they hold."""
+    """List the loaded models, the memory they hold, and when each unloads if unused (UNTIL)."""
     models = [m for m in _call(_client().get, "/v1/models", ModelList).data if m.status == "loaded"]
     if as_json:
         out.print_json(ModelList(data=models).model_dump_json())
@@ -462,9 +479,11 @@ def ps(as_json: JsonFlag = False) -> None:
     if not models:
         out.print("No model is loaded. `cortex models start ID` loads one (or the first request does).")
         return
-    table = Table("model", "engine", "ctx_len", "dims", "memory")
+    table = Table("model", "engine", "ctx_len", "dims", "memory", "until")
+    now = time.time()
     for m in models:
-        table.add_row(m.id, m.engine, str(m.ctx_len), str(m.n_embd), _human_bytes(m.memory_bytes))
+        until = _until(m.expires_at, now)
+        table.add_row(m.id, m.engine, str(m.ctx_len), str(m.n_embd), _human_bytes(m.memory_bytes), until)
     out.print(table)
 
 
@@ -625,9 +644,11 @@ def models_get(model_id: Annotated[str, typer.Argument(help="Model id")], as_jso
         out.print_json(m.model_dump_json())
         return
     table = Table(show_header=False, box=None)
-    for key, value in m.model_dump(exclude={"object", "owned_by"}).items():
+    for key, value in m.model_dump(exclude={"object", "owned_by", "expires_at"}).items():
         if value is not None:
             table.add_row(key, _human_bytes(value) if key in ("size", "memory_bytes") else str(value))
+    if m.status == "loaded":
+        table.add_row("unloads", _until(m.expires_at, time.time()))
     out.print(table)
 
 

@@ -169,10 +169,16 @@ class ModelStore:
 
     def resolve(self, model_id: str) -> str:
         """The stored id that `model_id` names: itself if stored (an exact id always wins), or for a bare
-        NAME the only NAME:TAG stored. Every route and the registry resolve through here."""
+        NAME the only NAME:TAG stored. `NAME:latest`, not stored, names what NAME does (Ollama's clients
+        add `:latest` to a bare name). Every route and the registry resolve through here."""
         if (self.folder(model_id) / MODEL_FILE).is_file():  # folder() validates the id: the only check it needs
             return model_id
         name, tag = split_tag(model_id)
+        if tag == "latest":
+            try:
+                return self.resolve(name)
+            except ModelNotFound:
+                pass  # the 404 names what was asked for
         if tag is None:
             matches = self._tagged().get(name, [])
             if len(matches) == 1:

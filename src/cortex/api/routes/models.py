@@ -38,7 +38,9 @@ def _store(request: Request) -> ModelStore:
 
 def _model_object(registry: ModelRegistry, record: ModelRecord) -> ModelObject:
     loaded = next((m for m in registry.loaded() if m.record.id == record.id), None)
-    return ModelObject.from_record(record, memory_bytes=loaded.engine.memory_bytes() if loaded else None)
+    if loaded is None:
+        return ModelObject.from_record(record)
+    return ModelObject.from_record(record, memory_bytes=loaded.engine.memory_bytes(), expires_at=loaded.expires_at())
 
 
 @router.get("/v1/models", response_model=ModelList, summary="List the models in the store")
