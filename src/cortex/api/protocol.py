@@ -11,12 +11,12 @@ from __future__ import annotations
 import base64
 import json
 import re
+from typing import TypeVar
 
 import numpy as np
 import orjson
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
-from cortex.engine.base import l2_normalize
 from cortex.errors import InvalidRequest
 from cortex.schemas import EmbeddingRequest
 
@@ -28,7 +28,10 @@ _FIELD_ERRORS = {
     "dimensions": "'dimensions' must be a positive integer.",
     "user": "'user' must be a string.",
     "truncate": "'truncate' must be true or false.",
+    "normalize": "'normalize' must be true or false.",
+    "prompt_name": "'prompt_name' must be a string naming one of the model's prompts.",
 }
+M = TypeVar("M", bound=BaseModel)
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
@@ -59,20 +62,31 @@ def _replace_surrogates(value: object) -> object:
     return value
 
 
-def parse_embedding_request(body: bytes) -> EmbeddingRequest:
-    """Parse and type-check a request body; raise InvalidRequest in OpenAI's terms."""
+def load_json_object(body: bytes) -> dict:
+    """The request body as a JSON object; InvalidRequest for anything else."""
     data = _load_json(body)
     if not isinstance(data, dict):
         raise InvalidRequest("The request body must be a JSON object.")
-    if "model" not in data:
-        raise InvalidRequest("You must provide a model parameter.", param="model")
-    if "input" not in data:
-        raise InvalidRequest("You must provide an input parameter.", param="input")
+    return data
+
+
+def validate_body(data: dict, cls: type[M], required: tuple[str, ...], messages: dict[str, str]) -> M:
+    """`data` as a `cls`; a missing `required` field or a field of the wrong type is a 400 naming it
+    (`messages` says what a field must be)."""
+    for name in required:
+        if name not in data:
+            article = "an" if name[0] in "aeiou" else "a"
+            raise InvalidRequest(f"You must provide {article} {name} parameter.", param=name)
     try:
-        return EmbeddingRequest.model_validate(data)
+        return cls.model_validate(data)
     except ValidationError as exc:
         field = str(exc.errors()[0]["loc"][0])
-        raise InvalidRequest(_FIELD_ERRORS.get(field, f"Invalid value for '{field}'."), param=field) from exc
+        raise InvalidRequest(messages.get(field, f"Invalid value for '{field}'."), param=field) from exc
+
+
+def parse_embedding_request(body: bytes) -> EmbeddingRequest:
+    """Parse and type-check a request body; raise InvalidRequest in OpenAI's terms."""
+    return validate_body(load_json_object(body), EmbeddingRequest, ("model", "input"), _FIELD_ERRORS)
 
 
 def check_inputs(inputs: list[str] | list[list[int]], max_inputs: int) -> None:
@@ -97,13 +111,6 @@ def check_dimensions(dimensions: int | None, n_embd: int) -> None:
             f"'dimensions' is {dimensions}, but this model's embeddings have {n_embd} dimensions.",
             param="dimensions",
         )
-
-
-def truncate_dimensions(vectors: np.ndarray, dimensions: int | None) -> np.ndarray:
-    """Keep the first `dimensions` components of each row and L2-normalise it again."""
-    if dimensions is None or dimensions == vectors.shape[1]:
-        return vectors
-    return l2_normalize(np.array(vectors[:, :dimensions], dtype=np.float32))
 
 
 def encode_embeddings(vectors: np.ndarray, *, model: str, prompt_tokens: int, encoding_format: str | None) -> bytes:

@@ -3,7 +3,8 @@
 The graph takes `input_ids` and `attention_mask` (int64, [batch, tokens]) and returns `embeddings`
 ([batch, hidden]): token + position + type-0 embeddings and LayerNorm; per layer, self-attention with
 the padding mask and a GELU (erf) feed-forward, each with its residual LayerNorm; then the folder's pooling
-(mean over real tokens, CLS, or last real token) and, if its modules.json says so, L2 normalisation.
+(mean over real tokens, CLS, or last real token). No normalisation: the graph returns the pooled vector, and
+each request chooses whether it is L2-normalised (cortex.runtime.embed; the model's default is in model.yml).
 """
 
 from __future__ import annotations
@@ -138,8 +139,6 @@ def build_bert_onnx(model: STModel, out: Path, progress: Progress | None = None)
             f"Cannot read {model.weights.name} (truncated or corrupt?): {exc}", param="model_path"
         ) from exc
     pooled = _pool(b, x, mask_f, model.pooling)
-    if model.normalize:
-        pooled = b.op("LpNormalization", [pooled], axis=-1, p=2)
     b.nodes.append(helper.make_node("Identity", [pooled], ["embeddings"]))
     graph = helper.make_graph(
         b.nodes,

@@ -1,11 +1,11 @@
 """Read a sentence-transformers (or plain transformers) model folder: architecture, hyper-parameters,
-WordPiece vocabulary, pooling, normalisation and context length. No torch.
+WordPiece vocabulary, pooling, normalisation, context length and prompts. No torch.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from safetensors import SafetensorError, safe_open
@@ -37,6 +37,8 @@ class STModel:
     normalize: bool
     max_seq_length: int
     name: str
+    prompts: dict[str, str] = field(default_factory=dict)  # config_sentence_transformers.json's, by name
+    default_prompt_name: str | None = None
 
     @property
     def n_embd(self) -> int:
@@ -146,6 +148,28 @@ def _normalize(folder: Path) -> bool:
     return any(str(m.get("type", "")).endswith("Normalize") for m in _modules(folder))
 
 
+def _prompts(folder: Path) -> tuple[dict[str, str], str | None]:
+    """(prompts by name, the default prompt's name) from config_sentence_transformers.json, as
+    sentence-transformers reads them: `prompts` maps names to the text put before each input."""
+    path = folder / "config_sentence_transformers.json"
+    if not path.exists():
+        return {}, None
+    cfg = _json(path)
+    prompts = cfg.get("prompts") or {}
+    if not isinstance(prompts, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in prompts.items()):
+        raise InvalidModelFile(
+            "config_sentence_transformers.json: `prompts` must map prompt names to strings", param="model_path"
+        )
+    default = cfg.get("default_prompt_name")
+    if default is not None and (not isinstance(default, str) or default not in prompts):
+        known = ", ".join(prompts) or "none"
+        raise InvalidModelFile(
+            f"config_sentence_transformers.json: default_prompt_name {default!r} is not one of its prompts ({known})",
+            param="model_path",
+        )
+    return prompts, default
+
+
 def _embedding_rows(weights: Path) -> int | None:
     """Rows of the token embedding matrix, read from the safetensors header (no weights read)."""
     try:
@@ -194,6 +218,7 @@ def read_st_folder(folder: Path) -> STModel:
         value = _json(st_cfg).get("max_seq_length")
         if isinstance(value, int) and value > 0:
             max_seq = min(value, max_pos)
+    prompts, default_prompt = _prompts(folder)
     return STModel(
         folder=folder,
         weights=weights,
@@ -204,4 +229,6 @@ def read_st_folder(folder: Path) -> STModel:
         normalize=_normalize(folder),
         max_seq_length=max_seq,
         name=str(config.get("_name_or_path") or folder.name).rsplit("/", 1)[-1],
+        prompts=prompts,
+        default_prompt_name=default_prompt,
     )

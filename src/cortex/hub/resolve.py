@@ -41,6 +41,7 @@ from cortex.schemas import Variant
 ST_FILES = (
     "config.json", "model.safetensors", "tokenizer.json", "vocab.txt", "tokenizer_config.json",
     "special_tokens_map.json", "modules.json", "sentence_bert_config.json", "1_Pooling/config.json",
+    "config_sentence_transformers.json",
 )  # fmt: skip
 
 
