@@ -156,7 +156,8 @@ class SimpleToken(BaseModel):
     stop: int | None
 
 
-TeiTokenizeResponse = RootModel[list[list[SimpleToken]]]
+class TeiTokenizeResponse(RootModel[list[list[SimpleToken]]]):
+    """text-embeddings-inference's answer: the tokens of each input, in order."""
 
 
 class DetokenizeRequest(BaseModel):

@@ -40,7 +40,7 @@ class Engine(Protocol):
 
     def tokenize(self, text: str, add_special: bool = True) -> list[int]:
         """Token ids of `text`, with the special tokens the model adds (BOS, CLS/SEP, ...) unless not
-        `add_special`. Special-token text inside `text` is not parsed as such."""
+        `add_special`."""
         ...
 
     def tokens(self, text: str, add_special: bool = True) -> list[Token]:

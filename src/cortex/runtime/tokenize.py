@@ -42,10 +42,11 @@ async def tokenize_texts(
     max_tokens: int,
     prompt: bool = False,
     prompt_name: str | None = None,
+    param: str = "content",
 ) -> tuple[list[str], list[list[Token]]]:
     """(each text as tokenized, its tokens). With `prompt`, each text gets the model's prompt put before it as
     /v1/embeddings does (`prompt_name`, else its default), so the counts are what usage counts. More than
-    `max_tokens` in all is a 400. The caller holds `model`."""
+    `max_tokens` in all is a 400 naming `param`. The caller holds `model`."""
     if prompt:
         before = prompt_text(model.record, prompt_name)
         texts = [before + t for t in texts]
@@ -57,7 +58,7 @@ async def tokenize_texts(
     if total > max_tokens:
         raise InvalidRequest(
             f"The text has {total} tokens, over the limit of {max_tokens} per request (max_tokens_per_request).",
-            param="inputs" if prompt else "content",
+            param=param,
         )
     return texts, tokens
 

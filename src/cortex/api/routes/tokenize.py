@@ -82,12 +82,12 @@ async def tokenize(request: Request) -> Response:
     else:
         req = validate_body(data, TokenizeRequest, ("content",), _MESSAGES)
         texts, add_special, prompt_name = [req.content], req.add_special, None
-    model_id = req.model or implied_model(registry)
+    model_id = implied_model(registry) if req.model is None else req.model
     request.state.access = {"model": model_id, "inputs": len(texts)}
     async with registry.use(model_id) as model:
         texts, tokens = await tokenize_texts(
             model, texts, add_special=add_special, max_tokens=settings.max_tokens_per_request, prompt=tei,
-            prompt_name=prompt_name,
+            prompt_name=prompt_name, param="inputs" if tei else "content",
         )  # fmt: skip
     request.state.access["tokens"] = sum(len(t) for t in tokens)
     if tei:
@@ -112,7 +112,7 @@ async def tokenize(request: Request) -> Response:
 async def detokenize(request: Request) -> Response:
     req = validate_body(load_json_object(await request.body()), DetokenizeRequest, ("tokens",), _MESSAGES)
     registry: ModelRegistry = request.app.state.registry
-    model_id = req.model or implied_model(registry)
+    model_id = implied_model(registry) if req.model is None else req.model
     request.state.access = {"model": model_id, "tokens": len(req.tokens)}
     async with registry.use(model_id) as model:
         content = await detokenize_ids(model, req.tokens, max_tokens=request.app.state.settings.max_tokens_per_request)
