@@ -20,7 +20,7 @@ from safetensors import safe_open
 
 from tests import DATA
 from tests.e2e.fakehub import FakeHub
-from tests.e2e.helpers import ServerProcess
+from tests.e2e.helpers import ServerProcess, cortex
 
 PROMPTS = {"query": "query: ", "passage": "passage: "}
 TEXTS = ["The quick brown fox jumps over the lazy dog.", "naïve café, 日本語 🦙 llama", "a"]
@@ -264,6 +264,12 @@ def test_a_prompt_is_the_text_put_before_each_input(c, model: str) -> None:
     assert "'query', 'passage'" in r.json()["error"]["message"]
 
 
+def test_models_get_shows_the_prompts(srv: ServerProcess) -> None:
+    table = cortex(srv.data_dir, "models", "get", "gguf-prompts").stdout
+    assert "query 'query: ', passage 'passage: '" in table
+    assert "prompts" not in cortex(srv.data_dir, "models", "get", "gguf").stdout  # none: no row
+
+
 def test_a_pulled_folder_brings_its_prompts(c) -> None:
     r = c.post("/v1/models/pull", json={"model": "acme/minilm-prompts"})
     assert r.status_code == 202, r.text
@@ -291,3 +297,10 @@ def test_a_folder_with_malformed_prompts_is_refused_at_import(c, prompted: Path,
         assert r.status_code == 400, r.text
         assert "config_sentence_transformers.json" in r.json()["error"]["message"]
         assert words in r.json()["error"]["message"]
+    # pooling that leaves the prompt out (INSTRUCTOR-style) would silently give other vectors: refused
+    (bad / "config_sentence_transformers.json").write_text(json.dumps({"prompts": PROMPTS}))
+    pooling = json.loads((bad / "1_Pooling" / "config.json").read_text())
+    (bad / "1_Pooling" / "config.json").write_text(json.dumps({**pooling, "include_prompt": False}))
+    r = c.post("/v1/models/import", json={"model": "bad", "model_path": str(bad)})
+    assert r.status_code == 400 and "include_prompt: false" in r.json()["error"]["message"]
+    assert "bad" not in [m["id"] for m in c.get("/v1/models").json()["data"]]

@@ -114,6 +114,7 @@ async def test_the_model_may_be_left_out_when_only_one_is_meant(
         ("/tokenize", {"model": M, "inputs": ["a", 2]}, "inputs", "array of strings"),
         ("/tokenize", {"model": M, "inputs": "a", "add_special_tokens": None}, "add_special_tokens", "true or false"),
         ("/tokenize", {"model": M, "inputs": ["a"] * 5}, "inputs", "at most 4"),
+        ("/tokenize", {"model": M, "inputs": []}, "inputs", "must not be an empty array"),
         ("/tokenize", {"model": M, "content": "a b c d e f g h i j"}, "content", "over the limit of 8"),
         ("/tokenize", {"model": M, "inputs": "a", "prompt_name": "query"}, "prompt_name", "has none"),
         ("/detokenize", {"model": M}, "tokens", "provide a tokens"),

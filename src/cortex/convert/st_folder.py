@@ -123,15 +123,20 @@ def _modules(folder: Path) -> list:
     return [m for m in raw if isinstance(m, dict)] if isinstance(raw, list) else []
 
 
-def _pooling(folder: Path) -> str:
+def _pooling_config(folder: Path) -> dict | None:
+    """The Pooling module's config.json (None for a plain transformers folder)."""
     cfg_path = folder / "1_Pooling" / "config.json"
     if (folder / "modules.json").exists():
         for module in _modules(folder):
             if str(module.get("type", "")).endswith("Pooling") and module.get("path"):
                 cfg_path = folder / str(module["path"]) / "config.json"
-    if not cfg_path.exists():
+    return _json(cfg_path) if cfg_path.exists() else None
+
+
+def _pooling(folder: Path) -> str:
+    cfg = _pooling_config(folder)
+    if cfg is None:
         return "mean"  # sentence-transformers' default for a plain transformers folder
-    cfg = _json(cfg_path)
     if cfg.get("pooling_mode_mean_tokens"):
         return "mean"
     if cfg.get("pooling_mode_cls_token"):
@@ -219,6 +224,12 @@ def read_st_folder(folder: Path) -> STModel:
         if isinstance(value, int) and value > 0:
             max_seq = min(value, max_pos)
     prompts, default_prompt = _prompts(folder)
+    if prompts and (_pooling_config(folder) or {}).get("include_prompt") is False:
+        raise InvalidModelFile(
+            "Its pooling leaves the prompt's tokens out (include_prompt: false in the Pooling config); cortex "
+            "pools every token of a prompted input, so it would not give this model's vectors.",
+            param="model_path",
+        )
     return STModel(
         folder=folder,
         weights=weights,

@@ -74,6 +74,8 @@ async def tokenize(request: Request) -> Response:
     if tei:
         req = validate_body(data, TeiTokenizeRequest, (), _MESSAGES)
         texts = [req.inputs] if isinstance(req.inputs, str) else req.inputs
+        if not texts:
+            raise InvalidRequest("'inputs' must not be an empty array.", param="inputs")
         if len(texts) > settings.max_inputs:
             raise InvalidRequest(
                 f"Too many inputs: {len(texts)} given, at most {settings.max_inputs} per request.", param="inputs"
