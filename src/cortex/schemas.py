@@ -61,7 +61,7 @@ class EmbeddingRequest(BaseModel):
         "float", description="`float` (default) or `base64` (little-endian float32 bytes)"
     )
     dimensions: StrictInt | None = Field(
-        None, description="Truncate each vector to this many dimensions, then L2-normalise it again"
+        None, description="Truncate each vector to this many dimensions, then L2-normalise it again (if normalising)"
     )
     user: StrictStr | None = Field(None, description="Accepted and ignored")
     truncate: StrictBool | None = Field(
