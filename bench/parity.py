@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cortex.engine.base import l2_normalize
 from cortex.engine.kinds import ImportOptions
 from cortex.engine.llama import LlamaCppEngine
 from cortex.importer import Importer
@@ -52,9 +53,10 @@ def main() -> None:
             ctx_len=record.ctx_len,
             n_threads=args.threads,
         )
-        alone = np.concatenate([engine.embed([r["token_ids"]]) for r in rows])
-        batch = np.concatenate(
-            [engine.embed([r["token_ids"] for r in rows[i : i + 8]]) for i in range(0, len(rows), 8)]
+        # engines return pooled vectors: normalise them as the embeddings pipeline does by default
+        alone = l2_normalize(np.concatenate([engine.embed([r["token_ids"]]) for r in rows]))
+        batch = l2_normalize(
+            np.concatenate([engine.embed([r["token_ids"] for r in rows[i : i + 8]]) for i in range(0, len(rows), 8)])
         )
         engine.close()
         cos_alone = np.sum(alone * ref, axis=1)

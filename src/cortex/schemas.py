@@ -16,6 +16,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    RootModel,
     StrictBool,
     StrictFloat,
     StrictInt,
@@ -33,6 +34,7 @@ from cortex.store.store import ModelRecord
 EngineName = Literal[ENGINE_NAMES]  # type: ignore[valid-type]
 PoolingName = Literal[POOLINGS]  # type: ignore[valid-type]
 _ENGINES_HELP = "; ".join(f"{k.name}: {k.summary}" for k in KINDS.values())
+_MODEL_HELP = "Id of a model in the store; may be left out when only one model is loaded, or only one is stored"
 
 # --- /healthz ---
 
@@ -72,13 +74,23 @@ class EmbeddingRequest(BaseModel):
         "float", description="`float` (default) or `base64` (little-endian float32 bytes)"
     )
     dimensions: StrictInt | None = Field(
-        None, description="Truncate each vector to this many dimensions, then L2-normalise it again"
+        None, description="Truncate each vector to this many dimensions, then L2-normalise it again (if normalising)"
     )
     user: StrictStr | None = Field(None, description="Accepted and ignored")
     truncate: StrictBool | None = Field(
         None,
         description="Extension (as text-embeddings-inference and Ollama): cut each input to the model's context "
         "instead of answering 400; usage then counts the tokens processed. Unset: the server's auto_truncate",
+    )
+    normalize: StrictBool | None = Field(
+        None,
+        description="Extension (as text-embeddings-inference): false returns the pooled vectors as "
+        "sentence-transformers would without its Normalize module. Unset: the model's own (`normalize` in its record)",
+    )
+    prompt_name: StrictStr | None = Field(
+        None,
+        description="Extension (as sentence-transformers and text-embeddings-inference): the model's prompt of this "
+        "name is put before each text input, and counted in usage. Unset: the model's default prompt, if any",
     )
 
     def inputs(self) -> list[str] | list[list[int]]:
@@ -217,6 +229,72 @@ class TeiRank(BaseModel):
     index: int
     score: float
     text: str | None = None
+
+
+# --- /tokenize, /detokenize ---
+
+
+class TokenizeRequest(BaseModel):
+    """`POST /tokenize` in llama-server's shape."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: StrictStr | None = Field(None, description=_MODEL_HELP)
+    content: StrictStr = Field(description="The text to tokenize, as is (no prompt is put before it)")
+    add_special: StrictBool = Field(
+        False, description="Add the special tokens the model adds (BOS, [CLS]/[SEP]); llama-server's default is false"
+    )
+    with_pieces: StrictBool = Field(False, description="Answer `{id, piece}` per token instead of bare ids")
+
+
+class TokenPiece(BaseModel):
+    id: int
+    piece: str | list[int] = Field(description="The token's text, or its bytes where they are not valid UTF-8")
+
+
+class TokenizeResponse(BaseModel):
+    tokens: list[int] | list[TokenPiece]
+
+
+class TeiTokenizeRequest(BaseModel):
+    """`POST /tokenize` in text-embeddings-inference's shape (the body has `inputs`)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: StrictStr | None = Field(None, description=_MODEL_HELP)
+    inputs: StrictStr | list[StrictStr] = Field(description="A string or an array of strings")
+    add_special_tokens: StrictBool = Field(True, description="Add the special tokens the model adds")
+    prompt_name: StrictStr | None = Field(
+        None, description="The model's prompt put before each input (unset: its default prompt, if any)"
+    )
+
+
+class SimpleToken(BaseModel):
+    """A token as text-embeddings-inference describes it: `start`/`stop` are UTF-8 byte offsets into the input
+    (with its prompt), null for a special token or where the engine cannot tell (llama.cpp WordPiece models)."""
+
+    id: int
+    text: str
+    special: bool
+    start: int | None
+    stop: int | None
+
+
+class TeiTokenizeResponse(RootModel[list[list[SimpleToken]]]):
+    """text-embeddings-inference's answer: the tokens of each input, in order."""
+
+
+class DetokenizeRequest(BaseModel):
+    """`POST /detokenize` in llama-server's shape."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: StrictStr | None = Field(None, description=_MODEL_HELP)
+    tokens: list[StrictInt] = Field(description="Token ids, each in [0, the model's vocabulary size)")
+
+
+class DetokenizeResponse(BaseModel):
+    content: str
 
 
 # --- /v1/models ---

@@ -7,6 +7,7 @@ A python line ending in `# prints: TEXT` must print TEXT."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -53,6 +54,10 @@ def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     for path in folder.rglob("*"):
         if path.is_file() and path.suffix in (".json", ".txt", ".safetensors"):
             h.add("sentence-transformers/all-MiniLM-L6-v2", "main", str(path.relative_to(folder)), path)
+            if path.name != "config_sentence_transformers.json":
+                h.add("ORG/REPO-WITH-PROMPTS", "main", str(path.relative_to(folder)), path)
+    prompts = {"prompts": {"query": "query: ", "passage": "passage: "}, "default_prompt_name": None}
+    h.add("ORG/REPO-WITH-PROMPTS", "main", "config_sentence_transformers.json", json.dumps(prompts).encode())
     for path in (DATA / "cross-encoder-tiny").iterdir():  # a cross-encoder in the published layout (Reranking)
         h.add("cross-encoder/ms-marco-MiniLM-L6-v2", "main", path.name, path)
     url = h.start()

@@ -18,7 +18,7 @@ import yaml
 from cortex.api.app import create_app
 from cortex.api.guard import Guard
 from cortex.config import Settings
-from cortex.engine.base import truncate_tokens
+from cortex.engine.base import Token, truncate_tokens
 from cortex.store.ids import folder_name
 from cortex.store.store import ModelRecord
 
@@ -28,11 +28,11 @@ BOS, EOS = 1, 2
 class StubEngine:
     """The `Engine` protocol (cortex.engine.base) without a model.
 
-    Each word is one token (BOS and EOS around it); a sequence's vector is its first id, then its length,
-    then ones (`n_embd` components, not normalised), so a test can tell which input gave which row. It
-    records the batches it saw; `gate` holds every batch while cleared (`entered` says one got that far);
-    a batch holding a sequence that starts with `fail_on` raises. Sizes are the class's unless given, e.g.
-    `StubEngine(n_embd=8)`.
+    Each word is one token (BOS and EOS around it, special; a word's span is its bytes in the text); a
+    sequence's vector is its first id, then its length, then ones (`n_embd` components, not normalised), so a
+    test can tell which input gave which row. It records the batches it saw; `gate` holds every batch while
+    cleared (`entered` says one got that far); a batch holding a sequence that starts with `fail_on` raises.
+    Sizes are the class's unless given, e.g. `StubEngine(n_embd=8)`.
     """
 
     n_embd = 1
@@ -48,17 +48,37 @@ class StubEngine:
                 raise TypeError(f"StubEngine has no size {name!r}")
             setattr(self, name, value)
         self.batches: list[list[list[int]]] = []
+        self.words: dict[int, str] = {}  # id -> word, for detokenize
         self.fail_on = fail_on
         self.gate = threading.Event()
         self.gate.set()
         self.entered = threading.Event()  # set once a batch has reached `embed`
         self.closed = False
 
-    def tokenize(self, text: str) -> list[int]:
-        return [BOS, *(self.word_id(word) for word in text.split()), EOS]
+    def tokenize(self, text: str, add_special: bool = True) -> list[int]:
+        ids = [self.word_id(word) for word in text.split()]
+        return [BOS, *ids, EOS] if add_special else ids
+
+    def tokens(self, text: str, add_special: bool = True) -> list[Token]:
+        words, at = [], 0
+        for word in text.split():
+            start = text.index(word, at)
+            at = start + len(word)
+            span = (len(text[:start].encode()), len(text[:at].encode()))
+            words.append(Token(self.word_id(word), word.encode(), False, span))
+        if not add_special:
+            return words
+        return [Token(BOS, b"<s>", True, None), *words, Token(EOS, b"</s>", True, None)]
+
+    def detokenize(self, ids: Sequence[int]) -> str:
+        """Words this engine has tokenized; `<s>`, `</s>`, and `<ID>` for an id it has not seen."""
+        names = {BOS: "<s>", EOS: "</s>", **self.words}
+        return " ".join(names.get(i, f"<{i}>") for i in ids)
 
     def word_id(self, word: str) -> int:
-        return 10 + zlib.crc32(word.encode()) % (self.n_vocab - 10)
+        token = 10 + zlib.crc32(word.encode()) % (self.n_vocab - 10)
+        self.words[token] = word
+        return token
 
     def truncate(self, tokens: list[int], n: int) -> list[int]:
         return truncate_tokens(tokens, n, frozenset({EOS}))

@@ -1,5 +1,5 @@
 """OpenAI's embeddings protocol in cortex.api.protocol: parsing into OpenAI-style 400s, input and dimension
-checks, truncation of dimensions, and the response body in float and base64."""
+checks, and the response body in float and base64."""
 
 from __future__ import annotations
 
@@ -15,7 +15,6 @@ from cortex.api.protocol import (
     check_inputs,
     encode_embeddings,
     parse_embedding_request,
-    truncate_dimensions,
 )
 from cortex.errors import InvalidRequest
 
@@ -108,15 +107,6 @@ def test_dimensions_must_be_positive_and_within_the_model() -> None:
         with pytest.raises(InvalidRequest) as caught:
             check_dimensions(bad, 8)
         assert caught.value.param == "dimensions" and words in caught.value.message
-
-
-def test_truncated_dimensions_are_the_first_components_renormalised() -> None:
-    vectors = np.array([[3.0, 4.0, 12.0], [0.0, 0.0, 1.0]], dtype=np.float32)
-    cut = truncate_dimensions(vectors, 2)
-    np.testing.assert_allclose(cut[0], [0.6, 0.8], rtol=1e-6)
-    assert np.all(np.isfinite(cut[1])) and np.all(cut[1] == 0)  # a zero prefix stays zero, no division by 0
-    assert truncate_dimensions(vectors, None) is vectors
-    assert truncate_dimensions(vectors, 3) is vectors
 
 
 def test_float_and_base64_bodies_carry_the_same_little_endian_float32_vectors() -> None:

@@ -25,8 +25,8 @@ GOOD = {"model": M, "input": "still serving"}
 
 @pytest.fixture
 def model(models_dir: Path) -> str:
-    """A stored model: 8 dimensions, a context of 16 tokens."""
-    write_model(models_dir, M, n_embd=8, ctx_len=16)
+    """A stored model: 8 dimensions, a context of 16 tokens, the stub's vectors served as it gives them."""
+    write_model(models_dir, M, n_embd=8, ctx_len=16, normalize=False)
     return M
 
 
@@ -75,7 +75,7 @@ async def test_token_ids_are_used_as_given(api: httpx.AsyncClient, model: str, e
 
 async def test_dimensions_cut_and_renormalise(api: httpx.AsyncClient, model: str) -> None:
     full = _rows(await _embed(api, input=["a b c"]))[0]
-    cut = _rows(await _embed(api, input=["a b c"], dimensions=3))[0]
+    cut = _rows(await _embed(api, input=["a b c"], dimensions=3, normalize=True))[0]
     np.testing.assert_allclose(cut, full[:3] / np.linalg.norm(full[:3]), rtol=1e-6)
     assert len(_rows(await _embed(api, input="x", dimensions=8))[0]) == 8
 

@@ -12,7 +12,7 @@ from fastapi_offline import FastAPIOffline
 
 from cortex import __version__
 from cortex.api.errors import install_error_handlers
-from cortex.api.routes import embeddings, hardware, health, models, ollama, pull, rerank
+from cortex.api.routes import embeddings, hardware, health, models, ollama, pull, rerank, tokenize
 from cortex.config import Settings
 from cortex.data_folder import folder_id
 from cortex.errors import CortexError
@@ -80,6 +80,7 @@ def create_app(settings: Settings, *, read_only: bool = False) -> FastAPI:
     app.include_router(hardware.router)
     app.include_router(embeddings.router)
     app.include_router(rerank.router)
+    app.include_router(tokenize.router)
     app.include_router(pull.router)  # before models: /v1/models/pull/... must not match /v1/models/{id}
     app.include_router(models.router)
     app.include_router(ollama.router)

@@ -17,7 +17,6 @@ import numpy as np
 import orjson
 from pydantic import BaseModel, ValidationError
 
-from cortex.engine.base import l2_normalize
 from cortex.errors import InvalidRequest
 from cortex.schemas import EmbeddingRequest
 
@@ -29,6 +28,8 @@ _FIELD_ERRORS = {
     "dimensions": "'dimensions' must be a positive integer.",
     "user": "'user' must be a string.",
     "truncate": "'truncate' must be true or false.",
+    "normalize": "'normalize' must be true or false.",
+    "prompt_name": "'prompt_name' must be a string naming one of the model's prompts.",
 }
 _SURROGATE = re.compile("[\ud800-\udfff]")
 M = TypeVar("M", bound=BaseModel)
@@ -61,33 +62,24 @@ def _replace_surrogates(value: object) -> object:
     return value
 
 
-def parse_embedding_request(body: bytes) -> EmbeddingRequest:
-    """Parse and type-check a request body; raise InvalidRequest in OpenAI's terms."""
-    data = _load_json(body)
-    if not isinstance(data, dict):
-        raise InvalidRequest("The request body must be a JSON object.")
-    if "model" not in data:
-        raise InvalidRequest("You must provide a model parameter.", param="model")
-    if "input" not in data:
-        raise InvalidRequest("You must provide an input parameter.", param="input")
-    try:
-        return EmbeddingRequest.model_validate(data)
-    except ValidationError as exc:
-        field = str(exc.errors()[0]["loc"][0])
-        raise InvalidRequest(_FIELD_ERRORS.get(field, f"Invalid value for '{field}'."), param=field) from exc
-
-
 def load_object(body: bytes) -> dict:
-    """A request body that must be a JSON object; 400 otherwise."""
+    """The request body as a JSON object; InvalidRequest for anything else."""
     data = _load_json(body)
     if not isinstance(data, dict):
         raise InvalidRequest("The request body must be a JSON object.")
     return data
 
 
-def parse_request(data: dict, schema: type[M], messages: dict[str, str] | None = None) -> M:
-    """A body (`load_object`) as `schema`, as `parse_embedding_request` does for embeddings: every fault a
-    400 naming the parameter; `messages` says per field what it must be (else pydantic's words)."""
+def parse_request(
+    data: dict, schema: type[M], messages: dict[str, str] | None = None, required: tuple[str, ...] = ()
+) -> M:
+    """`data` (`load_object`) as `schema`: every fault a 400 naming the parameter. A missing `required` field
+    gets OpenAI's words, checked first in that order; `messages` says per field what it must be (else
+    pydantic's words are given)."""
+    for name in required:
+        if name not in data:
+            article = "an" if name[0] in "aeiou" else "a"
+            raise InvalidRequest(f"You must provide {article} {name} parameter.", param=name)
     try:
         return schema.model_validate(data)
     except ValidationError as exc:
@@ -103,6 +95,11 @@ def parse_request(data: dict, schema: type[M], messages: dict[str, str] | None =
 def parse_body(body: bytes, schema: type[M]) -> M:
     """`parse_request(load_object(body), schema)`, for routes whose clients need no custom messages."""
     return parse_request(load_object(body), schema)
+
+
+def parse_embedding_request(body: bytes) -> EmbeddingRequest:
+    """Parse and type-check a request body; raise InvalidRequest in OpenAI's terms."""
+    return parse_request(load_object(body), EmbeddingRequest, _FIELD_ERRORS, ("model", "input"))
 
 
 def check_inputs(inputs: list[str] | list[list[int]], max_inputs: int) -> None:
@@ -127,13 +124,6 @@ def check_dimensions(dimensions: int | None, n_embd: int) -> None:
             f"'dimensions' is {dimensions}, but this model's embeddings have {n_embd} dimensions.",
             param="dimensions",
         )
-
-
-def truncate_dimensions(vectors: np.ndarray, dimensions: int | None) -> np.ndarray:
-    """Keep the first `dimensions` components of each row and L2-normalise it again."""
-    if dimensions is None or dimensions == vectors.shape[1]:
-        return vectors
-    return l2_normalize(np.array(vectors[:, :dimensions], dtype=np.float32))
 
 
 def encode_embeddings(vectors: np.ndarray, *, model: str, prompt_tokens: int, encoding_format: str | None) -> bytes:

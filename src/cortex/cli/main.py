@@ -645,8 +645,13 @@ def models_get(model_id: Annotated[str, typer.Argument(help="Model id")], as_jso
         return
     table = Table(show_header=False, box=None)
     for key, value in m.model_dump(exclude={"object", "owned_by", "expires_at"}).items():
-        if value is not None:
-            table.add_row(key, _human_bytes(value) if key in ("size", "memory_bytes") else str(value))
+        if value is None or value == {}:  # a model without prompts shows no prompts row
+            continue
+        if key in ("size", "memory_bytes"):
+            value = _human_bytes(value)
+        elif isinstance(value, dict):  # prompts: name 'text', ...
+            value = ", ".join(f"{k} {v!r}" for k, v in value.items())
+        table.add_row(key, str(value))
     if m.status == "loaded":
         table.add_row("unloads", _until(m.expires_at, time.time()))
     out.print(table)

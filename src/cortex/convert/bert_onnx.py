@@ -3,7 +3,8 @@
 The graph takes `input_ids` and `attention_mask` (int64, [batch, tokens]) and returns `embeddings`
 ([batch, hidden]): token + position + type-0 embeddings and LayerNorm; per layer, self-attention with
 the padding mask and a GELU (erf) feed-forward, each with its residual LayerNorm; then the folder's pooling
-(mean over real tokens, CLS, or last real token) and, if its modules.json says so, L2 normalisation.
+(mean over real tokens, CLS, or last real token). No normalisation: the graph returns the pooled vector, and
+each request chooses whether it is L2-normalised (cortex.runtime.embed; the model's default is in model.yml).
 
 A cross-encoder (`task` rerank) takes the same two inputs, one `[CLS] query [SEP] document [SEP]` pair per
 row, and returns `logits` ([batch, 1]): its token types (0 up to and including the first [SEP], 1 after) are
@@ -156,10 +157,7 @@ def build_bert_onnx(model: STModel, out: Path, progress: Progress | None = None)
         b.nodes.append(helper.make_node("Identity", [head], [output]))
     else:
         output, width = "embeddings", hidden
-        pooled = _pool(b, x, mask_f, model.pooling)
-        if model.normalize:
-            pooled = b.op("LpNormalization", [pooled], axis=-1, p=2)
-        b.nodes.append(helper.make_node("Identity", [pooled], [output]))
+        b.nodes.append(helper.make_node("Identity", [_pool(b, x, mask_f, model.pooling)], [output]))
     graph = helper.make_graph(
         b.nodes,
         "cortex-bert",

@@ -1,11 +1,11 @@
 """Read a sentence-transformers (or plain transformers) model folder: architecture, hyper-parameters,
-WordPiece vocabulary, pooling, normalisation and context length. No torch.
+WordPiece vocabulary, pooling, normalisation, context length and prompts. No torch.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from safetensors import SafetensorError, safe_open
@@ -39,6 +39,8 @@ class STModel:
     name: str
     task: str = "embed"  # embed (a bi-encoder) | rerank (a cross-encoder: one logit per query-document pair)
     activation: str | None = None  # rerank: sigmoid | identity, what turns a logit into sentence-transformers' score
+    prompts: dict[str, str] = field(default_factory=dict)  # config_sentence_transformers.json's, by name
+    default_prompt_name: str | None = None
 
     @property
     def n_embd(self) -> int:
@@ -123,15 +125,20 @@ def _modules(folder: Path) -> list:
     return [m for m in raw if isinstance(m, dict)] if isinstance(raw, list) else []
 
 
-def _pooling(folder: Path) -> str:
+def _pooling_config(folder: Path) -> dict | None:
+    """The Pooling module's config.json (None for a plain transformers folder)."""
     cfg_path = folder / "1_Pooling" / "config.json"
     if (folder / "modules.json").exists():
         for module in _modules(folder):
             if str(module.get("type", "")).endswith("Pooling") and module.get("path"):
                 cfg_path = folder / str(module["path"]) / "config.json"
-    if not cfg_path.exists():
+    return _json(cfg_path) if cfg_path.exists() else None
+
+
+def _pooling(folder: Path) -> str:
+    cfg = _pooling_config(folder)
+    if cfg is None:
         return "mean"  # sentence-transformers' default for a plain transformers folder
-    cfg = _json(cfg_path)
     if cfg.get("pooling_mode_mean_tokens"):
         return "mean"
     if cfg.get("pooling_mode_cls_token"):
@@ -209,6 +216,25 @@ def _cross_encoder_max_length(folder: Path, max_pos: int) -> int:
     return min(value, max_pos) if isinstance(value, int) and value > 0 else max_pos
 
 
+def _prompts(folder: Path) -> tuple[dict[str, str], str | None]:
+    """(prompts by name, the default prompt's name) from config_sentence_transformers.json, as
+    sentence-transformers reads them: `prompts` maps names to the text put before each input."""
+    cfg = _st_config(folder)
+    prompts = cfg.get("prompts") or {}
+    if not isinstance(prompts, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in prompts.items()):
+        raise InvalidModelFile(
+            "config_sentence_transformers.json: `prompts` must map prompt names to strings", param="model_path"
+        )
+    default = cfg.get("default_prompt_name")
+    if default is not None and (not isinstance(default, str) or default not in prompts):
+        known = ", ".join(prompts) or "none"
+        raise InvalidModelFile(
+            f"config_sentence_transformers.json: default_prompt_name {default!r} is not one of its prompts ({known})",
+            param="model_path",
+        )
+    return prompts, default
+
+
 def _embedding_rows(weights: Path) -> int | None:
     """Rows of the token embedding matrix, read from the safetensors header (no weights read)."""
     try:
@@ -258,6 +284,13 @@ def read_st_folder(folder: Path) -> STModel:
         value = _json(st_cfg).get("max_seq_length")
         if isinstance(value, int) and value > 0:
             max_seq = min(value, max_pos)
+    prompts, default_prompt = _prompts(folder)
+    if prompts and (_pooling_config(folder) or {}).get("include_prompt") is False:
+        raise InvalidModelFile(
+            "Its pooling leaves the prompt's tokens out (include_prompt: false in the Pooling config); cortex "
+            "pools every token of a prompted input, so it would not give this model's vectors.",
+            param="model_path",
+        )
     return STModel(
         folder=folder,
         weights=weights,
@@ -270,4 +303,6 @@ def read_st_folder(folder: Path) -> STModel:
         name=str(config.get("_name_or_path") or folder.name).rsplit("/", 1)[-1],
         task=task,
         activation=_activation(folder, config) if task == "rerank" else None,
+        prompts=prompts,
+        default_prompt_name=default_prompt,
     )

@@ -3,12 +3,25 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
 
 # How a sequence's token vectors become one vector: their mean, the first token's ([CLS]), or the last's.
 POOLINGS: tuple[str, ...] = ("mean", "cls", "last")
+
+
+@dataclass(frozen=True)
+class Token:
+    """One token of a tokenized text, for /tokenize: its id, its piece (the vocabulary's bytes for it,
+    possibly part of a UTF-8 character), whether the tokenizer added it (BOS, [CLS], [SEP], ...), and the
+    UTF-8 byte span of the text it covers (None for an added token, or where the engine cannot tell)."""
+
+    id: int
+    piece: bytes
+    special: bool
+    span: tuple[int, int] | None
 
 
 class Engine(Protocol):
@@ -25,8 +38,17 @@ class Engine(Protocol):
     max_batch_seqs: int  # most sequences one `embed` call takes
     workers: int  # how many `embed` calls may run at once, from different threads
 
-    def tokenize(self, text: str) -> list[int]:
-        """Token ids of `text`, with the special tokens the model adds (BOS, CLS/SEP, ...)."""
+    def tokenize(self, text: str, add_special: bool = True) -> list[int]:
+        """Token ids of `text`, with the special tokens the model adds (BOS, CLS/SEP, ...) unless not
+        `add_special`."""
+        ...
+
+    def tokens(self, text: str, add_special: bool = True) -> list[Token]:
+        """`tokenize(text, add_special)` with each token's piece, special flag and span."""
+        ...
+
+    def detokenize(self, ids: Sequence[int]) -> str:
+        """The text of `ids` (ids in [0, n_vocab)), special tokens written out as the vocabulary spells them."""
         ...
 
     def truncate(self, tokens: list[int], n: int) -> list[int]:
@@ -34,7 +56,8 @@ class Engine(Protocol):
         ...
 
     def embed(self, seqs: Sequence[Sequence[int]], wide: bool = False) -> np.ndarray:
-        """Pooled float32 vectors (L2-normalised unless the model says not), one row per sequence, in order."""
+        """Pooled float32 vectors, one row per sequence, in order: not normalised (the embeddings pipeline,
+        cortex.runtime.embed, normalises per request)."""
         ...
 
     def memory_bytes(self) -> int:

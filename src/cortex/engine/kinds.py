@@ -107,9 +107,15 @@ def _write_gguf(source: Source, opts: ImportOptions, staging: Path, progress: Pr
         "n_ctx_train": info.n_ctx_train,
         "n_embd": info.n_embd,
         "normalize": folder.normalize if folder else True,
+        **(_prompt_fields(folder) if folder else {}),
         "source_format": "sentence-transformers" if folder else "gguf",
         "outtype": outtype if folder else None,
     }
+
+
+def _prompt_fields(folder: STModel) -> dict[str, Any]:
+    """The model.yml fields of a folder's prompts (config_sentence_transformers.json), whichever kind serves it."""
+    return {"prompts": dict(folder.prompts), "default_prompt_name": folder.default_prompt_name}
 
 
 def _gguf_space(source: Source, opts: ImportOptions) -> int:
@@ -139,7 +145,6 @@ def _open_llama(folder: Path, record: ModelRecord, settings: Settings) -> Engine
         pooling=record.pooling,
         ctx_len=record.ctx_len,
         n_threads=settings.n_threads,
-        normalize=record.normalize,
         max_batch_tokens=settings.llama_max_batch_tokens,
         max_batch_seqs=settings.llama_max_batch_seqs,
     )
@@ -176,6 +181,7 @@ def _write_onnx(source: Source, opts: ImportOptions, staging: Path, progress: Pr
         "n_ctx_train": folder.max_seq_length,
         "n_embd": 1 if rerank else folder.n_embd,
         "normalize": False if rerank else folder.normalize,
+        **_prompt_fields(folder),
         "source_format": "sentence-transformers",
         **extra,
     }

@@ -17,13 +17,14 @@ one must too for its vector to cover all its tokens.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 from collections.abc import Sequence
 from pathlib import Path
 
 import llama_cpp
 import numpy as np
 
-from cortex.engine.base import l2_normalize, truncate_tokens
+from cortex.engine.base import Token, truncate_tokens
 from cortex.engine.llama_backend import init_backend
 from cortex.errors import EngineFailure, InvalidModelFile
 
@@ -46,12 +47,10 @@ class LlamaCppEngine:
         pooling: str,
         ctx_len: int,
         n_threads: int,
-        normalize: bool = True,
         max_batch_tokens: int = 512,
         max_batch_seqs: int = 64,
     ) -> None:
         init_backend()
-        self.normalize = normalize
         self.max_batch_seqs = max_batch_seqs
         self.max_batch_tokens = max_batch_tokens
         mparams = llama_cpp.llama_model_default_params()
@@ -108,14 +107,55 @@ class LlamaCppEngine:
         self._out[:] = 1
         self._positions = np.arange(capacity, dtype=np.int32)
 
-    def tokenize(self, text: str) -> list[int]:
+    def tokenize(self, text: str, add_special: bool = True) -> list[int]:
         data = text.encode("utf-8")
         n_max = len(data) + 16
         while True:
             buf = (llama_cpp.llama_token * n_max)()
-            n = llama_cpp.llama_tokenize(self._vocab, data, len(data), buf, n_max, True, False)
+            n = llama_cpp.llama_tokenize(self._vocab, data, len(data), buf, n_max, add_special, False)
             if n >= 0:
                 return buf[:n]
+            n_max = -n
+
+    def _piece(self, token: int) -> bytes:
+        """The token's bytes as llama.cpp writes it out, special tokens spelled out (llama-server's piece)."""
+        n_max = 64
+        while True:
+            buf = ctypes.create_string_buffer(n_max)
+            n = llama_cpp.llama_token_to_piece(self._vocab, token, buf, n_max, 0, True)
+            if n >= 0:
+                return buf.raw[:n]
+            n_max = -n
+
+    def tokens(self, text: str, add_special: bool = True) -> list[Token]:
+        """Spans come from the pieces: where the text's pieces spell it exactly (byte-level and
+        SentencePiece vocabularies), each covers its own bytes; where they do not (WordPiece lower-cases and
+        drops spaces), llama.cpp cannot tell, and spans are None."""
+        ids = self.tokenize(text, add_special)
+        control = llama_cpp.LLAMA_TOKEN_ATTR_CONTROL
+        specials = [bool(llama_cpp.llama_vocab_get_attr(self._vocab, t) & control) for t in ids]
+        pieces = [self._piece(t) for t in ids]
+        spelled = b"".join(p for p, special in zip(pieces, specials, strict=True) if not special)
+        data = text.encode("utf-8")
+        lead = len(spelled) - len(data)  # SentencePiece's added leading space, if any
+        aligned = spelled == data or (lead == 1 and spelled == b" " + data)
+        out, at = [], -lead if aligned else 0
+        for token, piece, special in zip(ids, pieces, specials, strict=True):
+            span = None
+            if aligned and not special:
+                span = (max(at, 0), at + len(piece))
+                at += len(piece)
+            out.append(Token(token, piece, special, span))
+        return out
+
+    def detokenize(self, ids: Sequence[int]) -> str:
+        arr = (llama_cpp.llama_token * max(len(ids), 1))(*ids)
+        n_max = 16 + 8 * len(ids)
+        while True:
+            buf = ctypes.create_string_buffer(n_max)
+            n = llama_cpp.llama_detokenize(self._vocab, arr, len(ids), buf, n_max, False, True)
+            if n >= 0:
+                return buf.raw[:n].decode("utf-8", errors="replace")
             n_max = -n
 
     def truncate(self, tokens: list[int], n: int) -> list[int]:
@@ -152,7 +192,7 @@ class LlamaCppEngine:
         finally:
             if self._memory is not None:
                 llama_cpp.llama_memory_clear(self._memory, True)
-        return l2_normalize(out) if self.normalize else out
+        return out
 
     def memory_bytes(self) -> int:
         return int(llama_cpp.llama_model_size(self._model)) + int(llama_cpp.llama_state_get_size(self._ctx))

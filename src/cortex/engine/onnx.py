@@ -20,7 +20,7 @@ import onnxruntime as ort
 from onnx.external_data_helper import uses_external_data
 from tokenizers import Tokenizer
 
-from cortex.engine.base import truncate_tokens
+from cortex.engine.base import Token, truncate_tokens
 from cortex.errors import EngineFailure, InvalidModelFile, InvalidRequest
 
 
@@ -54,6 +54,33 @@ def load_shared_weights(path: Path) -> tuple[dict[str, ort.OrtValue], int]:
     return values, total
 
 
+def without_final_normalization(path: Path) -> bytes | None:
+    """The graph at `path` serialised without its last node, if that node is an LpNormalization (graphs
+    written before normalisation moved into cortex.runtime.embed ended with one); None if it has none.
+
+    Engines return pooled vectors and each request chooses whether they are normalised, so a stored graph
+    that normalises is served from its pooled output. Its external weights are left out here: the
+    sessions take them from `load_shared_weights`."""
+    proto = onnx.load(str(path), load_external_data=False)
+    graph = proto.graph
+    if len(graph.output) != 1:
+        return None
+    producers = {out: node for node in graph.node for out in node.output}
+    node = producers.get(graph.output[0].name)
+    identity = None
+    if node is not None and node.op_type == "Identity":
+        identity, node = node, producers.get(node.input[0])
+    if node is None or node.op_type != "LpNormalization":
+        return None
+    pooled = node.input[0]
+    graph.node.remove(node)
+    if identity is not None:
+        identity.input[0] = pooled
+    else:
+        graph.node.append(onnx.helper.make_node("Identity", [pooled], [graph.output[0].name]))
+    return proto.SerializeToString()
+
+
 class OnnxEngine:
     """An encoder model's ONNX graph and its tokenizer."""
 
@@ -69,8 +96,10 @@ class OnnxEngine:
         self._pair_cutter.no_padding()
         self._pair_cutter.enable_truncation(ctx_len, strategy="longest_first")
         self._weights, self._weight_bytes = load_shared_weights(graph)
-        self._narrow = self._session(graph, 1)
-        self._wide = self._session(graph, n_threads) if n_threads > 1 else self._narrow
+        self._folder = graph.parent
+        model = without_final_normalization(graph) or str(graph)
+        self._narrow = self._session(model, 1)
+        self._wide = self._session(model, n_threads) if n_threads > 1 else self._narrow
         self.workers = n_threads
         self.max_batch_seqs = 1  # one input per run: padding costs more than batching saves
         self.max_batch_tokens = ctx_len
@@ -78,21 +107,37 @@ class OnnxEngine:
         empty = self.tokenizer.encode("").ids
         self._trailing = frozenset(empty[-1:]) if len(empty) >= 2 else frozenset()
 
-    def _session(self, graph: Path, threads: int) -> ort.InferenceSession:
+    def _session(self, model: str | bytes, threads: int) -> ort.InferenceSession:
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         # A pool thread that spins after a run steals a core from the workers' runs: sleep instead.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        # a graph given as bytes names its external data relative to this folder
+        options.add_session_config_entry("session.model_external_initializers_file_folder_path", str(self._folder))
         for name, value in self._weights.items():
             options.add_initializer(name, value)
         try:
-            return ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
+            return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # ORT raises its own exception types for invalid graphs
             raise InvalidModelFile(f"ONNX Runtime refused the graph: {exc}") from exc
 
-    def tokenize(self, text: str) -> list[int]:
-        return self.tokenizer.encode(text).ids
+    def tokenize(self, text: str, add_special: bool = True) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=add_special).ids
+
+    def tokens(self, text: str, add_special: bool = True) -> list[Token]:
+        enc = self.tokenizer.encode(text, add_special_tokens=add_special)
+        # `tokenizers` gives offsets in characters; spans are in UTF-8 bytes, as text-embeddings-inference's
+        byte_at = [0]
+        for ch in text:
+            byte_at.append(byte_at[-1] + len(ch.encode("utf-8")))
+        return [
+            Token(i, piece.encode("utf-8"), bool(special), None if special else (byte_at[a], byte_at[b]))
+            for i, piece, special, (a, b) in zip(enc.ids, enc.tokens, enc.special_tokens_mask, enc.offsets, strict=True)
+        ]
+
+    def detokenize(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(ids), skip_special_tokens=False)
 
     def tokenize_pairs(
         self, query: str, documents: Sequence[str], *, truncate: bool, doc_tokens: int | None = None

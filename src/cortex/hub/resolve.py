@@ -41,7 +41,7 @@ from cortex.schemas import Variant
 ST_FILES = (
     "config.json", "model.safetensors", "tokenizer.json", "vocab.txt", "tokenizer_config.json",
     "special_tokens_map.json", "modules.json", "sentence_bert_config.json", "1_Pooling/config.json",
-    "config_sentence_transformers.json",  # says a CrossEncoder is one, and its activation (rerank)
+    "config_sentence_transformers.json",  # prompts; says a CrossEncoder is one, and its activation (rerank)
 )  # fmt: skip
 
 

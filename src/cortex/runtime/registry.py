@@ -16,7 +16,14 @@ from typing import Literal, TypeVar
 from cortex.config import Settings
 from cortex.engine.base import Engine
 from cortex.engine.kinds import kind_of
-from cortex.errors import CortexError, InvalidModelFile, ModelNotLoaded, ModelUnavailable, WrongModelTask
+from cortex.errors import (
+    CortexError,
+    InvalidModelFile,
+    InvalidRequest,
+    ModelNotLoaded,
+    ModelUnavailable,
+    WrongModelTask,
+)
 from cortex.runtime.scheduler import BatchScheduler
 from cortex.store.store import ModelRecord, ModelStore
 
@@ -122,15 +129,35 @@ class ModelRegistry:
     def loaded(self) -> list[LoadedModel]:
         return list(self._loaded.values())
 
+    def implied(self, task: str | None = None) -> str:
+        """The model a request that names none means (text-embeddings-inference's and llama-server's clients
+        send no `model`): the only loaded model of `task` (None: any), else the only stored one; with several,
+        or none, a 400 asking for `model`."""
+        loaded = [m.record.id for m in self._loaded.values() if task is None or m.record.task == task]
+        if len(loaded) == 1:
+            return loaded[0]
+        stored = [] if loaded else [r.id for r in self.store.list() if task is None or r.task == task]
+        if len(stored) == 1:
+            return stored[0]
+        kind = "" if task is None else f"{task} "
+        if loaded:
+            have = f"{len(loaded)} {kind}models are loaded ({', '.join(loaded)})"
+        elif stored:
+            have = f"{len(stored)} {kind}models are stored ({', '.join(stored)}) and none is loaded"
+        else:
+            have = f"no {kind}model is stored"
+        raise InvalidRequest(f"You must provide a model parameter: {have}.", param="model")
+
     def _lock(self, model_id: str) -> asyncio.Lock:
         return self._locks.setdefault(model_id, asyncio.Lock())
 
     @contextlib.asynccontextmanager
     async def use(
-        self, model_id: str, task: str = "embed", *, keep_alive_s: float | Literal["default"] | None = None
+        self, model_id: str, task: str | None = "embed", *, keep_alive_s: float | Literal["default"] | None = None
     ) -> AsyncIterator[LoadedModel]:
         """The loaded model that `model_id` names, loading it first if allowed, held for the block. A model
-        of another task (ModelRecord.task: embed, rerank) is refused before it is loaded (WrongModelTask).
+        of another task (ModelRecord.task: embed, rerank) is refused before it is loaded (WrongModelTask); None
+        takes any.
         `keep_alive_s` (Ollama's keep_alive): how long it stays loaded once idle, from now on (0: unloaded
         right after this block; inf: until unloaded by hand); "default" gives it the server's again
         (`default_keep_alive`); None leaves it as it is."""
@@ -142,13 +169,13 @@ class ModelRegistry:
         finally:
             model.release()
 
-    async def _acquire(self, model_id: str, task: str) -> LoadedModel:
+    async def _acquire(self, model_id: str, task: str | None) -> LoadedModel:
         if self._shed is not None:
             raise self._shed.with_traceback(None)
         resolved = self.store.resolve(model_id)  # ModelNotFound for an unknown id
         hit = self._loaded.get(resolved)
         record = hit.record if hit is not None else self.store.get(resolved)
-        if record.task != task:
+        if task is not None and record.task != task:
             raise WrongModelTask(record.id, record.task, task)
         if hit is None:
             if not self.settings.load_on_demand:

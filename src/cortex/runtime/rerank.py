@@ -14,7 +14,7 @@ import numpy as np
 
 from cortex.engine.base import PairEngine
 from cortex.errors import ContextLengthExceeded, InvalidRequest
-from cortex.runtime.registry import LoadedModel, ModelRegistry
+from cortex.runtime.registry import LoadedModel
 
 # Below this many characters in all, tokenizing on the event loop costs less than a thread hop.
 _INLINE_TOKENIZE_CHARS = 4096
@@ -99,24 +99,3 @@ async def score_pairs(
     raw = raw or model.record.activation == "identity"  # the model's own default score is its logit
     scores = logits.astype(np.float64) if raw else sigmoid(logits)
     return scores.tolist(), total
-
-
-def default_rerank_model(registry: ModelRegistry) -> str:
-    """The model a request that names none is served by (text-embeddings-inference's clients send no `model`):
-    the only rerank model loaded, else the only one stored; else a 400 that says to name one."""
-    loaded = [m.record.id for m in registry.loaded() if m.record.task == "rerank"]
-    if len(loaded) == 1:
-        return loaded[0]
-    stored = [r.id for r in registry.store.list() if r.task == "rerank"]
-    if len(stored) == 1:
-        return stored[0]
-    if not stored:
-        raise InvalidRequest(
-            "There is no rerank model on this server: import a cross-encoder (`cortex models import`, "
-            "`cortex pull ORG/REPO`), then name it with 'model'.",
-            param="model",
-        )
-    choices = loaded if len(loaded) > 1 else stored
-    raise InvalidRequest(
-        f"This server has several rerank models ({', '.join(choices)}): name one with 'model'.", param="model"
-    )

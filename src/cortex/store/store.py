@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from cortex.errors import (
     Conflict,
@@ -67,7 +67,13 @@ class ModelRecord(BaseModel):
     ctx_len: int = Field(gt=0)
     n_ctx_train: int = Field(gt=0)
     n_embd: int = Field(gt=0)
-    normalize: bool = Field(True, description="L2-normalise vectors (sentence-transformers' Normalize module)")
+    normalize: bool = Field(
+        True, description="L2-normalise vectors unless a request says not (sentence-transformers' Normalize module)"
+    )
+    prompts: dict[str, str] = Field(
+        default_factory=dict, description="Prompts by name (config_sentence_transformers.json), for `prompt_name`"
+    )
+    default_prompt_name: str | None = Field(None, description="The prompt used when a request names none")
     source_format: Literal["gguf", "sentence-transformers"] = "gguf"
     outtype: str | None = Field(None, description="llama-cpp: weight type chosen when converting a folder to GGUF")
     quantize: str | None = Field(None, description="onnxruntime: int8 graph, if chosen at import")
@@ -75,6 +81,12 @@ class ModelRecord(BaseModel):
     cpu_features: list[str] | None = Field(None, description="The CPU flags the int8 figure was measured with")
     size: int = Field(ge=0, description="Bytes of weights on disk")
     created: int = Field(description="Unix time of import")
+
+    @model_validator(mode="after")
+    def _default_prompt_is_a_prompt(self) -> ModelRecord:
+        if self.default_prompt_name is not None and self.default_prompt_name not in self.prompts:
+            raise ValueError(f"default_prompt_name {self.default_prompt_name!r} is not one of its prompts")
+        return self
 
 
 class Reservation:

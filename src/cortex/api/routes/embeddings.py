@@ -10,7 +10,6 @@ from cortex.api.protocol import (
     check_inputs,
     encode_embeddings,
     parse_embedding_request,
-    truncate_dimensions,
 )
 from cortex.runtime.embed import embed_inputs
 from cortex.runtime.registry import ModelRegistry
@@ -43,13 +42,20 @@ async def create_embeddings(request: Request) -> Response:
         access = {"model": req.model, "inputs": len(inputs)}
         request.state.access = access
         truncate = settings.auto_truncate if req.truncate is None else req.truncate
-        work = embed_inputs(model, inputs, truncate=truncate, max_tokens=settings.max_tokens_per_request)
+        work = embed_inputs(
+            model,
+            inputs,
+            truncate=truncate,
+            max_tokens=settings.max_tokens_per_request,
+            normalize=req.normalize,
+            dimensions=req.dimensions,
+            prompt_name=req.prompt_name,
+        )
         try:  # a client that leaves has its inputs dropped from the queue: nothing is computed for it
             vectors, n_tokens = await unless_disconnected(request, work)
         except ClientGone:
             access["disconnected"] = True
             return Response(status_code=499)
     access["tokens"] = n_tokens
-    vectors = truncate_dimensions(vectors, req.dimensions)
     body = encode_embeddings(vectors, model=req.model, prompt_tokens=n_tokens, encoding_format=req.encoding_format)
     return Response(body, media_type="application/json")

@@ -21,7 +21,7 @@ from pydantic import BaseModel
 from cortex import __version__
 from cortex.api.cancel import ClientGone, unless_disconnected
 from cortex.api.errors import json_response
-from cortex.api.protocol import check_dimensions, check_inputs, parse_body, truncate_dimensions
+from cortex.api.protocol import check_dimensions, check_inputs, parse_body
 from cortex.errors import InvalidRequest
 from cortex.hub.resolve import Plan
 from cortex.hub.tasks import FINAL, PullManager, PullTask
@@ -67,10 +67,11 @@ def _store(request: Request) -> ModelStore:
 
 async def _embed(
     request: Request, model_id: str, inputs: list[str], keep_alive_s: float | None, *, truncate: bool,
-    dimensions: int | None = None,
+    dimensions: int | None = None, normalize: bool | None = None,
 ) -> tuple[np.ndarray, int, int]:  # fmt: skip
     """Vectors, tokens, and the nanoseconds until the model was ready. No inputs only loads the model (as
-    Ollama does); `keep_alive_s` None gives the model the server's keep-alive again, as Ollama's default does."""
+    Ollama does); `keep_alive_s` None gives the model the server's keep-alive again, as Ollama's default does.
+    `normalize` None: the model's own (sentence-transformers' Normalize module)."""
     started = time.perf_counter_ns()
     settings = request.app.state.settings
     if inputs:
@@ -84,14 +85,21 @@ async def _embed(
         if not inputs:
             return np.zeros((0, model.engine.n_embd), dtype=np.float32), 0, ready_ns
         check_dimensions(dimensions, model.engine.n_embd)
-        work = embed_inputs(model, inputs, truncate=truncate, max_tokens=settings.max_tokens_per_request)
+        work = embed_inputs(
+            model,
+            inputs,
+            truncate=truncate,
+            max_tokens=settings.max_tokens_per_request,
+            normalize=normalize,
+            dimensions=dimensions,
+        )
         try:  # a client that leaves has its inputs dropped from the queue, as on /v1/embeddings
             vectors, n_tokens = await unless_disconnected(request, work)
         except ClientGone:
             access["disconnected"] = True
             raise
     access["tokens"] = n_tokens
-    return truncate_dimensions(vectors, dimensions), n_tokens, ready_ns
+    return vectors, n_tokens, ready_ns
 
 
 @router.post(
@@ -102,7 +110,13 @@ async def embed(request: Request) -> Response:
     req = parse_body(await request.body(), OllamaEmbedRequest)
     try:
         vectors, n_tokens, ready_ns = await _embed(
-            request, req.model, req.inputs(), req.keep_alive, truncate=req.truncate, dimensions=req.dimensions
+            request,
+            req.model,
+            req.inputs(),
+            req.keep_alive,
+            truncate=req.truncate,
+            dimensions=req.dimensions,
+            normalize=True,  # Ollama's /api/embed always answers unit vectors
         )
     except ClientGone:
         return Response(status_code=499)

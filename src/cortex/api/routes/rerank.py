@@ -18,7 +18,7 @@ from pydantic import BaseModel
 from cortex.api.cancel import ClientGone, unless_disconnected
 from cortex.api.protocol import load_object, parse_request
 from cortex.runtime.registry import ModelRegistry
-from cortex.runtime.rerank import Ranked, check_rerank, default_rerank_model, rank, score_pairs
+from cortex.runtime.rerank import Ranked, check_rerank, rank, score_pairs
 from cortex.schemas import (
     CohereMeta,
     CohereRerankRequest,
@@ -162,7 +162,7 @@ async def rerank_tei(request: Request) -> Response:
     if "texts" not in data and "documents" in data:  # llama-server's /rerank takes Jina's shape too
         return await _jina(request, parse_request(data, RerankRequest, _MESSAGES))
     req = parse_request(data, TeiRerankRequest, _MESSAGES)
-    model_id = req.model if req.model is not None else default_rerank_model(request.app.state.registry)
+    model_id = req.model if req.model is not None else request.app.state.registry.implied("rerank")
     out = await _score(request, model_id, req.query, req.texts, top_n=None, raw=req.raw_scores,
                        truncate=req.truncate, docs_param="texts")  # fmt: skip
     if out is None:
