@@ -17,6 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from cortex import __version__
 from cortex.config import Settings
 from cortex.engine.kinds import KINDS
+from tests.e2e.helpers import MODEL as GEMMA
 from tests.e2e.helpers import ServerProcess
 
 KEY = "metrics-e2e-key"
@@ -150,3 +151,23 @@ def test_every_route_label_is_a_template(c: httpx.Client) -> None:
     templates = set(c.get("/openapi.json").json()["paths"]) | {"/docs", "/openapi.json", "/docs/assets/{path}"}
     assert "unmatched" in routes and "/v1/models/{model_id}" in routes
     assert routes - {"unmatched"} <= templates
+
+
+def test_scraping_while_llama_cpp_embeds(server: ServerProcess) -> None:
+    """The shared Gemma server (llama-cpp): scrapes read the loaded model's memory while its batches run."""
+    with server.client() as c:
+        assert c.post("/v1/models/start", json={"model": GEMMA}).status_code == 200
+        before = scrape(c)
+        bodies = [{"model": GEMMA, "input": TEXTS[: 1 + i % len(TEXTS)]} for i in range(16)]
+        with ThreadPoolExecutor(4) as pool:
+            answers = pool.map(lambda b: c.post("/v1/embeddings", json=b), bodies)
+            scrapes = [scrape(c) for _ in range(10)]  # meanwhile: each must parse, none may crash the server
+            answers = list(answers)
+        assert all(r.status_code == 200 for r in answers)
+        after = scrape(c)
+        memory = c.get(f"/v1/models/{GEMMA}").json()["memory_bytes"]
+    tokens = sum(r.json()["usage"]["total_tokens"] for r in answers)
+    name = "cortex_embedded_tokens_total"
+    assert get(after, name, model=GEMMA) - get(before, name, model=GEMMA) == tokens
+    assert get(after, "cortex_model_memory_bytes", model=GEMMA) == memory > 0
+    assert all(get(s, "cortex_model_memory_bytes", model=GEMMA) > 0 for s in scrapes)
