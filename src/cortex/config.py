@@ -8,7 +8,8 @@ import difflib
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, get_args, get_origin
+from types import UnionType
+from typing import Annotated, Any, Union, get_args, get_origin
 
 import yaml
 from pydantic import AliasChoices, Field, ValidationError, field_validator
@@ -19,6 +20,7 @@ DEFAULT_PORT = 39281
 CONFIG_FILE = "config.yml"
 # Settings that changed name: an old name in config.yml or the environment is an error naming the new one.
 RENAMED = {"max_batch_tokens": "llama_max_batch_tokens", "max_batch_seqs": "llama_max_batch_seqs"}
+_NOT_LIMITS = frozenset({"port", "insecure"})  # numbers and switches that are not limits (Settings.limits)
 
 
 class SettingsError(ValueError):
@@ -145,6 +147,17 @@ class Settings(BaseSettings):
             keys += [ln.strip() for ln in lines if ln.strip() and not ln.strip().startswith("#")]
         return keys
 
+    def limits(self) -> dict[str, bool | int | float | None]:
+        """Every limit and switch in force (GET /info): each setting that is a number or a boolean (or None
+        for "no limit"), so a new one appears without being listed here; not the port or `insecure`, which
+        say where and how the server listens. Keys, key files, TLS files and other paths are never numbers:
+        never shown."""
+        return {
+            name: getattr(self, name)
+            for name, field in type(self).model_fields.items()
+            if name not in _NOT_LIMITS and _is_number_or_switch(field.annotation)
+        }
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -183,6 +196,12 @@ class _ConfigFileSource(PydanticBaseSettingsSource):
 
     def __call__(self) -> dict[str, Any]:
         return dict(self._values)
+
+
+def _is_number_or_switch(annotation: object) -> bool:
+    """`int`, `float`, `bool`, or one of them or None."""
+    types = set(get_args(annotation)) - {type(None)} if get_origin(annotation) in (Union, UnionType) else {annotation}
+    return bool(types) and types <= {bool, int, float}
 
 
 def config_path(data_dir: object = None) -> Path:

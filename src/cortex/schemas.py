@@ -26,7 +26,7 @@ from pydantic import (
 )
 
 from cortex.engine.base import POOLINGS
-from cortex.engine.kinds import ENGINE_NAMES, KINDS, OPTION_NAMES, option_help, option_values
+from cortex.engine.kinds import ENGINE_NAMES, KINDS, OPTION_NAMES, EngineKind, option_help, option_values
 from cortex.errors import ErrorBody
 from cortex.store.store import ModelRecord
 
@@ -464,6 +464,38 @@ class Hardware(BaseModel):
     memory: Memory
     llama_cpp: LlamaCpp
     onnxruntime: OnnxRuntime
+
+
+# --- /info ---
+
+
+class EngineKindInfo(BaseModel):
+    """An engine kind of `cortex.engine.kinds`, as clients see it."""
+
+    name: str
+    summary: str
+    imports: list[Literal["gguf", "sentence-transformers"]] = Field(description="GGUF files, folders, or both")
+    tasks: list[str] = Field(description="What its models serve: embed, rerank")
+    options: list[str] = Field(description="The import options it takes")
+    settings: list[str] = Field(description="The settings that shape how it batches")
+
+    @classmethod
+    def from_kind(cls, kind: EngineKind) -> EngineKindInfo:
+        imports = ["gguf"] * kind.files + ["sentence-transformers"] * kind.folders
+        return cls(name=kind.name, summary=kind.summary, imports=imports, tasks=list(kind.tasks),
+                   options=list(kind.options), settings=list(kind.settings))  # fmt: skip
+
+
+class Info(BaseModel):
+    """GET /info: what this server is and what it enforces."""
+
+    object: Literal["info"] = "info"
+    version: str
+    models: list[ModelObject] = Field(description="Every stored model, loaded or not")
+    engines: list[EngineKindInfo]
+    limits: dict[str, bool | int | float | None] = Field(
+        description="Every limit and switch in force (`cortex.config.Settings.limits`): the settings' values"
+    )
 
 
 # --- Ollama's API (/api/*), the fields its clients send and read (ollama/api/types.go) ---

@@ -145,7 +145,7 @@ async def serve(settings: Settings, *, read_only: bool = False) -> AsyncIterator
     calls it in process."""
     app = create_app(settings, read_only=read_only)
     async with app.router.lifespan_context(app):
-        guarded = Guard(app, settings, logs_dir=settings.logs_dir)
+        guarded = Guard(app, settings, logs_dir=settings.logs_dir, metrics=app.state.metrics)
         transport = httpx.ASGITransport(app=guarded)
         async with httpx.AsyncClient(transport=transport, base_url=f"http://127.0.0.1:{settings.port}") as client:
             yield client

@@ -2,7 +2,7 @@
 
 Every request, in order:
 1. gets an id (`X-Request-Id` on every response) and a line in `logs/access.jsonl` when it ends
-   (on stderr for a read-only data folder);
+   (on stderr for a read-only data folder), and is counted and timed in the app's metrics (GET /metrics);
 2. on a loopback-bound server, must carry a loopback `Host` (or one of `allowed_hosts`): DNS rebinding;
 3. with an `Origin`, must come from an allowed origin (or the server's own); a preflight from any
    other gets a 403 without `Access-Control-Allow-*` headers, so web pages cannot drive the API;
@@ -27,7 +27,7 @@ import time
 import uuid
 from itertools import accumulate
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -36,6 +36,9 @@ from cortex.api.errors import shaped
 from cortex.config import Settings
 from cortex.errors import ShuttingDown, error_body
 from cortex.logs import REQUEST_ID
+
+if TYPE_CHECKING:
+    from cortex.metrics import Metrics
 
 _log = logging.getLogger("cortex.api")
 _OPEN_PATHS = frozenset({"/healthz", "/health", "/ready", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
@@ -93,8 +96,11 @@ def access_logger(logs_dir: Path | None) -> logging.Logger:
 class Guard:
     """Pure ASGI middleware wrapping the whole app (outside FastAPI's own error handling)."""
 
-    def __init__(self, app: ASGIApp, settings: Settings, *, logs_dir: Path | None) -> None:
-        """`logs_dir`: the access log's folder, None for stderr (see access_logger)."""
+    def __init__(
+        self, app: ASGIApp, settings: Settings, *, logs_dir: Path | None, metrics: Metrics | None = None
+    ) -> None:
+        """`logs_dir`: the access log's folder, None for stderr (see access_logger); `metrics`: the app's
+        (`app.state.metrics`), where every request is counted, refusals included."""
         self.app = app
         self.settings = settings
         self.keys = [k.encode() for k in settings.all_api_keys()]
@@ -102,6 +108,7 @@ class Guard:
         self.allowed_hosts = {h.lower() for h in settings.allowed_hosts}
         self.allowed_origins = set(settings.allowed_origins)
         self.log = access_logger(logs_dir)
+        self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -169,7 +176,10 @@ class Guard:
                 body = error_body("The server had an error.", type="server_error")
                 await _respond(send_with_headers, path, 500, body, {})
         finally:
-            self._log(scope, state, request_id, status, started)
+            elapsed = time.perf_counter() - started
+            self._log(scope, state, request_id, status, elapsed)
+            if self.metrics is not None:
+                self.metrics.request(scope, status or 499, elapsed)  # 499: the client left before an answer
             REQUEST_ID.reset(in_request)
 
     def _refusal(self, scope: Scope, headers: Headers, origin: str | None) -> tuple | None:
@@ -240,14 +250,14 @@ class Guard:
 
         return replay
 
-    def _log(self, scope: Scope, state: dict, request_id: str, status: int, started: float) -> None:
+    def _log(self, scope: Scope, state: dict, request_id: str, status: int, elapsed: float) -> None:
         entry: dict[str, Any] = {
             "time": round(time.time(), 3),
             "id": request_id,
             "method": scope["method"],
             "route": scope["path"],
             "status": status,
-            "latency_ms": round((time.perf_counter() - started) * 1000, 2),
+            "latency_ms": round(elapsed * 1000, 2),
         }
         entry.update(state.get("access", {}))
         self.log.info(json.dumps(entry, ensure_ascii=True))

@@ -140,7 +140,7 @@ def _start_logging(settings: Settings, warnings: list[str], read_only: bool) -> 
 def _uvicorn_server(settings: Settings, read_only: bool) -> _Server:
     app = create_app(settings, read_only=read_only)
     config = uvicorn.Config(
-        Guard(app, settings, logs_dir=None if read_only else settings.logs_dir),
+        Guard(app, settings, logs_dir=None if read_only else settings.logs_dir, metrics=app.state.metrics),
         host=settings.host,
         port=settings.port,
         loop=_loop(),

@@ -11,7 +11,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import TYPE_CHECKING, Literal, TypeVar
 
 from cortex.config import Settings
 from cortex.engine.base import Engine
@@ -26,6 +26,9 @@ from cortex.errors import (
 )
 from cortex.runtime.scheduler import BatchScheduler
 from cortex.store.store import ModelRecord, ModelStore
+
+if TYPE_CHECKING:
+    from cortex.metrics import ModelMeter
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -46,6 +49,7 @@ class LoadedModel:
     scheduler: BatchScheduler
     paths: tuple[Path, ...]  # its stored files
     files: tuple[tuple[int, int, int], ...]  # (inode, size, mtime) of each when it was loaded
+    load_s: float = 0.0  # how long its load took (GET /metrics)
     holders: int = 0
     keep_alive_s: float = math.inf
     pinned: bool = False
@@ -115,9 +119,13 @@ class ModelRegistry:
     under the model's lock that no request holds it, and no request can take it between that check and
     the unload (both run without an await in between)."""
 
-    def __init__(self, store: ModelStore, settings: Settings) -> None:
+    def __init__(
+        self, store: ModelStore, settings: Settings, *, meter: Callable[[str], ModelMeter] | None = None
+    ) -> None:
+        """`meter`: gives each model's scheduler the meter it reports to (`cortex.metrics.Metrics.meter`)."""
         self.store = store
         self.settings = settings
+        self._meter = meter
         self._loaded: dict[str, LoadedModel] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._unloading: set[asyncio.Task] = set()  # unloads started from a request, kept until done
@@ -219,15 +227,19 @@ class ModelRegistry:
                 raise ModelUnavailable(record.id, f"its files no longer load ({exc.message})") from exc
             except OSError as exc:  # removed or unreadable under us; the message would name a server path
                 raise ModelUnavailable(record.id, "its files could not be read") from exc
-            scheduler = BatchScheduler(engine, model_id=record.id, max_queue_inputs=self.settings.max_queue_inputs)
+            load_s = time.perf_counter() - t0
+            meter = self._meter(record.id) if self._meter is not None else None
+            scheduler = BatchScheduler(
+                engine, model_id=record.id, max_queue_inputs=self.settings.max_queue_inputs, meter=meter
+            )
             loaded = LoadedModel(
-                record, engine, scheduler, paths, files, pinned=self._preloaded(record.id), on_idle=self._idle
+                record, engine, scheduler, paths, files, load_s, pinned=self._preloaded(record.id), on_idle=self._idle
             )
             loaded.keep_alive_s = self.default_keep_alive(loaded)
             self._loaded[record.id] = loaded
             self._start_reaper()
             self._wake.set()  # its deadline, and the cap if two models loaded at once
-            log.info("loaded %s in %.2fs", record.id, time.perf_counter() - t0)
+            log.info("loaded %s in %.2fs", record.id, load_s)
             return loaded
 
     def _open_engine(self, record: ModelRecord) -> Engine:

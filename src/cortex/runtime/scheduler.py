@@ -18,12 +18,16 @@ from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from cortex.engine.base import Engine
 from cortex.errors import CortexError, EngineFailure, InvalidRequest, ModelNotLoaded, Overloaded
 from cortex.logs import REQUEST_ID
+
+if TYPE_CHECKING:
+    from cortex.metrics import ModelMeter
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +46,10 @@ class _Item:
 class BatchScheduler:
     """Queue and batch loop for one loaded model."""
 
-    def __init__(self, engine: Engine, *, model_id: str, max_queue_inputs: int) -> None:
+    def __init__(
+        self, engine: Engine, *, model_id: str, max_queue_inputs: int, meter: ModelMeter | None = None
+    ) -> None:
+        """`meter`: told of each batch taken and each request's inputs answered (cortex.metrics)."""
         self.engine = engine
         self.model_id = model_id
         self.max_queue_inputs = max_queue_inputs
@@ -54,6 +61,8 @@ class BatchScheduler:
         self._refusal: CortexError | None = None  # set by fail_pending: the answer to every new input
         self._workers = max(1, engine.workers)
         self._busy = 0
+        self._meter = meter
+        self._running_inputs = 0
         self._running: set[asyncio.Task] = set()
         self._executor = ThreadPoolExecutor(self._workers, thread_name_prefix=f"engine-{model_id}")
         # a context of its own: not that of the request that loaded the model, which its lines would name
@@ -88,7 +97,19 @@ class BatchScheduler:
             for f in futures:  # drop this request's inputs that have not run yet
                 f.cancel()
             raise
+        if self._meter is not None:
+            self._meter.embedded(len(seqs), sum(map(len, seqs)))
         return np.stack(rows)
+
+    @property
+    def queued(self) -> int:
+        """Inputs waiting for a batch (those of a client that left count until the packer drops them)."""
+        return len(self._pending)
+
+    @property
+    def running(self) -> int:
+        """Inputs in the engine batches running now."""
+        return self._running_inputs
 
     def _take_batch(self) -> list[_Item]:
         """First-fit packing from the head of the queue under the engine's budget."""
@@ -110,6 +131,8 @@ class BatchScheduler:
             else:
                 skipped.append(item)
         self._pending.extendleft(reversed(skipped))
+        if batch and self._meter is not None:
+            self._meter.batch(len(batch), used)
         return batch
 
     async def _run(self) -> None:
@@ -122,6 +145,7 @@ class BatchScheduler:
                     continue
                 wide = self._workers > 1 and not self._pending and self._busy == 0
                 self._busy += 1
+                self._running_inputs += len(batch)
                 task = asyncio.create_task(self._execute(batch, wide))
                 self._running.add(task)
                 task.add_done_callback(self._running.discard)
@@ -152,6 +176,7 @@ class BatchScheduler:
                     item.future.set_result(row)
         finally:
             self._busy -= 1
+            self._running_inputs -= len(batch)
             self._wakeup.set()
 
     def fail_pending(self, exc: CortexError) -> None:
