@@ -12,10 +12,27 @@ from cortex.errors import InvalidRequest
 GGUF = Source(file=Path("model.gguf"))
 
 
-def _folder(task: str = "embed") -> Source:
+def _folder(task: str = "embed", **fields: object) -> Source:
     from types import SimpleNamespace
 
-    return Source(folder=SimpleNamespace(task=task))  # type: ignore[arg-type]  # choose() asks only what it is
+    described = {"task": task, "architecture": "bert", "tokenizer_model": "WordPiece", "lowercase": True, **fields}
+    return Source(folder=SimpleNamespace(**described))  # type: ignore[arg-type]  # choose() asks only what it is
+
+
+@pytest.mark.parametrize(
+    ("fields", "why"),
+    [
+        ({"architecture": "mpnet"}, "writes BERT models only"),
+        ({"tokenizer_model": "Unigram"}, "this folder's is Unigram"),
+        ({"lowercase": False}, "this vocabulary is cased"),
+    ],
+)
+def test_folders_llama_cpp_cannot_serve_go_to_onnxruntime_and_are_refused_by_name(fields: dict, why: str) -> None:
+    assert choose(None, _folder(**fields), ImportOptions()).name == "onnxruntime"
+    for engine, options in (("llama-cpp", {}), (None, {"outtype": "q8_0"})):  # named, or by its option
+        with pytest.raises(InvalidRequest, match=why) as refused:
+            choose(engine, _folder(**fields), ImportOptions(engine_options=options))
+        assert refused.value.param == "engine" and "onnxruntime engine" in refused.value.message
 
 
 def test_the_default_kind_follows_the_source_and_the_options() -> None:
@@ -51,8 +68,7 @@ def test_wrong_names_and_values_are_400s_that_list_what_exists() -> None:
 
 def test_a_cross_encoder_goes_to_a_kind_that_serves_rerank() -> None:
     assert choose(None, _folder("rerank"), ImportOptions()).name == "onnxruntime"
-    with pytest.raises(InvalidRequest, match=r"cross-encoder.*llama-cpp engine does not serve.*onnxruntime") as caught:
-        choose("llama-cpp", _folder("rerank"), ImportOptions())
-    assert caught.value.param == "engine"
-    with pytest.raises(InvalidRequest, match="option of the llama-cpp engine"):  # outtype cannot pull it there
-        choose(None, _folder("rerank"), ImportOptions(engine_options={"outtype": "f16"}))
+    for engine, options in (("llama-cpp", {}), (None, {"outtype": "f16"})):  # named, or by its option
+        with pytest.raises(InvalidRequest, match=r"llama-cpp engine cannot.*cross-encoder.*onnxruntime") as caught:
+            choose(engine, _folder("rerank"), ImportOptions(engine_options=options))
+        assert caught.value.param == "engine"

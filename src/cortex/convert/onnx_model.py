@@ -13,9 +13,14 @@ from pathlib import Path
 import onnx
 
 from cortex.convert.bert_onnx import build_bert_onnx
+from cortex.convert.onnx_ops import Progress
 from cortex.convert.st_folder import STModel
 from cortex.errors import InvalidModelFile
 
+# The graph builder of each architecture that `cortex.convert.st_folder` accepts.
+GRAPH_BUILDERS: dict[str, Callable[[STModel, Path, Progress | None], None]] = {
+    "bert": build_bert_onnx,
+}
 GRAPH_FILE = "model.onnx"
 DATA_FILE = "model.onnx.data"
 TOKENIZER_FILE = "tokenizer.json"
@@ -74,7 +79,7 @@ def write_onnx_model(
         )
     with tempfile.TemporaryDirectory(dir=dest) as tmp:
         full = Path(tmp) / "full.onnx"
-        build_bert_onnx(model, full, progress)
+        GRAPH_BUILDERS[model.architecture](model, full, progress)
         _save_external(onnx.load(str(full)), dest)
     shutil.copyfile(model.folder / TOKENIZER_FILE, dest / TOKENIZER_FILE)
     if quantize is None:

@@ -1,5 +1,8 @@
 """Read a sentence-transformers (or plain transformers) model folder: architecture, hyper-parameters,
-WordPiece vocabulary, pooling, normalisation, context length and prompts. No torch.
+vocabulary, pooling, normalisation, context length and prompts. No torch.
+
+What each converter can take is its own to say: the ONNX builders (`cortex.convert.onnx_model.GRAPH_BUILDERS`)
+serve every architecture here, tokenizing with `tokenizers`; the GGUF converter only uncased WordPiece BERT.
 """
 
 from __future__ import annotations
@@ -20,8 +23,12 @@ _CONFIG_LIMIT = 1 << 20
 _TOKENIZER_LIMIT = 64 << 20
 _VOCAB_LIMIT = 16 << 20
 
-SUPPORTED_ARCHITECTURES = ("bert",)
-_BERT_CLASSES = {"BertModel", "BertForMaskedLM", "BertForPreTraining", "BertForSequenceClassification"}
+# Each architecture cortex converts: its config.json `model_type`, and the `architectures` classes that name it.
+ARCHITECTURES: dict[str, frozenset[str]] = {
+    "bert": frozenset({"BertModel", "BertForMaskedLM", "BertForPreTraining", "BertForSequenceClassification"}),
+}
+_EMBEDDING_TABLES = ("word_embeddings.weight", "tok_embeddings.weight")  # the token embedding matrix's name
+_EXAMPLES = "e.g. all-MiniLM-L6-v2, bge-small/base/large-en, e5 English, BERT-based gte"
 
 
 @dataclass(frozen=True)
@@ -31,7 +38,7 @@ class STModel:
     folder: Path
     weights: Path
     config: dict
-    vocab: list[str]  # token strings by id, as WordPiece spells them (`##` continuations)
+    vocab: list[str]  # token strings by id, as the tokenizer spells them (WordPiece: `##` continuations)
     special_ids: frozenset[int]  # tokens the tokenizer marks special ([CLS], [SEP], [PAD], ...)
     pooling: str  # mean | cls | last
     normalize: bool
@@ -41,6 +48,9 @@ class STModel:
     activation: str | None = None  # rerank: sigmoid | identity, what turns a logit into sentence-transformers' score
     prompts: dict[str, str] = field(default_factory=dict)  # config_sentence_transformers.json's, by name
     default_prompt_name: str | None = None
+    architecture: str = "bert"  # a key of ARCHITECTURES
+    tokenizer_model: str = "WordPiece"  # tokenizer.json's model type (WordPiece, Unigram, BPE)
+    lowercase: bool = True  # the tokenizer lower-cases text (an uncased vocabulary)
 
     @property
     def n_embd(self) -> int:
@@ -58,35 +68,41 @@ def _json(path: Path, limit: int = _CONFIG_LIMIT) -> dict:
 
 
 def _architecture(config: dict) -> str:
+    """The key of ARCHITECTURES that config.json names; a refusal listing what is supported otherwise."""
     model_type = str(config.get("model_type", "")).lower()
     classes = set(config.get("architectures") or [])
-    if model_type == "bert" or classes & _BERT_CLASSES:
-        return "bert"
+    for name, names in ARCHITECTURES.items():
+        if model_type == name or classes & names:
+            return name
+    if config.get("auto_map"):
+        raise InvalidModelFile(
+            "This model needs its own code (trust_remote_code: config.json has an auto_map); cortex runs only "
+            f"the architectures it builds itself: {', '.join(ARCHITECTURES)}.",
+            param="model_path",
+        )
     shown = model_type or ", ".join(sorted(classes)) or "unknown"
     raise InvalidModelFile(
-        f"Architecture `{shown}` is not supported. Supported: {', '.join(SUPPORTED_ARCHITECTURES)} "
-        "(e.g. all-MiniLM-L6-v2, bge-small/base/large-en, e5 English, BERT-based gte).",
+        f"Architecture `{shown}` is not supported. Supported: {', '.join(ARCHITECTURES)} ({_EXAMPLES}).",
         param="model_path",
     )
 
 
-def _vocab(folder: Path) -> tuple[list[str], frozenset[int], bool]:
-    """(tokens by id, special ids, lowercase) from tokenizer.json, else vocab.txt."""
+def _vocab(folder: Path) -> tuple[list[str], frozenset[int], bool, str]:
+    """(tokens by id, special ids, lowercase, tokenizer model type) from tokenizer.json, else vocab.txt
+    (a WordPiece vocabulary)."""
     tok_json = folder / "tokenizer.json"
     if tok_json.exists():
         tok = _json(tok_json, _TOKENIZER_LIMIT)
-        _check_loads(tok)
-        model = tok.get("model") or {}
-        if model.get("type") != "WordPiece" or not isinstance(model.get("vocab"), dict):
-            raise InvalidModelFile(
-                f"tokenizer.json holds a {model.get('type')} tokenizer; BERT models need WordPiece", param="model_path"
-            )
-        by_id = {int(i): str(t) for t, i in model["vocab"].items()}
-        for added in tok.get("added_tokens") or []:
-            by_id.setdefault(int(added["id"]), str(added["content"]))
+        loaded = _check_loads(tok)
+        kind = str((tok.get("model") or {}).get("type") or "unknown")
+        by_id = {i: t for t, i in loaded.get_vocab(with_added_tokens=True).items()}
         special = frozenset(int(a["id"]) for a in tok.get("added_tokens") or [] if a.get("special"))
         normalizer = tok.get("normalizer") or {}
-        lowercase = bool(normalizer.get("lowercase", True)) if normalizer.get("type") == "BertNormalizer" else True
+        lowercase = (
+            bool(normalizer.get("lowercase", True))
+            if normalizer.get("type") == "BertNormalizer"
+            else (_lowercases(normalizer))
+        )
     elif (folder / "vocab.txt").exists():
         try:
             lines = read_regular_file(folder / "vocab.txt", _VOCAB_LIMIT).decode("utf-8").splitlines()
@@ -96,19 +112,27 @@ def _vocab(folder: Path) -> tuple[list[str], frozenset[int], bool]:
         special = frozenset(i for i, t in by_id.items() if t in ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"))
         cfg = folder / "tokenizer_config.json"
         lowercase = bool(_json(cfg).get("do_lower_case", True)) if cfg.exists() else True
+        kind = "WordPiece"
     else:
         raise InvalidModelFile(
             f"No tokenizer in {folder.name}: it needs tokenizer.json or vocab.txt", param="model_path"
         )
     if not by_id or sorted(by_id) != list(range(len(by_id))):
         raise InvalidModelFile("The vocabulary's token ids are not contiguous from 0", param="model_path")
-    return [by_id[i] for i in range(len(by_id))], special, lowercase
+    return [by_id[i] for i in range(len(by_id))], special, lowercase, kind
 
 
-def _check_loads(tok: dict) -> None:
-    """Refuse a tokenizer.json that the `tokenizers` library (which serves it) cannot load."""
+def _lowercases(normalizer: dict) -> bool:
+    """Whether a tokenizer.json normalizer (a Lowercase, or a Sequence holding one) lower-cases text."""
+    if normalizer.get("type") == "Lowercase":
+        return True
+    return any(_lowercases(n) for n in normalizer.get("normalizers") or [] if isinstance(n, dict))
+
+
+def _check_loads(tok: dict) -> Tokenizer:
+    """The tokenizer of a tokenizer.json; refused if the `tokenizers` library (which serves it) cannot load it."""
     try:
-        Tokenizer.from_str(json.dumps(tok))
+        return Tokenizer.from_str(json.dumps(tok))
     except Exception as exc:  # tokenizers raises plain Exception for every parse error
         raise InvalidModelFile(f"tokenizer.json does not load: {exc}", param="model_path") from exc
 
@@ -239,7 +263,7 @@ def _embedding_rows(weights: Path) -> int | None:
     """Rows of the token embedding matrix, read from the safetensors header (no weights read)."""
     try:
         with safe_open(weights, framework="numpy") as f:
-            name = next((k for k in f.keys() if k.endswith("word_embeddings.weight")), None)  # noqa: SIM118
+            name = next((k for k in f.keys() if k.endswith(_EMBEDDING_TABLES)), None)  # noqa: SIM118
             return None if name is None else int(f.get_slice(name).get_shape()[0])
     except (SafetensorError, OSError, ValueError) as exc:
         why = f"Cannot read {weights.name} (truncated or corrupt?): {exc}"
@@ -250,7 +274,7 @@ def read_st_folder(folder: Path) -> STModel:
     """Describe `folder`, or raise InvalidModelFile saying what is missing or unsupported."""
     folder = folder.resolve()
     config = _json(folder / "config.json")
-    _architecture(config)
+    architecture = _architecture(config)
     for key in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size"):
         if not isinstance(config.get(key), int) or config[key] <= 0:
             raise InvalidModelFile(f"config.json lacks a positive integer `{key}`", param="model_path")
@@ -263,17 +287,12 @@ def read_st_folder(folder: Path) -> STModel:
         raise InvalidModelFile(f"No model.safetensors in {folder.name}", param="model_path")
     if not is_regular_file(weights):
         raise InvalidModelFile("model.safetensors is not a regular file", param="model_path")
-    vocab, special, lowercase = _vocab(folder)
+    vocab, special, lowercase, tokenizer_model = _vocab(folder)
     rows = _embedding_rows(weights)
     if rows is not None and len(vocab) > rows:
         raise InvalidModelFile(
             f"The tokenizer has {len(vocab)} tokens but the model embeds only {rows}: token ids beyond "
             f"{rows - 1} would have no vector. This folder's tokenizer does not belong to its weights.",
-            param="model_path",
-        )
-    if not lowercase:
-        raise InvalidModelFile(
-            "Cased WordPiece vocabularies are not supported: llama.cpp's BERT tokenizer lower-cases all text",
             param="model_path",
         )
     max_pos = int(config.get("max_position_embeddings", 512))
@@ -305,4 +324,7 @@ def read_st_folder(folder: Path) -> STModel:
         activation=_activation(folder, config) if task == "rerank" else None,
         prompts=prompts,
         default_prompt_name=default_prompt,
+        architecture=architecture,
+        tokenizer_model=tokenizer_model,
+        lowercase=lowercase,
     )

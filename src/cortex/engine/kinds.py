@@ -65,6 +65,8 @@ class EngineKind:
     files: bool  # imports GGUF files
     folders: bool  # imports sentence-transformers folders
     tasks: tuple[str, ...] = ("embed",)  # what its models may do (ModelRecord.task): embed, rerank
+    # why it cannot convert a folder it otherwise takes (None: it can), e.g. an architecture it lacks
+    refuses: Callable[[STModel], str | None] = field(default=lambda folder: None, repr=False)
     options: dict[str, Option] = field(default_factory=dict)  # ImportOptions fields this kind takes
     settings: tuple[str, ...] = ()  # the Settings fields that shape how it batches
     # (source, options, staging folder, progress, default context) -> model.yml fields of the written files
@@ -126,6 +128,18 @@ def _gguf_space(source: Source, opts: ImportOptions) -> int:
     return 0  # moved within the store's disk, or written by a function of unknown size
 
 
+def _gguf_refuses(folder: STModel) -> str | None:
+    """What llama.cpp's BERT path cannot serve exactly: other architectures, and vocabularies its WordPiece
+    tokenizer would split differently (it lower-cases all text)."""
+    if folder.architecture != "bert":
+        return f"its converter writes BERT models only, and this is {folder.architecture}"
+    if folder.tokenizer_model != "WordPiece":
+        return f"its BERT tokenizer is WordPiece, and this folder's is {folder.tokenizer_model}"
+    if not folder.lowercase:
+        return "its BERT tokenizer lower-cases all text, and this vocabulary is cased"
+    return None
+
+
 def _open_llama(folder: Path, record: ModelRecord, settings: Settings) -> Engine:
     from cortex.engine.llama import LlamaCppEngine
     from cortex.hardware import llama_cpp_report
@@ -173,7 +187,7 @@ def _write_onnx(source: Source, opts: ImportOptions, staging: Path, progress: Pr
     return {
         "name": opts.name or folder.name,
         "files": list(FILES),
-        "architecture": "bert",
+        "architecture": folder.architecture,
         "task": folder.task,
         "activation": folder.activation,
         "pooling": "cls" if rerank else folder.pooling,
@@ -241,6 +255,7 @@ KINDS: dict[str, EngineKind] = {
                 "outtype": Option(("f32", "f16", "q8_0"), "weight type of a converted folder (default f16)", True)
             },
             settings=("llama_max_batch_tokens", "llama_max_batch_seqs"),
+            refuses=_gguf_refuses,
             write=_write_gguf,
             space=_gguf_space,
             open=_open_llama,
@@ -287,11 +302,11 @@ def choose(engine: str | None, source: Source, opts: ImportOptions) -> EngineKin
     if unknown:
         raise InvalidRequest(f"Unknown option {unknown[0]!r}; engine options: {', '.join(OPTION_NAMES)}.",
                              param=unknown[0])  # fmt: skip
-    if engine is None:
-        takes = [k for k in KINDS.values() if _takes(k, source) and all(o in k.options for o in given)]
-        kind = takes[0] if takes else next(k for k in KINDS.values() if _takes(k, source))
-        if _task(source) not in kind.tasks:  # a cross-encoder: the first kind that serves its task
-            kind = next((k for k in KINDS.values() if _takes(k, source) and _task(source) in k.tasks), kind)
+    if engine is None:  # the first kind that takes the source and the options, and can serve it
+        takes = [k for k in KINDS.values() if _takes(k, source)]
+        fits = [k for k in takes if all(o in k.options for o in given)]
+        serves = [k for k in fits or takes if _refusal(k, source) is None]
+        kind = (serves or fits or takes)[0]  # when none can, the refusal below says why
     elif engine in KINDS:
         kind = KINDS[engine]
     else:
@@ -300,13 +315,11 @@ def choose(engine: str | None, source: Source, opts: ImportOptions) -> EngineKin
     if not _takes(kind, source):
         others = ", ".join(k.name for k in KINDS.values() if _takes(k, source))
         raise InvalidRequest(f"The {kind.name} engine does not import {what}; {others} does.", param="engine")
-    if _task(source) not in kind.tasks:
-        others = ", ".join(k.name for k in KINDS.values() if _task(source) in k.tasks)
-        raise InvalidRequest(
-            f"This folder is a cross-encoder (a {_task(source)} model), which the {kind.name} engine does not "
-            f"serve; import it with the {others} engine.",
-            param="engine",
-        )
+    why = _refusal(kind, source)
+    if why is not None:
+        others = [k.name for k in KINDS.values() if _takes(k, source) and _refusal(k, source) is None]
+        instead = f"; import it with the {' or '.join(others)} engine" if others else ""
+        raise InvalidRequest(f"The {kind.name} engine cannot serve this folder: {why}{instead}.", param="engine")
     for name in given:
         option, value = kind.options.get(name), opts.engine_options[name]
         if source.folder is None and (option is None or option.folders_only):  # one answer for every such option
@@ -323,8 +336,14 @@ def choose(engine: str | None, source: Source, opts: ImportOptions) -> EngineKin
     return kind
 
 
-def _task(source: Source) -> str:
-    return source.folder.task if source.folder is not None else "embed"
+def _refusal(kind: EngineKind, source: Source) -> str | None:
+    """Why `kind` cannot serve the folder of `source` (None: it can, or `source` is a file)."""
+    folder = source.folder
+    if folder is None:
+        return None
+    if folder.task not in kind.tasks:
+        return f"it is a cross-encoder (a {folder.task} model), and this engine serves {', '.join(kind.tasks)} models"
+    return kind.refuses(folder)
 
 
 def _takes(kind: EngineKind, source: Source) -> bool:

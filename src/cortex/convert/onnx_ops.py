@@ -1,0 +1,113 @@
+"""Building blocks shared by the ONNX graph builders of each architecture (`cortex.convert.*_onnx`): a graph
+under construction, the layers encoders share (linear, LayerNorm, GELU, the padding mask as an attention
+bias), sentence-transformers' pooling, and the writing of the finished graph.
+
+Every graph takes `input_ids` and `attention_mask` (int64, [batch, tokens]) and returns `embeddings`
+([batch, hidden], pooled, not normalised: each request chooses that, see cortex.runtime.embed) or, for a
+cross-encoder, `logits` ([batch, 1]).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+OPSET = 17  # LayerNormalization
+Progress = Callable[[int, int], None]
+
+
+class GraphBuilder:
+    """Nodes and initializers of a graph being built; every intermediate gets a unique name."""
+
+    def __init__(self) -> None:
+        self.nodes: list[onnx.NodeProto] = []
+        self.inits: list[onnx.TensorProto] = []
+        self._n = 0
+
+    def name(self, hint: str) -> str:
+        self._n += 1
+        return f"{hint}_{self._n}"
+
+    def init(self, name: str, array: np.ndarray) -> str:
+        self.inits.append(numpy_helper.from_array(array, name))
+        return name
+
+    def const(self, value: float | int | list, dtype: type = np.float32) -> str:
+        """A small constant under a fresh name."""
+        return self.init(self.name("const"), np.array(value, dtype=dtype))
+
+    def op(self, op_type: str, inputs: list[str], **attrs: object) -> str:
+        out = self.name(op_type.lower())
+        self.nodes.append(helper.make_node(op_type, inputs, [out], **attrs))
+        return out
+
+
+def linear(b: GraphBuilder, x: str, weight: np.ndarray, bias: np.ndarray | None, name: str) -> str:
+    """x @ weight.T (+ bias): a torch Linear, its weight stored transposed once."""
+    w = b.init(f"{name}.weight_t", np.ascontiguousarray(weight.T.astype(np.float32)))
+    y = b.op("MatMul", [x, w])
+    return y if bias is None else b.op("Add", [y, b.init(f"{name}.bias", bias.astype(np.float32))])
+
+
+def layer_norm(b: GraphBuilder, x: str, weight: np.ndarray, bias: np.ndarray | None, eps: float, name: str) -> str:
+    inputs = [x, b.init(f"{name}.weight", weight.astype(np.float32))]
+    if bias is not None:
+        inputs.append(b.init(f"{name}.bias", bias.astype(np.float32)))
+    return b.op("LayerNormalization", inputs, axis=-1, epsilon=eps)
+
+
+def gelu(b: GraphBuilder, x: str) -> str:
+    """0.5 * x * (1 + erf(x / sqrt(2))): the exact GELU of BERT and its kin."""
+    scaled = b.op("Div", [x, b.const(math.sqrt(2.0))])
+    return b.op("Mul", [b.op("Mul", [x, b.op("Add", [b.op("Erf", [scaled]), b.const(1.0)])]), b.const(0.5)])
+
+
+def padding_mask(b: GraphBuilder) -> tuple[str, str]:
+    """(the attention mask as float [batch, tokens], an attention bias [batch, 1, 1, tokens]: 0 where a
+    token is attended, a large negative where it is padding)."""
+    mask_f = b.op("Cast", ["attention_mask"], to=TensorProto.FLOAT)
+    unsq = b.op("Unsqueeze", [mask_f, b.const([1, 2], np.int64)])
+    bias = b.op("Mul", [b.op("Sub", [b.const(1.0), unsq]), b.const(-3.4e38)])
+    return mask_f, bias
+
+
+def pool(b: GraphBuilder, x: str, mask_f: str, pooling: str) -> str:
+    """sentence-transformers' Pooling of the token vectors `x` ([batch, tokens, hidden]) over the real tokens."""
+    if pooling == "cls":
+        return b.op("Gather", [x, b.const(0, np.int64)], axis=1)
+    if pooling == "last":
+        last = b.op("Sub", [b.op("ReduceSum", [b.op("Cast", ["attention_mask"], to=TensorProto.INT64),
+                                               b.const([1], np.int64)], keepdims=1), b.const(1, np.int64)])  # fmt: skip
+        idx = b.op("Expand", [b.op("Unsqueeze", [last, b.const([2], np.int64)]),
+                              b.op("Concat", [b.op("Shape", [x], start=0, end=1), b.const([1], np.int64),
+                                              b.op("Shape", [x], start=2, end=3)], axis=0)])  # fmt: skip
+        gathered = b.op("GatherElements", [x, idx], axis=1)
+        return b.op("Squeeze", [gathered, b.const([1], np.int64)])
+    mask3 = b.op("Unsqueeze", [mask_f, b.const([2], np.int64)])
+    summed = b.op("ReduceSum", [b.op("Mul", [x, mask3]), b.const([1], np.int64)], keepdims=0)
+    count = b.op("ReduceSum", [mask3, b.const([1], np.int64)], keepdims=0)
+    return b.op("Div", [summed, b.op("Max", [count, b.const(1e-9)])])
+
+
+def save_graph(b: GraphBuilder, out: Path, result: str, *, output: str, width: int, name: str) -> None:
+    """Name `result` as the graph's one output (`embeddings` or `logits`, [batch, width]), check the graph
+    and write it at `out`, weights inside."""
+    b.nodes.append(helper.make_node("Identity", [result], [output]))
+    graph = helper.make_graph(
+        b.nodes,
+        name,
+        [
+            helper.make_tensor_value_info(n, TensorProto.INT64, ["batch", "tokens"])
+            for n in ("input_ids", "attention_mask")
+        ],
+        [helper.make_tensor_value_info(output, TensorProto.FLOAT, ["batch", width])],
+        b.inits,
+    )
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="cortex")
+    onnx.checker.check_model(proto)
+    onnx.save_model(proto, out)
