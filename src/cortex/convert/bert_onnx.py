@@ -14,16 +14,37 @@ embeddings; then BERT's pooler (dense + tanh on [CLS]) and the classifier give o
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
 from onnx import TensorProto
-from safetensors import SafetensorError, safe_open
 
-from cortex.convert.onnx_ops import GraphBuilder, Progress, gelu, layer_norm, linear, padding_mask, pool, save_graph
+from cortex.convert.onnx_ops import (
+    GraphBuilder,
+    LayerNames,
+    Progress,
+    encoder_layer,
+    layer_norm,
+    linear,
+    open_weights,
+    padding_mask,
+    pool,
+    save_graph,
+)
 from cortex.convert.st_folder import STModel
 from cortex.errors import InvalidModelFile
+
+# Where BertModel keeps each part of a layer (under `encoder.layer.N.`).
+BERT_LAYER = LayerNames(
+    q="attention.self.query",
+    k="attention.self.key",
+    v="attention.self.value",
+    o="attention.output.dense",
+    attn_ln="attention.output.LayerNorm",
+    up="intermediate.dense",
+    down="output.dense",
+    out_ln="output.LayerNorm",
+)
 
 
 def build_bert_onnx(model: STModel, out: Path, progress: Progress | None = None) -> None:
@@ -33,77 +54,34 @@ def build_bert_onnx(model: STModel, out: Path, progress: Progress | None = None)
     heads = int(cfg["num_attention_heads"])
     layers = int(cfg["num_hidden_layers"])
     eps = float(cfg.get("layer_norm_eps", 1e-12))
-    head_dim = hidden // heads
-    try:
-        with safe_open(model.weights, framework="numpy") as f:
-            keys = set(f.keys())
-            prefix = "bert." if "bert.embeddings.word_embeddings.weight" in keys else ""
-
-            def tensor(key: str) -> np.ndarray:
-                if key not in keys:
-                    raise InvalidModelFile(f"{model.weights.name} lacks tensor {key!r}", param="model_path")
-                return f.get_tensor(key).astype(np.float32)
-
-            def w(name: str) -> np.ndarray:  # the encoder's tensors, under `bert.` in a task model's weights
-                return tensor(prefix + name)
-
-            b = GraphBuilder()
-            total = layers + 2
-            # embeddings
-            word = b.init("word_embeddings", w("embeddings.word_embeddings.weight"))
-            pos = b.init("position_embeddings", w("embeddings.position_embeddings.weight")[: model.max_seq_length])
-            if model.task == "rerank":
-                types = b.op("Gather", [b.init("token_types", w("embeddings.token_type_embeddings.weight")),
-                                        _pair_token_types(b, model)])  # fmt: skip
-            else:
-                types = b.init("token_type_0", w("embeddings.token_type_embeddings.weight")[0])
-            seq_len = b.op("Gather", [b.op("Shape", ["input_ids"]), b.init("one_i", np.array(1, dtype=np.int64))])
-            positions = b.op("Range", [b.init("zero_i", np.array(0, dtype=np.int64)), seq_len,
-                                       b.init("step_i", np.array(1, dtype=np.int64))])  # fmt: skip
-            x = b.op(
-                "Add", [b.op("Add", [b.op("Gather", [word, "input_ids"]), b.op("Gather", [pos, positions])]), types]
-            )
-            x = layer_norm(b, x, w("embeddings.LayerNorm.weight"), w("embeddings.LayerNorm.bias"), eps, "emb_ln")
-            # attention bias from the padding mask: 0 where attended, a large negative where padded
-            mask_f, bias = padding_mask(b)
-            split_shape = b.init("split_heads", np.array([0, 0, heads, head_dim], dtype=np.int64))
-            merge_shape = b.init("merge_heads", np.array([0, 0, hidden], dtype=np.int64))
-            scale = b.init("attn_scale", np.array(1.0 / math.sqrt(head_dim), dtype=np.float32))
+    with open_weights(model.weights, "bert.") as w:
+        b = GraphBuilder()
+        total = layers + 2
+        # embeddings
+        word = b.init("word_embeddings", w("embeddings.word_embeddings.weight"))
+        pos = b.init("position_embeddings", w("embeddings.position_embeddings.weight")[: model.max_seq_length])
+        if model.task == "rerank":
+            types = b.op("Gather", [b.init("token_types", w("embeddings.token_type_embeddings.weight")),
+                                    _pair_token_types(b, model)])  # fmt: skip
+        else:
+            types = b.init("token_type_0", w("embeddings.token_type_embeddings.weight")[0])
+        seq_len = b.op("Gather", [b.op("Shape", ["input_ids"]), b.init("one_i", np.array(1, dtype=np.int64))])
+        positions = b.op("Range", [b.init("zero_i", np.array(0, dtype=np.int64)), seq_len,
+                                   b.init("step_i", np.array(1, dtype=np.int64))])  # fmt: skip
+        x = b.op("Add", [b.op("Add", [b.op("Gather", [word, "input_ids"]), b.op("Gather", [pos, positions])]), types])
+        x = layer_norm(b, x, w("embeddings.LayerNorm.weight"), w("embeddings.LayerNorm.bias"), eps, "emb_ln")
+        # attention bias from the padding mask: 0 where attended, a large negative where padded
+        mask_f, bias = padding_mask(b)
+        if progress:
+            progress(1, total)
+        for i in range(layers):
+            x = encoder_layer(b, x, bias, lambda name, i=i: w(f"encoder.layer.{i}.{name}"), BERT_LAYER,
+                              heads=heads, eps=eps, tag=f"l{i}")  # fmt: skip
             if progress:
-                progress(1, total)
-            for i in range(layers):
-                p = f"encoder.layer.{i}."
-
-                def heads_of(t: str, perm: list[int]) -> str:
-                    return b.op("Transpose", [b.op("Reshape", [t, split_shape])], perm=perm)
-
-                q = heads_of(linear(b, x, w(p + "attention.self.query.weight"), w(p + "attention.self.query.bias"),
-                                     f"l{i}.q"), [0, 2, 1, 3])  # fmt: skip
-                k = heads_of(linear(b, x, w(p + "attention.self.key.weight"), w(p + "attention.self.key.bias"),
-                                     f"l{i}.k"), [0, 2, 3, 1])  # fmt: skip
-                v = heads_of(linear(b, x, w(p + "attention.self.value.weight"), w(p + "attention.self.value.bias"),
-                                     f"l{i}.v"), [0, 2, 1, 3])  # fmt: skip
-                scores = b.op("Add", [b.op("Mul", [b.op("MatMul", [q, k]), scale]), bias])
-                ctx = b.op("MatMul", [b.op("Softmax", [scores], axis=-1), v])
-                ctx = b.op("Reshape", [b.op("Transpose", [ctx], perm=[0, 2, 1, 3]), merge_shape])
-                attn = linear(b, ctx, w(p + "attention.output.dense.weight"), w(p + "attention.output.dense.bias"),
-                               f"l{i}.o")  # fmt: skip
-                x = layer_norm(b, b.op("Add", [attn, x]), w(p + "attention.output.LayerNorm.weight"),
-                                w(p + "attention.output.LayerNorm.bias"), eps, f"l{i}.attn_ln")  # fmt: skip
-                up = gelu(b, linear(b, x, w(p + "intermediate.dense.weight"), w(p + "intermediate.dense.bias"),
-                                      f"l{i}.up"))  # fmt: skip
-                down = linear(b, up, w(p + "output.dense.weight"), w(p + "output.dense.bias"), f"l{i}.down")
-                x = layer_norm(b, b.op("Add", [down, x]), w(p + "output.LayerNorm.weight"),
-                                w(p + "output.LayerNorm.bias"), eps, f"l{i}.out_ln")  # fmt: skip
-                if progress:
-                    progress(i + 2, total)
-            if model.task == "rerank":
-                pooler = (w("pooler.dense.weight"), w("pooler.dense.bias"))
-                head = _classifier(b, x, pooler, (tensor("classifier.weight"), tensor("classifier.bias")))
-    except SafetensorError as exc:
-        raise InvalidModelFile(
-            f"Cannot read {model.weights.name} (truncated or corrupt?): {exc}", param="model_path"
-        ) from exc
+                progress(i + 2, total)
+        if model.task == "rerank":
+            pooler = (w("pooler.dense.weight"), w("pooler.dense.bias"))
+            head = _classifier(b, x, pooler, (w.raw("classifier.weight"), w.raw("classifier.bias")))
     if model.task == "rerank":
         save_graph(b, out, head, output="logits", width=1, name="cortex-bert")
     else:

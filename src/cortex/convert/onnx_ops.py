@@ -10,12 +10,17 @@ cross-encoder, `logits` ([batch, 1]).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
+from safetensors import SafetensorError, safe_open
+
+from cortex.errors import InvalidModelFile
 
 OPSET = 17  # LayerNormalization
 Progress = Callable[[int, int], None]
@@ -47,6 +52,37 @@ class GraphBuilder:
         return out
 
 
+class Weights:
+    """A safetensors file's tensors as float32: `w(name)` an encoder tensor, found under `prefix` in a task
+    model's file (BertForMaskedLM's `bert.`, MPNetForMaskedLM's `mpnet.`) and at the top in a bare model's;
+    `w.raw(key)` any tensor by its full key (a task head's). A missing tensor is an InvalidModelFile."""
+
+    def __init__(self, f: safe_open, path: Path, prefix: str) -> None:
+        self._f = f
+        self._name = path.name
+        self.keys = set(f.keys())
+        self.prefix = prefix if any(k.startswith(prefix) for k in self.keys) else ""
+
+    def raw(self, key: str) -> np.ndarray:
+        if key not in self.keys:
+            raise InvalidModelFile(f"{self._name} lacks tensor {key!r}", param="model_path")
+        return self._f.get_tensor(key).astype(np.float32)
+
+    def __call__(self, name: str) -> np.ndarray:
+        return self.raw(self.prefix + name)
+
+
+@contextmanager
+def open_weights(path: Path, prefix: str) -> Iterator[Weights]:
+    """The weights at `path` for the span of the block; a truncated or corrupt file is an InvalidModelFile,
+    whenever in the block it shows."""
+    try:
+        with safe_open(path, framework="numpy") as f:
+            yield Weights(f, path, prefix)
+    except SafetensorError as exc:
+        raise InvalidModelFile(f"Cannot read {path.name} (truncated or corrupt?): {exc}", param="model_path") from exc
+
+
 def linear(b: GraphBuilder, x: str, weight: np.ndarray, bias: np.ndarray | None, name: str) -> str:
     """x @ weight.T (+ bias): a torch Linear, its weight stored transposed once."""
     w = b.init(f"{name}.weight_t", np.ascontiguousarray(weight.T.astype(np.float32)))
@@ -65,6 +101,61 @@ def gelu(b: GraphBuilder, x: str) -> str:
     """0.5 * x * (1 + erf(x / sqrt(2))): the exact GELU of BERT and its kin."""
     scaled = b.op("Div", [x, b.const(math.sqrt(2.0))])
     return b.op("Mul", [b.op("Mul", [x, b.op("Add", [b.op("Erf", [scaled]), b.const(1.0)])]), b.const(0.5)])
+
+
+@dataclass(frozen=True)
+class LayerNames:
+    """Where a post-LayerNorm transformer layer (BERT's and its kin's) keeps each of its parts, relative to the
+    layer's prefix; each is a torch Linear or LayerNorm with `.weight` and `.bias`."""
+
+    q: str
+    k: str
+    v: str
+    o: str  # the attention's output projection
+    attn_ln: str  # LayerNorm after attention + residual
+    up: str  # the feed-forward's first Linear (GELU follows)
+    down: str
+    out_ln: str  # LayerNorm after the feed-forward + residual
+
+
+def encoder_layer(
+    b: GraphBuilder,
+    x: str,
+    attn_bias: str,
+    tensor: Callable[[str], np.ndarray],
+    names: LayerNames,
+    *,
+    heads: int,
+    eps: float,
+    tag: str,
+) -> str:
+    """One post-LayerNorm encoder layer on `x` ([batch, tokens, hidden]): self-attention whose scaled scores get
+    `attn_bias` added (the padding mask, [batch, 1, 1, tokens], or that plus a relative position bias,
+    [batch, heads, tokens, tokens]), then residual + LayerNorm, a GELU (erf) feed-forward, residual + LayerNorm.
+    `tensor(name)` gives this layer's weights by their name under the layer (e.g. `attention.self.query.weight`)."""
+
+    def dense(part: str, src: str, role: str) -> str:
+        return linear(b, src, tensor(f"{part}.weight"), tensor(f"{part}.bias"), f"{tag}.{role}")
+
+    def norm(part: str, src: str, role: str) -> str:
+        return layer_norm(b, src, tensor(f"{part}.weight"), tensor(f"{part}.bias"), eps, f"{tag}.{role}")
+
+    hidden = int(tensor(f"{names.q}.weight").shape[0])
+    head_dim = hidden // heads
+    split = b.const([0, 0, heads, head_dim], np.int64)
+
+    def heads_of(t: str, perm: list[int]) -> str:
+        return b.op("Transpose", [b.op("Reshape", [t, split])], perm=perm)
+
+    q = heads_of(dense(names.q, x, "q"), [0, 2, 1, 3])
+    k = heads_of(dense(names.k, x, "k"), [0, 2, 3, 1])
+    v = heads_of(dense(names.v, x, "v"), [0, 2, 1, 3])
+    scores = b.op("Add", [b.op("Mul", [b.op("MatMul", [q, k]), b.const(1.0 / math.sqrt(head_dim))]), attn_bias])
+    ctx = b.op("MatMul", [b.op("Softmax", [scores], axis=-1), v])
+    ctx = b.op("Reshape", [b.op("Transpose", [ctx], perm=[0, 2, 1, 3]), b.const([0, 0, hidden], np.int64)])
+    x = norm(names.attn_ln, b.op("Add", [dense(names.o, ctx, "o"), x]), "attn_ln")
+    up = gelu(b, dense(names.up, x, "up"))
+    return norm(names.out_ln, b.op("Add", [dense(names.down, up, "down"), x]), "out_ln")
 
 
 def padding_mask(b: GraphBuilder) -> tuple[str, str]:

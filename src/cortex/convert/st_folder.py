@@ -26,7 +26,11 @@ _VOCAB_LIMIT = 16 << 20
 # Each architecture cortex converts: its config.json `model_type`, and the `architectures` classes that name it.
 ARCHITECTURES: dict[str, frozenset[str]] = {
     "bert": frozenset({"BertModel", "BertForMaskedLM", "BertForPreTraining", "BertForSequenceClassification"}),
+    "mpnet": frozenset({"MPNetModel", "MPNetForMaskedLM"}),
 }
+# The first position id of architectures whose positions count from after the padding index (RoBERTa's way):
+# of max_position_embeddings, that many fewer are left for tokens.
+_FIRST_POSITION = {"mpnet": 2}
 _EMBEDDING_TABLES = ("word_embeddings.weight", "tok_embeddings.weight")  # the token embedding matrix's name
 _EXAMPLES = "e.g. all-MiniLM-L6-v2, bge-small/base/large-en, e5 English, BERT-based gte"
 
@@ -295,7 +299,7 @@ def read_st_folder(folder: Path) -> STModel:
             f"{rows - 1} would have no vector. This folder's tokenizer does not belong to its weights.",
             param="model_path",
         )
-    max_pos = int(config.get("max_position_embeddings", 512))
+    max_pos = int(config.get("max_position_embeddings", 512)) - _FIRST_POSITION.get(architecture, 0)
     task = _task(folder, config)
     max_seq = _cross_encoder_max_length(folder, max_pos) if task == "rerank" else max_pos
     st_cfg = folder / "sentence_bert_config.json"
