@@ -26,6 +26,7 @@ _VOCAB_LIMIT = 16 << 20
 # Each architecture cortex converts: its config.json `model_type`, and the `architectures` classes that name it.
 ARCHITECTURES: dict[str, frozenset[str]] = {
     "bert": frozenset({"BertModel", "BertForMaskedLM", "BertForPreTraining", "BertForSequenceClassification"}),
+    "modernbert": frozenset({"ModernBertModel", "ModernBertForMaskedLM"}),
 }
 _EMBEDDING_TABLES = ("word_embeddings.weight", "tok_embeddings.weight")  # the token embedding matrix's name
 _EXAMPLES = "e.g. all-MiniLM-L6-v2, bge-small/base/large-en, e5 English, BERT-based gte"
