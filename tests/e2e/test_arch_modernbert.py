@@ -95,6 +95,12 @@ def test_token_ids_are_the_references(c, model: str) -> None:
         assert r.json()["tokens"] == row["tokens"], row["text"]
 
 
+def test_pieces_are_bytes_not_the_byte_level_alphabet(c) -> None:
+    r = c.post("/tokenize", json={"model": FP32, "content": "naïve café", "add_special": True, "with_pieces": True})
+    pieces = [t["piece"] for t in r.json()["tokens"]]
+    assert pieces[:5] == ["[CLS]", "n", "a", [0xC3], [0xAF]] and " ca" in pieces  # 'ï' is two byte tokens; 'Ġca'
+
+
 def test_records_and_a_long_text_without_truncate(c) -> None:
     for model in (FP32, REPO):
         m = c.get(f"/v1/models/{model}").json()

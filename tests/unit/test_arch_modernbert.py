@@ -138,3 +138,20 @@ def test_what_it_cannot_build_exactly_is_refused(tmp_path: Path, changes: dict, 
         (folder / "modules.json").unlink()
     with pytest.raises(InvalidModelFile, match=words):
         build_modernbert_onnx(read_st_folder(folder), tmp_path / "model.onnx")
+
+
+def test_byte_level_pieces_are_the_bytes_they_stand_for(tmp_path: Path) -> None:
+    from cortex.convert.onnx_model import GRAPH_FILE, TOKENIZER_FILE, write_onnx_model
+    from cortex.engine.onnx import OnnxEngine
+
+    write_onnx_model(read_st_folder(FIXTURE), tmp_path, None)
+    engine = OnnxEngine(tmp_path / GRAPH_FILE, tmp_path / TOKENIZER_FILE, ctx_len=512, n_threads=1)
+    try:
+        toks = engine.tokens("naïve café — déjà vu")
+        assert [t.piece for t in toks[:5]] == [b"[CLS]", b"n", b"a", b"\xc3", b"\xaf"]  # 'ï' is two byte tokens
+        assert toks[6].piece == b" ca"  # 'Ġca'
+        for row in REFERENCE["short"]:  # NFC texts: the pieces between [CLS] and [SEP] spell the text's bytes
+            toks = engine.tokens(row["text"])
+            assert b"".join(t.piece for t in toks[1:-1]) == row["text"].encode("utf-8")
+    finally:
+        engine.close()
