@@ -80,6 +80,18 @@ def test_graph_gives_the_reference_vectors_alone_and_in_padded_batches(tmp_path:
     assert cosine >= 0.99999 and length <= 1e-3
 
 
+def test_queries_a_chunk_at_a_time_give_the_same_vectors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Attention runs QUERY_CHUNK queries per loop step (bounded memory on long inputs): with chunks of 7,
+    every text but the shortest takes several steps, the last one partial, in padded batches too."""
+    from cortex.convert import modernbert_onnx
+
+    monkeypatch.setattr(modernbert_onnx, "QUERY_CHUNK", 7)
+    session = _session(FIXTURE, tmp_path)
+    short = REFERENCE["short"]
+    cosine, length = _worst(_run(session, [r["tokens"] for r in short]), np.array([r["embedding"] for r in short]))
+    assert cosine >= 0.99999 and length <= 1e-3, (cosine, length)
+
+
 def test_a_task_model_s_weights_under_model_give_the_same_vectors(tmp_path: Path) -> None:
     folder = _copy(tmp_path)
     tensors = load_file(folder / "model.safetensors")

@@ -7,6 +7,9 @@ layers and a band |i - j| <= local_attention // 2 on `sliding_attention` ones, t
 feed-forward (Wi's output split in halves: act(input) * gate), both with residuals; a final LayerNorm; the
 folder's pooling. LayerNorms and linears carry biases only where the config says so (none by default).
 
+Attention runs a block of QUERY_CHUNK queries per step of an ONNX Loop, so that a long input (ModernBERT
+reads 8192 tokens) holds [heads, chunk, tokens] scores at once rather than [heads, tokens, tokens].
+
 The rotary tables (cos, sin per position) are computed here in float32 for the positions up to the folder's
 max_seq_length (the most an input may hold, see cortex.engine.kinds) and sliced in the graph to the input's
 length, so no trigonometry runs per request.
@@ -18,7 +21,7 @@ import math
 from pathlib import Path
 
 import numpy as np
-from onnx import helper
+from onnx import TensorProto, helper
 from safetensors import SafetensorError, safe_open
 
 from cortex.convert.onnx_ops import (
@@ -40,6 +43,7 @@ _ERF_GELU = ("gelu", "gelu_python")  # transformers' ACT2FN names of the exact (
 _TANH_GELU = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")  # ... and of its tanh approximation
 _DEFAULT_THETA = {FULL: 160_000.0, SLIDING: 10_000.0}  # ModernBertConfig's, when config.json names none
 _THETA_KEY = {FULL: "global_rope_theta", SLIDING: "local_rope_theta"}  # config.json before transformers 5
+QUERY_CHUNK = 512  # queries per step of the attention loop: an input up to this long takes one step
 
 
 def layer_types(cfg: dict) -> list[str]:
@@ -126,7 +130,7 @@ def build_modernbert_onnx(model: STModel, out: Path, progress: Progress | None =
             mask_f, pad_bias = padding_mask(b)
             seq_len = b.op("Shape", ["input_ids"], start=1, end=2)  # [1]
             zero = b.const([0], np.int64)
-            biases = {FULL: pad_bias, SLIDING: _band_bias(b, seq_len, window // 2, pad_bias)}
+            chunks = _Chunks(b, seq_len, pad_bias)
             rotary = {}
             for kind in sorted(set(types)):
                 cos, sin = rotary_tables(rope_theta(cfg, kind), head_dim, model.max_seq_length)
@@ -136,7 +140,6 @@ def build_modernbert_onnx(model: STModel, out: Path, progress: Progress | None =
                 )
             split_shape = b.const([0, 0, heads, head_dim], np.int64)
             merge_shape = b.const([0, 0, hidden], np.int64)
-            scale = b.const(1.0 / math.sqrt(head_dim))
             if progress:
                 progress(1, total)
             for i, kind in enumerate(types):
@@ -149,8 +152,7 @@ def build_modernbert_onnx(model: STModel, out: Path, progress: Progress | None =
                 )
                 q, k = (_rotate(b, t, *rotary[kind]) for t in (q, k))
                 k_t = b.op("Transpose", [k], perm=[0, 1, 3, 2])
-                scores = b.op("Add", [b.op("Mul", [b.op("MatMul", [q, k_t]), scale]), biases[kind]])
-                ctx = b.op("MatMul", [b.op("Softmax", [scores], axis=-1), v])
+                ctx = chunks.attention(q, k_t, v, 1.0 / math.sqrt(head_dim), window // 2 if kind == SLIDING else None)
                 ctx = b.op("Reshape", [b.op("Transpose", [ctx], perm=[0, 2, 1, 3]), merge_shape])
                 x = b.op("Add", [x, linear(b, ctx, w(p + "attn.Wo.weight"), bias(p + "attn.Wo", attn_bias), f"l{i}.o")])
                 h = norm(x, p + "mlp_norm")
@@ -186,12 +188,66 @@ def _rotate(b: GraphBuilder, x: str, cos: str, sin: str) -> str:
     return b.op("Add", [b.op("Mul", [x, cos]), b.op("Mul", [half, sin])])
 
 
-def _band_bias(b: GraphBuilder, seq_len: str, reach: int, pad_bias: str) -> str:
-    """The sliding layers' attention bias [batch, 1, tokens, tokens]: the padding bias where |i - j| <= reach,
-    the padding bias's large negative elsewhere (finite: a row with nothing to attend stays a number)."""
-    pos = b.op("Range", [b.const(0, np.int64), b.op("Squeeze", [seq_len, b.const([0], np.int64)]),
-                         b.const(1, np.int64)])  # fmt: skip
-    dist = b.op("Abs", [b.op("Sub", [b.op("Unsqueeze", [pos, b.const([1], np.int64)]),
-                                      b.op("Unsqueeze", [pos, b.const([0], np.int64)])])])  # fmt: skip
-    outside = b.op("Greater", [dist, b.const(reach, np.int64)])  # [tokens, tokens]
-    return b.op("Where", [outside, b.const(-3.4e38), pad_bias])
+class _Body(GraphBuilder):
+    """A subgraph's builder: its names carry a prefix, so none shadows a name of the graph around it."""
+
+    def __init__(self, prefix: str) -> None:
+        super().__init__()
+        self.prefix = prefix
+
+    def name(self, hint: str) -> str:
+        return self.prefix + super().name(hint)
+
+
+class _Chunks:
+    """Attention a block of QUERY_CHUNK queries at a time (an ONNX Loop), so that a long input holds scores
+    for [heads, QUERY_CHUNK, tokens] at once, not [heads, tokens, tokens]: 8192 tokens with 12 heads would
+    otherwise need gigabytes per layer. Each query's row is computed whole, so the result is the same."""
+
+    def __init__(self, b: GraphBuilder, seq_len: str, pad_bias: str) -> None:
+        self.b, self.seq_len, self.pad_bias = b, seq_len, pad_bias
+        chunk = b.const(QUERY_CHUNK, np.int64)
+        n = b.op("Div", [b.op("Add", [seq_len, b.const(QUERY_CHUNK - 1, np.int64)]), chunk])
+        self.trips = b.op("Squeeze", [n, b.const([0], np.int64)])  # ceil(tokens / QUERY_CHUNK), a scalar
+        end = b.op("Squeeze", [seq_len, b.const([0], np.int64)])
+        keys = b.op("Range", [b.const(0, np.int64), end, b.const(1, np.int64)])
+        self.keys = b.op("Unsqueeze", [keys, b.const([0], np.int64)])  # key positions [1, tokens]
+        self._loops = 0
+
+    def attention(self, q: str, k_t: str, v: str, scale: float, reach: int | None) -> str:
+        """softmax(q k_t * scale + bias) v, [batch, heads, tokens, head_dim]; with `reach`, keys farther than
+        it from the query are left out (a sliding-window layer)."""
+        b = self.b
+        self._loops += 1
+        body = _Body(f"loop{self._loops}_")
+        step, cond, acc = (body.name(n) for n in ("step", "cond", "acc"))
+        start = body.op("Mul", [step, body.const(QUERY_CHUNK, np.int64)])
+        start1 = body.op("Unsqueeze", [start, body.const([0], np.int64)])
+        end1 = body.op("Min", [body.op("Add", [start1, body.const([QUERY_CHUNK], np.int64)]), self.seq_len])
+        queries = body.op("Slice", [q, start1, end1, body.const([2], np.int64)])  # [batch, heads, chunk, head_dim]
+        scores = body.op("Mul", [body.op("MatMul", [queries, k_t]), body.const(scale)])
+        bias = self.pad_bias
+        if reach is not None:  # the band |i - j| <= reach around each query of this chunk
+            end = body.op("Squeeze", [end1, body.const([0], np.int64)])
+            rows = body.op("Range", [start, end, body.const(1, np.int64)])
+            column = body.op("Unsqueeze", [rows, body.const([1], np.int64)])
+            dist = body.op("Abs", [body.op("Sub", [column, self.keys])])
+            outside = body.op("Greater", [dist, body.const(reach, np.int64)])  # [chunk, tokens]
+            bias = body.op("Where", [outside, body.const(-3.4e38), self.pad_bias])  # finite: no NaN rows
+        ctx = body.op("MatMul", [body.op("Softmax", [body.op("Add", [scores, bias])], axis=-1), v])
+        done = body.op("Concat", [acc, ctx], axis=2)
+        keep = body.op("Identity", [cond])
+        graph = helper.make_graph(
+            body.nodes,
+            f"attention_{self._loops}",
+            [helper.make_tensor_value_info(step, TensorProto.INT64, []),
+             helper.make_tensor_value_info(cond, TensorProto.BOOL, []),
+             helper.make_tensor_value_info(acc, TensorProto.FLOAT, None)],
+            [helper.make_tensor_value_info(keep, TensorProto.BOOL, []),
+             helper.make_tensor_value_info(done, TensorProto.FLOAT, None)],
+            body.inits,
+        )  # fmt: skip
+        empty = b.op("Slice", [q, b.const([0], np.int64), b.const([0], np.int64), b.const([2], np.int64)])
+        out = b.name("attention")
+        b.nodes.append(helper.make_node("Loop", [self.trips, b.const(True, np.bool_), empty], [out], body=graph))
+        return out
