@@ -109,6 +109,9 @@ def test_records_and_a_long_text_without_truncate(c) -> None:
         assert (m["n_embd"], m["ctx_len"], m["source_format"]) == (96, CTX, "sentence-transformers")
     r = c.post("/v1/embeddings", json={"model": FP32, "input": REFERENCE["long"]["text"], "truncate": False})
     assert r.status_code == 400 and r.json()["error"]["param"] == "input"
+    r = c.post("/v1/models/import", json={"model": "mb:gguf", "model_path": str(FIXTURE), "engine": "llama-cpp"})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "engine"  # llama.cpp's converter: BERT only
+    assert "modernbert" in r.json()["error"]["message"]
 
 
 def test_int8_is_close_and_records_its_cosine(c) -> None:
