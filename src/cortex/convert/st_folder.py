@@ -26,6 +26,7 @@ _VOCAB_LIMIT = 16 << 20
 # Each architecture cortex converts: its config.json `model_type`, and the `architectures` classes that name it.
 ARCHITECTURES: dict[str, frozenset[str]] = {
     "bert": frozenset({"BertModel", "BertForMaskedLM", "BertForPreTraining", "BertForSequenceClassification"}),
+    "modernbert": frozenset({"ModernBertModel", "ModernBertForMaskedLM"}),
     "mpnet": frozenset({"MPNetModel", "MPNetForMaskedLM"}),
 }
 # The first position id of architectures whose positions count from after the padding index (RoBERTa's way):

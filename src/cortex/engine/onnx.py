@@ -81,6 +81,14 @@ def without_final_normalization(path: Path) -> bytes | None:
     return proto.SerializeToString()
 
 
+def _byte_level_alphabet() -> dict[str, int]:
+    """GPT-2's byte-level alphabet, character -> byte: printable bytes stand for themselves, the other 68
+    (controls, space, ...) for the characters from U+0100 on, in byte order."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    others = [b for b in range(256) if b not in printable]
+    return {chr(b): b for b in printable} | {chr(256 + n): b for n, b in enumerate(others)}
+
+
 class OnnxEngine:
     """An encoder model's ONNX graph and its tokenizer."""
 
@@ -106,6 +114,8 @@ class OnnxEngine:
         self.n_embd = int(self._narrow.get_outputs()[0].shape[1])
         empty = self.tokenizer.encode("").ids
         self._trailing = frozenset(empty[-1:]) if len(empty) >= 2 else frozenset()
+        # a byte-level BPE vocabulary (GPT-2's, ModernBERT's) spells each byte as a printable character
+        self._byte_of = _byte_level_alphabet() if type(self.tokenizer.decoder).__name__ == "ByteLevel" else None
 
     def _session(self, model: str | bytes, threads: int) -> ort.InferenceSession:
         options = ort.SessionOptions()
@@ -132,9 +142,16 @@ class OnnxEngine:
         for ch in text:
             byte_at.append(byte_at[-1] + len(ch.encode("utf-8")))
         return [
-            Token(i, piece.encode("utf-8"), bool(special), None if special else (byte_at[a], byte_at[b]))
+            Token(i, self._piece(piece, special), bool(special), None if special else (byte_at[a], byte_at[b]))
             for i, piece, special, (a, b) in zip(enc.ids, enc.tokens, enc.special_tokens_mask, enc.offsets, strict=True)
         ]
+
+    def _piece(self, piece: str, special: int) -> bytes:
+        """The bytes a token stands for: a byte-level piece's characters mapped back to bytes ('Ġ' is a space,
+        'Ã' 0xC3), as llama-server gives them; any other piece (or an added token) as its UTF-8 text."""
+        if self._byte_of is None or special or not all(ch in self._byte_of for ch in piece):
+            return piece.encode("utf-8")
+        return bytes(self._byte_of[ch] for ch in piece)
 
     def detokenize(self, ids: Sequence[int]) -> str:
         return self.tokenizer.decode(list(ids), skip_special_tokens=False)
