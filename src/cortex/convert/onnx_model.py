@@ -15,11 +15,14 @@ import onnx
 from cortex.convert.bert_onnx import build_bert_onnx
 from cortex.convert.onnx_ops import Progress
 from cortex.convert.st_folder import STModel
+from cortex.convert.xlmr_onnx import build_xlmr_onnx
 from cortex.errors import InvalidModelFile
 
 # The graph builder of each architecture that `cortex.convert.st_folder` accepts.
 GRAPH_BUILDERS: dict[str, Callable[[STModel, Path, Progress | None], None]] = {
     "bert": build_bert_onnx,
+    "xlm-roberta": build_xlmr_onnx,
+    "roberta": build_xlmr_onnx,
 }
 GRAPH_FILE = "model.onnx"
 DATA_FILE = "model.onnx.data"

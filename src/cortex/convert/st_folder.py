@@ -26,7 +26,12 @@ _VOCAB_LIMIT = 16 << 20
 # Each architecture cortex converts: its config.json `model_type`, and the `architectures` classes that name it.
 ARCHITECTURES: dict[str, frozenset[str]] = {
     "bert": frozenset({"BertModel", "BertForMaskedLM", "BertForPreTraining", "BertForSequenceClassification"}),
+    "xlm-roberta": frozenset({"XLMRobertaModel", "XLMRobertaForMaskedLM"}),
+    "roberta": frozenset({"RobertaModel", "RobertaForMaskedLM"}),
 }
+# Architectures whose position ids start after the padding index (transformers' create_position_ids_from_input_ids):
+# the first padding_idx + 1 rows of their position table are never a text's, so they hold that many fewer tokens.
+_POSITIONS_AFTER_PADDING = frozenset({"xlm-roberta", "roberta"})
 _EMBEDDING_TABLES = ("word_embeddings.weight", "tok_embeddings.weight")  # the token embedding matrix's name
 _EXAMPLES = "e.g. all-MiniLM-L6-v2, bge-small/base/large-en, e5 English, BERT-based gte"
 
@@ -55,6 +60,11 @@ class STModel:
     @property
     def n_embd(self) -> int:
         return int(self.config["hidden_size"])
+
+
+def padding_index(config: dict) -> int:
+    """The padding token's id, which RoBERTa-style models also use as the position before the first."""
+    return int(config.get("pad_token_id", 1))  # RoBERTa's and XLM-R's
 
 
 def _json(path: Path, limit: int = _CONFIG_LIMIT) -> dict:
@@ -185,7 +195,7 @@ def _st_config(folder: Path) -> dict:
     return _json(path) if path.exists() else {}
 
 
-def _task(folder: Path, config: dict) -> str:
+def _task(folder: Path, config: dict, architecture: str) -> str:
     """rerank for a sentence-transformers CrossEncoder: one saved as such (config_sentence_transformers.json
     says `model_type: CrossEncoder`, as sentence-transformers 5.7+ writes it beside its modules.json), or a
     plain transformers sequence classifier without sentence-transformers modules; embed otherwise. A
@@ -195,6 +205,11 @@ def _task(folder: Path, config: dict) -> str:
     classifier = any(c.endswith("ForSequenceClassification") for c in classes)
     if not saved_as_cross_encoder and (not classifier or (folder / "modules.json").exists()):
         return "embed"
+    if architecture != "bert":
+        raise InvalidModelFile(
+            f"This is a {architecture} cross-encoder; cortex reranks with BERT cross-encoders only.",
+            param="model_path",
+        )
     labels = config.get("id2label")
     n_labels = len(labels) if isinstance(labels, dict) else int(config.get("num_labels", 2))  # transformers' default
     if n_labels != 1:
@@ -296,7 +311,9 @@ def read_st_folder(folder: Path) -> STModel:
             param="model_path",
         )
     max_pos = int(config.get("max_position_embeddings", 512))
-    task = _task(folder, config)
+    if architecture in _POSITIONS_AFTER_PADDING:
+        max_pos -= padding_index(config) + 1
+    task = _task(folder, config, architecture)
     max_seq = _cross_encoder_max_length(folder, max_pos) if task == "rerank" else max_pos
     st_cfg = folder / "sentence_bert_config.json"
     if st_cfg.exists():
