@@ -98,3 +98,32 @@ def test_position_ids_follow_the_padding_as_transformers_numbers_them(tmp_path: 
     np.testing.assert_allclose(padded, np.concatenate([run([a]), run([b])]), atol=1e-5)
     swapped = run([[a[0], a[2], a[1], *a[3:]]])  # the same tokens at other positions
     assert float(np.abs(swapped - run([a])).max()) > 1e-3
+
+
+def published_style(folder: Path) -> None:
+    """Rewrite `folder`'s tokenizer.json as published XLM-RoBERTa files have it (the charsmap then a collapse of
+    repeated spaces; Metaspace alone as pre-tokenizer, in its older form), which transformers 5 does not run as
+    written."""
+    path = folder / "tokenizer.json"
+    tok = json.loads(path.read_text())
+    collapse = {"type": "Replace", "pattern": {"Regex": " {2,}"}, "content": " "}
+    tok["normalizer"] = {"type": "Sequence", "normalizers": [tok["normalizer"], collapse]}
+    tok["pre_tokenizer"] = {"type": "Metaspace", "replacement": "\u2581", "add_prefix_space": True}
+    path.write_text(json.dumps(tok))
+
+
+def test_a_published_tokenizer_json_is_served_as_transformers_runs_it(tmp_path: Path) -> None:
+    from cortex.convert.st_folder import served_tokenizer_json
+
+    folder = _folder(tmp_path)
+    published_style(folder)
+    rows = json.loads((DATA / "arch" / "xlm-roberta.reference.json").read_text())["short"]
+    as_written = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    assert as_written.encode(" ").ids == [0, 4, 2]  # `tokenizers` alone: a `▁` token sentence-transformers lacks
+    served = Tokenizer.from_str(served_tokenizer_json(folder))
+    for row in rows:
+        assert served.encode(row["text"]).ids == row["tokens"], row["text"]
+    assert json.loads(served_tokenizer_json(FIXTURE)) == json.loads((FIXTURE / "tokenizer.json").read_text())
+    no_prefix = folder / "tokenizer_config.json"
+    no_prefix.write_text(json.dumps({**json.loads(no_prefix.read_text()), "add_prefix_space": False}))
+    assert json.loads(served_tokenizer_json(folder))["pre_tokenizer"]["pretokenizers"][1]["prepend_scheme"] == "never"

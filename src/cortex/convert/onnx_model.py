@@ -14,7 +14,7 @@ import onnx
 
 from cortex.convert.bert_onnx import build_bert_onnx
 from cortex.convert.onnx_ops import Progress
-from cortex.convert.st_folder import STModel
+from cortex.convert.st_folder import STModel, served_tokenizer_json
 from cortex.convert.xlmr_onnx import build_xlmr_onnx
 from cortex.errors import InvalidModelFile
 
@@ -84,7 +84,7 @@ def write_onnx_model(
         full = Path(tmp) / "full.onnx"
         GRAPH_BUILDERS[model.architecture](model, full, progress)
         _save_external(onnx.load(str(full)), dest)
-    shutil.copyfile(model.folder / TOKENIZER_FILE, dest / TOKENIZER_FILE)
+    (dest / TOKENIZER_FILE).write_text(served_tokenizer_json(model.folder), encoding="utf-8")
     if quantize is None:
         return {}
     if quantize != "int8":

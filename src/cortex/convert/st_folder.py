@@ -132,6 +132,59 @@ def _vocab(folder: Path) -> tuple[list[str], frozenset[int], bool, str]:
     return [by_id[i] for i in range(len(by_id))], special, lowercase, kind
 
 
+def served_tokenizer_json(folder: Path) -> str:
+    """The folder's tokenizer.json as transformers 5 (and so sentence-transformers) tokenizes with it.
+
+    transformers 5 does not run every tokenizer.json as written: for some tokenizer classes it keeps only the
+    vocabulary, the post-processor and a SentencePiece charsmap, and rebuilds the rest of the pipeline in the
+    class (`_REBUILT`). Published XLM-RoBERTa files, for one, pre-tokenize with Metaspace alone, where
+    transformers splits on whitespace first: `tokenizers` alone then reads " " as `<s> ▁ </s>` and a trailing
+    space as one more `▁`, transformers as `<s> </s>` and nothing. The engine tokenizes with what this returns."""
+    tok = _json(folder / "tokenizer.json", _TOKENIZER_LIMIT)
+    cfg_path = folder / "tokenizer_config.json"
+    tok_cfg = _json(cfg_path) if cfg_path.exists() else {}
+    model_type = str(_json(folder / "config.json").get("model_type"))
+    named = str(tok_cfg.get("tokenizer_class") or _TOKENIZER_OF.get(model_type, ""))
+    rebuild = _REBUILT.get(named.removesuffix("Fast"))
+    if rebuild is None:
+        return json.dumps(tok, ensure_ascii=False)
+    rebuilt = rebuild(tok, tok_cfg)
+    _check_loads(rebuilt)
+    return json.dumps(rebuilt, ensure_ascii=False)
+
+
+def _xlm_roberta_tokenizer(tok: dict, tok_cfg: dict) -> dict:
+    """transformers 5's XLMRobertaTokenizer around a Unigram vocabulary: the charsmap alone as normalizer, then
+    whitespace split and Metaspace (a `▁` before each word unless add_prefix_space is false)."""
+    if (tok.get("model") or {}).get("type") != "Unigram":
+        return tok
+    charsmap = next((n["precompiled_charsmap"] for n in _flat_normalizers(tok.get("normalizer"))
+                     if n.get("type") == "Precompiled" and n.get("precompiled_charsmap")), None)  # fmt: skip
+    scheme = "always" if tok_cfg.get("add_prefix_space", True) else "never"
+    metaspace = {"type": "Metaspace", "replacement": "\u2581", "prepend_scheme": scheme, "split": True}
+    return {
+        **tok,
+        "normalizer": {"type": "Precompiled", "precompiled_charsmap": charsmap} if charsmap else None,
+        "pre_tokenizer": {"type": "Sequence", "pretokenizers": [{"type": "WhitespaceSplit"}, metaspace]},
+        "decoder": metaspace,
+    }
+
+
+def _flat_normalizers(normalizer: dict | None) -> list[dict]:
+    """A tokenizer.json normalizer as the list of its steps (a Sequence's, or itself)."""
+    if not isinstance(normalizer, dict):
+        return []
+    if normalizer.get("type") == "Sequence":
+        return [n for n in normalizer.get("normalizers") or [] if isinstance(n, dict)]
+    return [normalizer]
+
+
+# The tokenizer classes whose pipeline transformers 5 rebuilds from the vocabulary (see served_tokenizer_json),
+# and the class it loads for a model_type when tokenizer_config.json names none.
+_REBUILT = {"XLMRobertaTokenizer": _xlm_roberta_tokenizer}
+_TOKENIZER_OF = {"xlm-roberta": "XLMRobertaTokenizer"}
+
+
 def _lowercases(normalizer: dict) -> bool:
     """Whether a tokenizer.json normalizer (a Lowercase, or a Sequence holding one) lower-cases text."""
     if normalizer.get("type") == "Lowercase":
