@@ -30,7 +30,7 @@ from cortex.errors import InvalidModelFile
 
 
 def build_bert_onnx(model: STModel, out: Path, progress: Progress | None = None) -> None:
-    """Write the ONNX graph of `model` at `out` (weights inside the file)."""
+    """Write the ONNX graph of `model` at `out` (its weights beside it, see onnx_ops.save_graph)."""
     build_encoder_onnx(model, out, progress, prefix="bert.", positions=_bert_positions,
                        position_rows=model.max_seq_length, name="cortex-bert")  # fmt: skip
 

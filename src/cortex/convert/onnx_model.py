@@ -98,8 +98,13 @@ def write_onnx_model(
             shutil.copyfile(dest / name, fp32 / name)
         quantized = Path(tmp) / "int8.onnx"
         quantize_dynamic(
-            fp32 / GRAPH_FILE, quantized, per_channel=True, weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"]
-        )
+            fp32 / GRAPH_FILE,
+            quantized,
+            per_channel=True,
+            weight_type=QuantType.QInt8,
+            op_types_to_quantize=["MatMul"],
+            use_external_data_format=True,
+        )  # over 2 GiB: see save_graph
         for name in (GRAPH_FILE, DATA_FILE):
             (dest / name).unlink()
         _save_external(onnx.load(str(quantized)), dest)

@@ -95,8 +95,8 @@ def pool(b: GraphBuilder, x: str, mask_f: str, pooling: str) -> str:
 
 
 def save_graph(b: GraphBuilder, out: Path, result: str, *, output: str, width: int, name: str) -> None:
-    """Name `result` as the graph's one output (`embeddings` or `logits`, [batch, width]), check the graph
-    and write it at `out`, weights inside."""
+    """Name `result` as the graph's one output (`embeddings` or `logits`, [batch, width]), write the graph at
+    `out` (its weights in `out`.data) and check it."""
     b.nodes.append(helper.make_node("Identity", [result], [output]))
     graph = helper.make_graph(
         b.nodes,
@@ -109,5 +109,8 @@ def save_graph(b: GraphBuilder, out: Path, result: str, *, output: str, width: i
         b.inits,
     )
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="cortex")
-    onnx.checker.check_model(proto)
-    onnx.save_model(proto, out)
+    # A graph is one protobuf message, which cannot pass 2 GiB (XLM-R large: 560M weights): the weights go to a
+    # file beside it, and the checker reads the graph by path, as it reads a large one.
+    onnx.save_model(proto, out, save_as_external_data=True, all_tensors_to_one_file=True,
+                    location=f"{out.name}.data", size_threshold=1024)  # fmt: skip
+    onnx.checker.check_model(str(out))

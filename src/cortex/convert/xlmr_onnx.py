@@ -20,7 +20,7 @@ from cortex.convert.st_folder import STModel, padding_index
 
 
 def build_xlmr_onnx(model: STModel, out: Path, progress: Progress | None = None) -> None:
-    """Write the ONNX graph of an XLM-RoBERTa or RoBERTa `model` at `out` (weights inside the file)."""
+    """Write the ONNX graph of an XLM-RoBERTa or RoBERTa `model` at `out` (its weights beside it)."""
     pad = padding_index(model.config)
 
     def positions(b: GraphBuilder) -> str:
