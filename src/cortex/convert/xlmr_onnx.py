@@ -3,7 +3,7 @@ and RoBERTa's position ids.
 
 transformers' `create_position_ids_from_input_ids` numbers the non-padding tokens of each row from
 padding_idx + 1 and gives padding tokens padding_idx: positions = cumsum(ids != pad) * (ids != pad) + pad. The
-graph computes exactly that from `input_ids` (not from the attention mask, as transformers does), so a row
+graph computes exactly that, from `input_ids` as transformers does (not from the attention mask), so a row
 `<s> a b </s>` gets positions 2, 3, 4, 5 with XLM-R's padding index 1.
 """
 
