@@ -113,7 +113,7 @@ def _broken(st_folder: Path, tmp_path: Path, how: str) -> Path:
     shutil.copytree(st_folder, folder)
     if how == "arch":
         cfg = json.loads((folder / "config.json").read_text())
-        cfg.update(model_type="xlm-roberta", architectures=["XLMRobertaModel"])
+        cfg.update(model_type="deberta-v2", architectures=["DebertaV2Model"])
         (folder / "config.json").write_text(json.dumps(cfg))
     elif how == "tokenizer":
         (folder / "tokenizer.json").unlink()

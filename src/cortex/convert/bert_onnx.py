@@ -1,4 +1,6 @@
-"""sentence-transformers BERT folder -> ONNX graph, built op by op with the `onnx` package (no torch).
+"""sentence-transformers BERT folder -> ONNX graph, built op by op with the `onnx` package (no torch). The
+encoder (`build_encoder_onnx`) also serves RoBERTa and XLM-RoBERTa (cortex.convert.xlmr_onnx), whose layers
+are BERT's and whose position ids differ.
 
 The graph takes `input_ids` and `attention_mask` (int64, [batch, tokens]) and returns `embeddings`
 ([batch, hidden]): token + position + type-0 embeddings and LayerNorm; per layer, self-attention with
@@ -14,6 +16,7 @@ embeddings; then BERT's pooler (dense + tanh on [CLS]) and the classifier give o
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +33,7 @@ from cortex.convert.onnx_ops import (
     padding_mask,
     pool,
     save_graph,
+    sequential_positions,
 )
 from cortex.convert.st_folder import STModel
 from cortex.errors import InvalidModelFile
@@ -48,29 +52,44 @@ BERT_LAYER = LayerNames(
 
 
 def build_bert_onnx(model: STModel, out: Path, progress: Progress | None = None) -> None:
-    """Write the ONNX graph of `model` at `out` (weights inside the file)."""
+    """Write the ONNX graph of `model` at `out` (its weights beside it, see onnx_ops.save_graph)."""
+    build_encoder_onnx(model, out, progress, prefix="bert.", positions=sequential_positions,
+                       position_rows=model.max_seq_length, name="cortex-bert")  # fmt: skip
+
+
+def build_encoder_onnx(
+    model: STModel,
+    out: Path,
+    progress: Progress | None,
+    *,
+    prefix: str,
+    positions: Callable[[GraphBuilder], str],
+    position_rows: int,
+    name: str,
+) -> None:
+    """The graph of a BERT-shaped encoder (BERT, and RoBERTa/XLM-R, whose layers are BERT's): `prefix` is
+    where a task model keeps the encoder's tensors (`bert.`, `roberta.`; none in a bare model's weights),
+    `positions` builds the position ids ([batch or 1, tokens]) from `input_ids`, `position_rows` is how many
+    rows of the position table those ids can reach."""
     cfg = model.config
     hidden = int(cfg["hidden_size"])
     heads = int(cfg["num_attention_heads"])
     layers = int(cfg["num_hidden_layers"])
     eps = float(cfg.get("layer_norm_eps", 1e-12))
-    with open_weights(model.weights, "bert.") as w:
+    with open_weights(model.weights, prefix) as w:
         b = GraphBuilder()
         total = layers + 2
         # embeddings
         word = b.init("word_embeddings", w("embeddings.word_embeddings.weight"))
-        pos = b.init("position_embeddings", w("embeddings.position_embeddings.weight")[: model.max_seq_length])
+        pos = b.init("position_embeddings", w("embeddings.position_embeddings.weight")[:position_rows])
         if model.task == "rerank":
             types = b.op("Gather", [b.init("token_types", w("embeddings.token_type_embeddings.weight")),
                                     _pair_token_types(b, model)])  # fmt: skip
         else:
             types = b.init("token_type_0", w("embeddings.token_type_embeddings.weight")[0])
-        seq_len = b.op("Gather", [b.op("Shape", ["input_ids"]), b.init("one_i", np.array(1, dtype=np.int64))])
-        positions = b.op("Range", [b.init("zero_i", np.array(0, dtype=np.int64)), seq_len,
-                                   b.init("step_i", np.array(1, dtype=np.int64))])  # fmt: skip
-        x = b.op("Add", [b.op("Add", [b.op("Gather", [word, "input_ids"]), b.op("Gather", [pos, positions])]), types])
+        x = b.op("Add", [b.op("Add", [b.op("Gather", [word, "input_ids"]), b.op("Gather", [pos, positions(b)])]),
+                         types])  # fmt: skip
         x = layer_norm(b, x, w("embeddings.LayerNorm.weight"), w("embeddings.LayerNorm.bias"), eps, "emb_ln")
-        # attention bias from the padding mask: 0 where attended, a large negative where padded
         mask_f, bias = padding_mask(b)
         if progress:
             progress(1, total)
@@ -83,9 +102,9 @@ def build_bert_onnx(model: STModel, out: Path, progress: Progress | None = None)
             pooler = (w("pooler.dense.weight"), w("pooler.dense.bias"))
             head = _classifier(b, x, pooler, (w.raw("classifier.weight"), w.raw("classifier.bias")))
     if model.task == "rerank":
-        save_graph(b, out, head, output="logits", width=1, name="cortex-bert")
+        save_graph(b, out, head, output="logits", width=1, name=name)
     else:
-        save_graph(b, out, pool(b, x, mask_f, model.pooling), output="embeddings", width=hidden, name="cortex-bert")
+        save_graph(b, out, pool(b, x, mask_f, model.pooling), output="embeddings", width=hidden, name=name)
     if progress:
         progress(total, total)
 

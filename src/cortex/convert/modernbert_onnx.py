@@ -86,9 +86,8 @@ def rotary_tables(theta: float, head_dim: int, positions: int) -> tuple[np.ndarr
 
 
 def build_modernbert_onnx(model: STModel, out: Path, progress: Progress | None = None) -> None:
-    """Write the ONNX graph of `model` at `out` (weights inside the file)."""
-    if model.task != "embed":
-        raise InvalidModelFile("ModernBERT cross-encoders are not supported; embedding models are", param="model_path")
+    """Write the ONNX graph of `model` at `out` (its weights beside it, see onnx_ops.save_graph). Cross-encoders
+    of this architecture never get here: cortex.convert.st_folder refuses them."""
     cfg = model.config
     hidden = int(cfg["hidden_size"])
     heads = int(cfg["num_attention_heads"])

@@ -18,7 +18,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from onnx import TensorProto
 
 from cortex.convert.onnx_ops import (
     GraphBuilder,
@@ -29,6 +28,7 @@ from cortex.convert.onnx_ops import (
     open_weights,
     padding_mask,
     pool,
+    positions_after_padding,
     save_graph,
 )
 from cortex.convert.st_folder import STModel
@@ -71,12 +71,8 @@ def relative_position_buckets(relative: np.ndarray) -> np.ndarray:
 
 
 def build_mpnet_onnx(model: STModel, out: Path, progress: Progress | None = None) -> None:
-    """Write the ONNX graph of `model` at `out` (weights inside the file)."""
-    if model.task != "embed":
-        raise InvalidModelFile(
-            "MPNet cross-encoders (MPNetForSequenceClassification) are not supported; MPNet embedding models are.",
-            param="model_path",
-        )
+    """Write the ONNX graph of `model` at `out` (its weights beside it, see onnx_ops.save_graph). Cross-encoders
+    of this architecture never get here: cortex.convert.st_folder refuses them."""
     cfg = model.config
     hidden = int(cfg["hidden_size"])
     heads = int(cfg["num_attention_heads"])
@@ -112,10 +108,7 @@ def _embeddings(b: GraphBuilder, model: STModel, word: np.ndarray, positions: np
             f"The model has {positions.shape[0]} positions; {model.max_seq_length} tokens need {need}",
             param="model_path",
         )
-    real = b.op("Cast", [b.op("Not", [b.op("Equal", ["input_ids", b.const(PADDING_IDX, np.int64)])])],
-                to=TensorProto.INT64)  # fmt: skip
-    ids = b.op("Add", [b.op("Mul", [b.op("CumSum", [real, b.const(1, np.int64)]), real]),
-                       b.const(PADDING_IDX, np.int64)])  # fmt: skip
+    ids = positions_after_padding(b, PADDING_IDX)
     table = b.init("position_embeddings", positions[:need])
     return b.op("Add", [b.op("Gather", [b.init("word_embeddings", word), "input_ids"]), b.op("Gather", [table, ids])])
 

@@ -16,7 +16,8 @@ from cortex.convert.bert_onnx import build_bert_onnx
 from cortex.convert.modernbert_onnx import build_modernbert_onnx
 from cortex.convert.mpnet_onnx import build_mpnet_onnx
 from cortex.convert.onnx_ops import Progress
-from cortex.convert.st_folder import STModel
+from cortex.convert.st_folder import STModel, served_tokenizer_json
+from cortex.convert.xlmr_onnx import build_xlmr_onnx
 from cortex.errors import InvalidModelFile
 
 # The graph builder of each architecture that `cortex.convert.st_folder` accepts.
@@ -24,6 +25,8 @@ GRAPH_BUILDERS: dict[str, Callable[[STModel, Path, Progress | None], None]] = {
     "bert": build_bert_onnx,
     "modernbert": build_modernbert_onnx,
     "mpnet": build_mpnet_onnx,
+    "xlm-roberta": build_xlmr_onnx,
+    "roberta": build_xlmr_onnx,
 }
 GRAPH_FILE = "model.onnx"
 DATA_FILE = "model.onnx.data"
@@ -85,7 +88,7 @@ def write_onnx_model(
         full = Path(tmp) / "full.onnx"
         GRAPH_BUILDERS[model.architecture](model, full, progress)
         _save_external(onnx.load(str(full)), dest)
-    shutil.copyfile(model.folder / TOKENIZER_FILE, dest / TOKENIZER_FILE)
+    (dest / TOKENIZER_FILE).write_text(served_tokenizer_json(model.folder), encoding="utf-8")
     if quantize is None:
         return {}
     if quantize != "int8":
@@ -99,8 +102,13 @@ def write_onnx_model(
             shutil.copyfile(dest / name, fp32 / name)
         quantized = Path(tmp) / "int8.onnx"
         quantize_dynamic(
-            fp32 / GRAPH_FILE, quantized, per_channel=True, weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"]
-        )
+            fp32 / GRAPH_FILE,
+            quantized,
+            per_channel=True,
+            weight_type=QuantType.QInt8,
+            op_types_to_quantize=["MatMul"],
+            use_external_data_format=True,
+        )  # over 2 GiB: see save_graph
         for name in (GRAPH_FILE, DATA_FILE):
             (dest / name).unlink()
         _save_external(onnx.load(str(quantized)), dest)

@@ -166,6 +166,20 @@ def encoder_layer(
     return norm(names.out_ln, b.op("Add", [dense(names.down, up, "down"), x]), "out_ln")
 
 
+def sequential_positions(b: GraphBuilder) -> str:
+    """BERT's position ids: 0, 1, ... ([tokens], the same for every row)."""
+    seq_len = b.op("Gather", [b.op("Shape", ["input_ids"]), b.const(1, np.int64)])
+    return b.op("Range", [b.const(0, np.int64), seq_len, b.const(1, np.int64)])
+
+
+def positions_after_padding(b: GraphBuilder, pad: int) -> str:
+    """RoBERTa's (and XLM-R's, MPNet's) position ids, as transformers' create_position_ids_from_input_ids
+    numbers them from `input_ids`: the running count of non-padding tokens plus the padding index `pad`, and
+    `pad` itself for padding tokens ([batch, tokens]); a row `<s> a b </s>` gets 2, 3, 4, 5 with `pad` 1."""
+    real = b.op("Cast", [b.op("Not", [b.op("Equal", ["input_ids", b.const(pad, np.int64)])])], to=TensorProto.INT64)
+    return b.op("Add", [b.op("Mul", [b.op("CumSum", [real, b.const(1, np.int64)]), real]), b.const(pad, np.int64)])
+
+
 def padding_mask(b: GraphBuilder) -> tuple[str, str]:
     """(the attention mask as float [batch, tokens], an attention bias [batch, 1, 1, tokens]: 0 where a
     token is attended, a large negative where it is padding)."""
@@ -194,8 +208,8 @@ def pool(b: GraphBuilder, x: str, mask_f: str, pooling: str) -> str:
 
 
 def save_graph(b: GraphBuilder, out: Path, result: str, *, output: str, width: int, name: str) -> None:
-    """Name `result` as the graph's one output (`embeddings` or `logits`, [batch, width]), check the graph
-    and write it at `out`, weights inside."""
+    """Name `result` as the graph's one output (`embeddings` or `logits`, [batch, width]), write the graph at
+    `out` (its weights in `out`.data) and check it."""
     b.nodes.append(helper.make_node("Identity", [result], [output]))
     graph = helper.make_graph(
         b.nodes,
@@ -208,5 +222,8 @@ def save_graph(b: GraphBuilder, out: Path, result: str, *, output: str, width: i
         b.inits,
     )
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="cortex")
-    onnx.checker.check_model(proto)
-    onnx.save_model(proto, out)
+    # A graph is one protobuf message, which cannot pass 2 GiB (XLM-R large: 560M weights): the weights go to a
+    # file beside it, and the checker reads the graph by path, as it reads a large one.
+    onnx.save_model(proto, out, save_as_external_data=True, all_tensors_to_one_file=True,
+                    location=f"{out.name}.data", size_threshold=1024)  # fmt: skip
+    onnx.checker.check_model(str(out))

@@ -28,10 +28,12 @@ ARCHITECTURES: dict[str, frozenset[str]] = {
     "bert": frozenset({"BertModel", "BertForMaskedLM", "BertForPreTraining", "BertForSequenceClassification"}),
     "modernbert": frozenset({"ModernBertModel", "ModernBertForMaskedLM"}),
     "mpnet": frozenset({"MPNetModel", "MPNetForMaskedLM"}),
+    "xlm-roberta": frozenset({"XLMRobertaModel", "XLMRobertaForMaskedLM"}),
+    "roberta": frozenset({"RobertaModel", "RobertaForMaskedLM"}),
 }
-# The first position id of architectures whose positions count from after the padding index (RoBERTa's way):
-# of max_position_embeddings, that many fewer are left for tokens.
-_FIRST_POSITION = {"mpnet": 2}
+# Architectures whose position ids start after the padding index (transformers' create_position_ids_from_input_ids):
+# the first padding_idx + 1 rows of their position table are never a text's, so they hold that many fewer tokens.
+_POSITIONS_AFTER_PADDING = frozenset({"xlm-roberta", "roberta", "mpnet"})
 _EMBEDDING_TABLES = ("word_embeddings.weight", "tok_embeddings.weight")  # the token embedding matrix's name
 _EXAMPLES = "e.g. all-MiniLM-L6-v2, bge-small/base/large-en, e5 English, BERT-based gte"
 
@@ -60,6 +62,14 @@ class STModel:
     @property
     def n_embd(self) -> int:
         return int(self.config["hidden_size"])
+
+
+def padding_index(config: dict) -> int:
+    """The padding token's id, which RoBERTa-style models also use as the position before the first (MPNet's
+    is 1 whatever config.json says: MPNetEmbeddings fixes it)."""
+    if str(config.get("model_type", "")).lower() == "mpnet":
+        return 1
+    return int(config.get("pad_token_id", 1))  # RoBERTa's and XLM-R's
 
 
 def _json(path: Path, limit: int = _CONFIG_LIMIT) -> dict:
@@ -127,6 +137,59 @@ def _vocab(folder: Path) -> tuple[list[str], frozenset[int], bool, str]:
     return [by_id[i] for i in range(len(by_id))], special, lowercase, kind
 
 
+def served_tokenizer_json(folder: Path) -> str:
+    """The folder's tokenizer.json as transformers 5 (and so sentence-transformers) tokenizes with it.
+
+    transformers 5 does not run every tokenizer.json as written: for some tokenizer classes it keeps only the
+    vocabulary, the post-processor and a SentencePiece charsmap, and rebuilds the rest of the pipeline in the
+    class (`_REBUILT`). Published XLM-RoBERTa files, for one, pre-tokenize with Metaspace alone, where
+    transformers splits on whitespace first: `tokenizers` alone then reads " " as `<s> ▁ </s>` and a trailing
+    space as one more `▁`, transformers as `<s> </s>` and nothing. The engine tokenizes with what this returns."""
+    tok = _json(folder / "tokenizer.json", _TOKENIZER_LIMIT)
+    cfg_path = folder / "tokenizer_config.json"
+    tok_cfg = _json(cfg_path) if cfg_path.exists() else {}
+    model_type = str(_json(folder / "config.json").get("model_type"))
+    named = str(tok_cfg.get("tokenizer_class") or _TOKENIZER_OF.get(model_type, ""))
+    rebuild = _REBUILT.get(named.removesuffix("Fast"))
+    if rebuild is None:
+        return json.dumps(tok, ensure_ascii=False)
+    rebuilt = rebuild(tok, tok_cfg)
+    _check_loads(rebuilt)
+    return json.dumps(rebuilt, ensure_ascii=False)
+
+
+def _xlm_roberta_tokenizer(tok: dict, tok_cfg: dict) -> dict:
+    """transformers 5's XLMRobertaTokenizer around a Unigram vocabulary: the charsmap alone as normalizer, then
+    whitespace split and Metaspace (a `▁` before each word unless add_prefix_space is false)."""
+    if (tok.get("model") or {}).get("type") != "Unigram":
+        return tok
+    charsmap = next((n["precompiled_charsmap"] for n in _flat_normalizers(tok.get("normalizer"))
+                     if n.get("type") == "Precompiled" and n.get("precompiled_charsmap")), None)  # fmt: skip
+    scheme = "always" if tok_cfg.get("add_prefix_space", True) else "never"
+    metaspace = {"type": "Metaspace", "replacement": "\u2581", "prepend_scheme": scheme, "split": True}
+    return {
+        **tok,
+        "normalizer": {"type": "Precompiled", "precompiled_charsmap": charsmap} if charsmap else None,
+        "pre_tokenizer": {"type": "Sequence", "pretokenizers": [{"type": "WhitespaceSplit"}, metaspace]},
+        "decoder": metaspace,
+    }
+
+
+def _flat_normalizers(normalizer: dict | None) -> list[dict]:
+    """A tokenizer.json normalizer as the list of its steps (a Sequence's, or itself)."""
+    if not isinstance(normalizer, dict):
+        return []
+    if normalizer.get("type") == "Sequence":
+        return [n for n in normalizer.get("normalizers") or [] if isinstance(n, dict)]
+    return [normalizer]
+
+
+# The tokenizer classes whose pipeline transformers 5 rebuilds from the vocabulary (see served_tokenizer_json),
+# and the class it loads for a model_type when tokenizer_config.json names none.
+_REBUILT = {"XLMRobertaTokenizer": _xlm_roberta_tokenizer}
+_TOKENIZER_OF = {"xlm-roberta": "XLMRobertaTokenizer"}
+
+
 def _lowercases(normalizer: dict) -> bool:
     """Whether a tokenizer.json normalizer (a Lowercase, or a Sequence holding one) lower-cases text."""
     if normalizer.get("type") == "Lowercase":
@@ -190,7 +253,7 @@ def _st_config(folder: Path) -> dict:
     return _json(path) if path.exists() else {}
 
 
-def _task(folder: Path, config: dict) -> str:
+def _task(folder: Path, config: dict, architecture: str) -> str:
     """rerank for a sentence-transformers CrossEncoder: one saved as such (config_sentence_transformers.json
     says `model_type: CrossEncoder`, as sentence-transformers 5.7+ writes it beside its modules.json), or a
     plain transformers sequence classifier without sentence-transformers modules; embed otherwise. A
@@ -200,6 +263,11 @@ def _task(folder: Path, config: dict) -> str:
     classifier = any(c.endswith("ForSequenceClassification") for c in classes)
     if not saved_as_cross_encoder and (not classifier or (folder / "modules.json").exists()):
         return "embed"
+    if architecture != "bert":
+        raise InvalidModelFile(
+            f"This is a {architecture} cross-encoder; cortex reranks with BERT cross-encoders only.",
+            param="model_path",
+        )
     labels = config.get("id2label")
     n_labels = len(labels) if isinstance(labels, dict) else int(config.get("num_labels", 2))  # transformers' default
     if n_labels != 1:
@@ -300,8 +368,10 @@ def read_st_folder(folder: Path) -> STModel:
             f"{rows - 1} would have no vector. This folder's tokenizer does not belong to its weights.",
             param="model_path",
         )
-    max_pos = int(config.get("max_position_embeddings", 512)) - _FIRST_POSITION.get(architecture, 0)
-    task = _task(folder, config)
+    max_pos = int(config.get("max_position_embeddings", 512))
+    if architecture in _POSITIONS_AFTER_PADDING:
+        max_pos -= padding_index(config) + 1
+    task = _task(folder, config, architecture)
     max_seq = _cross_encoder_max_length(folder, max_pos) if task == "rerank" else max_pos
     st_cfg = folder / "sentence_bert_config.json"
     if st_cfg.exists():
