@@ -15,7 +15,8 @@ GGUF = Source(file=Path("model.gguf"))
 def _folder(task: str = "embed", **fields: object) -> Source:
     from types import SimpleNamespace
 
-    described = {"task": task, "architecture": "bert", "tokenizer_model": "WordPiece", "lowercase": True, **fields}
+    described = {"task": task, "architecture": "bert", "tokenizer_model": "WordPiece", "lowercase": True,
+                 "pooling": "mean", **fields}  # fmt: skip
     return Source(folder=SimpleNamespace(**described))  # type: ignore[arg-type]  # choose() asks only what it is
 
 
@@ -58,7 +59,7 @@ def test_wrong_names_and_values_are_400s_that_list_what_exists() -> None:
         ("onnxruntime", ImportOptions(engine_options={"outtype": "f16"}), "option of the llama-cpp engine"),
         (None, ImportOptions(engine_options={"outtype": "f8"}), "use one of f32, f16, q8_0"),
         (None, ImportOptions(engine_options={"colour": "red"}), "engine options: "),
-        (None, ImportOptions(pooling="max"), "use one of mean, cls, last"),
+        (None, ImportOptions(pooling="median"), "use one of mean, cls, last, max, mean_sqrt_len, weightedmean"),
     ):
         with pytest.raises(InvalidRequest, match=words):
             choose(engine, _folder(), opts)

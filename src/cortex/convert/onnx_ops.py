@@ -77,7 +77,9 @@ def padding_mask(b: GraphBuilder) -> tuple[str, str]:
 
 
 def pool(b: GraphBuilder, x: str, mask_f: str, pooling: str) -> str:
-    """sentence-transformers' Pooling of the token vectors `x` ([batch, tokens, hidden]) over the real tokens."""
+    """sentence-transformers' Pooling of the token vectors `x` ([batch, tokens, hidden]) over the real tokens
+    (`mask_f`, [batch, tokens], 1 for a real token and 0 for padding), one of `cortex.engine.base.POOLINGS`,
+    computed as its `Pooling.forward` does."""
     if pooling == "cls":
         return b.op("Gather", [x, b.const(0, np.int64)], axis=1)
     if pooling == "last":
@@ -89,9 +91,25 @@ def pool(b: GraphBuilder, x: str, mask_f: str, pooling: str) -> str:
         gathered = b.op("GatherElements", [x, idx], axis=1)
         return b.op("Squeeze", [gathered, b.const([1], np.int64)])
     mask3 = b.op("Unsqueeze", [mask_f, b.const([2], np.int64)])
+    if pooling == "max":  # padding set to -1e9 first, as sentence-transformers does
+        real = b.op("Cast", [mask3], to=TensorProto.BOOL)
+        return b.op("ReduceMax", [b.op("Where", [real, x, b.const(-1e9)])], axes=[1], keepdims=0)
+    if pooling == "weightedmean":  # position i (from 1) weighs i; padding 0
+        n = b.op("Shape", [x], start=1, end=2)
+        positions = b.op("Range", [b.const(1, np.int64), b.op("Add", [b.op("Squeeze", [n]), b.const(1, np.int64)]),
+                                   b.const(1, np.int64)])  # fmt: skip
+        weights = b.op("Mul", [mask3, b.op("Unsqueeze", [b.op("Cast", [positions], to=TensorProto.FLOAT),
+                                                         b.const([0, 2], np.int64)])])  # fmt: skip
+        summed = b.op("ReduceSum", [b.op("Mul", [x, weights]), b.const([1], np.int64)], keepdims=0)
+        total = b.op("ReduceSum", [weights, b.const([1], np.int64)], keepdims=0)
+        return b.op("Div", [summed, b.op("Max", [total, b.const(1e-9)])])
     summed = b.op("ReduceSum", [b.op("Mul", [x, mask3]), b.const([1], np.int64)], keepdims=0)
-    count = b.op("ReduceSum", [mask3, b.const([1], np.int64)], keepdims=0)
-    return b.op("Div", [summed, b.op("Max", [count, b.const(1e-9)])])
+    count = b.op("Max", [b.op("ReduceSum", [mask3, b.const([1], np.int64)], keepdims=0), b.const(1e-9)])
+    if pooling == "mean":
+        return b.op("Div", [summed, count])
+    if pooling == "mean_sqrt_len":  # the sum over the square root of the count: mean's direction, a longer vector
+        return b.op("Div", [summed, b.op("Sqrt", [count])])
+    raise ValueError(f"unknown pooling {pooling!r}")  # st_folder and kinds.choose admit only POOLINGS
 
 
 def save_graph(b: GraphBuilder, out: Path, result: str, *, output: str, width: int, name: str) -> None:

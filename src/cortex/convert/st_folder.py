@@ -40,7 +40,7 @@ class STModel:
     config: dict
     vocab: list[str]  # token strings by id, as the tokenizer spells them (WordPiece: `##` continuations)
     special_ids: frozenset[int]  # tokens the tokenizer marks special ([CLS], [SEP], [PAD], ...)
-    pooling: str  # mean | cls | last
+    pooling: str  # one of cortex.engine.base.POOLINGS
     normalize: bool
     max_seq_length: int
     name: str
@@ -159,18 +159,34 @@ def _pooling_config(folder: Path) -> dict | None:
     return _json(cfg_path) if cfg_path.exists() else None
 
 
+# sentence-transformers' Pooling config keys, by the name cortex gives each mode (cortex.engine.base.POOLINGS).
+POOLING_KEYS: dict[str, str] = {
+    "mean": "pooling_mode_mean_tokens",
+    "cls": "pooling_mode_cls_token",
+    "last": "pooling_mode_lasttoken",
+    "max": "pooling_mode_max_tokens",
+    "mean_sqrt_len": "pooling_mode_mean_sqrt_len_tokens",
+    "weightedmean": "pooling_mode_weightedmean_tokens",
+}
+
+
 def _pooling(folder: Path) -> str:
+    """The one pooling mode the Pooling config turns on; refused with what is supported when it turns on
+    none, several (sentence-transformers would concatenate them), or one cortex does not know."""
     cfg = _pooling_config(folder)
     if cfg is None:
         return "mean"  # sentence-transformers' default for a plain transformers folder
-    if cfg.get("pooling_mode_mean_tokens"):
-        return "mean"
-    if cfg.get("pooling_mode_cls_token"):
-        return "cls"
-    if cfg.get("pooling_mode_lasttoken"):
-        return "last"
-    modes = ", ".join(k for k, v in cfg.items() if k.startswith("pooling_mode") and v) or "none"
-    raise InvalidModelFile(f"Pooling `{modes}` is not supported: use mean, cls or last token", param="model_path")
+    on = [name for name, key in POOLING_KEYS.items() if cfg.get(key)]
+    unknown = [k for k, v in cfg.items() if k.startswith("pooling_mode") and k not in POOLING_KEYS.values() and v]
+    supported = ", ".join(f"{name} ({key})" for name, key in POOLING_KEYS.items())
+    if len(on) == 1 and not unknown:
+        return on[0]
+    if len(on) + len(unknown) > 1:
+        why = f"it concatenates several pooling modes ({', '.join([*(POOLING_KEYS[n] for n in on), *unknown])})"
+    else:
+        why = f"its pooling `{', '.join(unknown) or 'none'}` is not one cortex computes"
+    raise InvalidModelFile(f"The Pooling config is not supported: {why}. Supported: one of {supported}.",
+                           param="model_path")  # fmt: skip
 
 
 def _normalize(folder: Path) -> bool:

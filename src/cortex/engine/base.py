@@ -8,8 +8,10 @@ from typing import Protocol
 
 import numpy as np
 
-# How a sequence's token vectors become one vector: their mean, the first token's ([CLS]), or the last's.
-POOLINGS: tuple[str, ...] = ("mean", "cls", "last")
+# How a sequence's token vectors become one vector, as sentence-transformers' Pooling modes: their mean, the
+# first token's ([CLS]), the last's (`lasttoken`), their per-dimension max, their sum over the square root of
+# their count (`mean_sqrt_len_tokens`), and their mean weighted by position 1..n (`weightedmean_tokens`).
+POOLINGS: tuple[str, ...] = ("mean", "cls", "last", "max", "mean_sqrt_len", "weightedmean")
 
 
 @dataclass(frozen=True)
