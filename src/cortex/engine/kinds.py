@@ -343,14 +343,17 @@ def _refusal(kind: EngineKind, source: Source, opts: ImportOptions) -> str | Non
     """Why `kind` cannot serve `source` with `opts` (None: it can): a pooling it does not compute (the one
     asked for, else the folder's), a task it lacks, or what its `refuses` says of the folder."""
     folder = source.folder
+    reasons = []
     pooling = opts.pooling or (folder.pooling if folder is not None and folder.task == "embed" else None)
     if pooling is not None and pooling not in kind.poolings:
-        return f"its pooling is {pooling}, and this engine pools by {', '.join(kind.poolings)}"
-    if folder is None:
-        return None
-    if folder.task not in kind.tasks:
-        return f"it is a cross-encoder (a {folder.task} model), and this engine serves {', '.join(kind.tasks)} models"
-    return kind.refuses(folder)
+        reasons.append(f"its pooling is {pooling}, and this engine pools by {', '.join(kind.poolings)}")
+    if folder is not None and folder.task not in kind.tasks:
+        reasons.append(
+            f"it is a cross-encoder (a {folder.task} model), and this engine serves {', '.join(kind.tasks)} models"
+        )
+    elif folder is not None and (why := kind.refuses(folder)) is not None:
+        reasons.append(why)
+    return "; and ".join(reasons) or None
 
 
 def _takes(kind: EngineKind, source: Source) -> bool:
