@@ -51,21 +51,23 @@ def token_vectors(folder: Path, ids: list[int]) -> np.ndarray:
     return x
 
 
-def pooled(tokens: np.ndarray, pooling: str) -> np.ndarray:
+def pooled(tokens: np.ndarray, pooling: str, start: int = 0) -> np.ndarray:
     """sentence-transformers' Pooling of one sequence's token vectors ([tokens, hidden], no padding), by
-    cortex's name for the mode (cortex.engine.base.POOLINGS)."""
+    cortex's name for the mode (cortex.engine.base.POOLINGS); the tokens before `start` (a prompt, with
+    `include_prompt: false`) are left out, positions still counted from the first token."""
     n = len(tokens)
+    kept = tokens[start:]
     if pooling == "cls":
-        return tokens[0]
+        return kept[0]
     if pooling == "last":
         return tokens[-1]
     if pooling == "max":
-        return tokens.max(0)
+        return kept.max(0)
     if pooling == "mean":
-        return tokens.sum(0) / n
+        return kept.sum(0) / len(kept)
     if pooling == "mean_sqrt_len":
-        return tokens.sum(0) / math.sqrt(n)
+        return kept.sum(0) / math.sqrt(len(kept))
     if pooling == "weightedmean":
-        weights = np.arange(1, n + 1, dtype=np.float64)
-        return (tokens * weights[:, None]).sum(0) / weights.sum()
+        weights = np.arange(start + 1, n + 1, dtype=np.float64)
+        return (kept * weights[:, None]).sum(0) / weights.sum()
     raise ValueError(pooling)

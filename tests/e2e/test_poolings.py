@@ -1,6 +1,7 @@
 """Every pooling mode of sentence-transformers' Pooling module through a running server: a folder whose Pooling
 config names the mode, or an import's `pooling` override, serves the vector a numpy forward pass pools that
-way; what cortex cannot compute or run (several modes, poolings llama.cpp lacks, architectures it does not
+way, with `include_prompt: false` leaving a prompt's tokens out of the pooling as sentence-transformers does;
+what cortex cannot compute or run (several modes, poolings llama.cpp lacks, architectures it does not
 build, models that need their own code) is a 400 that lists what it can."""
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from tests.e2e.helpers import ServerProcess, cortex
 from tests.numpy_bert import pooled, token_vectors
 
 CASED = DATA / "arch" / "bert-cased"
+PROMPTS = {"query": "query: ", "instruct": "Represent the Science title for retrieval: "}
+LEFT_OUT = ("mean", "cls", "max", "weightedmean", "last")  # include_prompt: false, with each of these
 TEXTS = ["A man is eating food.", "The Quick brown fox, in Paris: 42 times!", "x"]
 
 
@@ -46,6 +49,10 @@ def srv(root: Path) -> Iterator[ServerProcess]:
         s.import_models(*({"model": f"pool:{p}", "model_path": str(_copy(root, p, **{POOLING_KEYS[p]: True}))}
                           for p in POOLINGS))  # fmt: skip
         s.import_models({"model": "override:max", "model_path": str(CASED), "pooling": "max"})
+        for p in LEFT_OUT:
+            folder = _copy(root, f"noprompt-{p}", **{POOLING_KEYS[p]: True, "include_prompt": False})
+            (folder / "config_sentence_transformers.json").write_text(json.dumps({"prompts": PROMPTS}))
+            s.import_models({"model": f"noprompt:{p}", "model_path": str(folder)})
         out = cortex(s.data_dir, "models", "import", "--model_id", "cli:weightedmean", "--model_path", str(CASED),
                      "--pooling", "weightedmean").stdout  # fmt: skip
         assert "pooling weightedmean" in out
@@ -77,6 +84,34 @@ def test_each_pooling_serves_sentence_transformers_vector(c, model: str, pooling
     cos = np.sum(got * want, axis=1) / np.linalg.norm(got, axis=1) / np.linalg.norm(want, axis=1)
     assert cos.min() >= 0.99999
     np.testing.assert_allclose(np.linalg.norm(got, axis=1), np.linalg.norm(want, axis=1), rtol=0, atol=1e-3)
+
+
+def _tokens(c: httpx.Client, model: str, text: str) -> list[int]:
+    return c.post("/tokenize", json={"model": model, "content": text, "add_special": True}).json()["tokens"]
+
+
+@pytest.mark.parametrize("pooling", LEFT_OUT)
+def test_include_prompt_false_leaves_the_prompt_out_of_the_pooling(c, pooling: str) -> None:
+    """sentence-transformers: the prompt tokenized alone, less its [SEP], is how many leading tokens of each
+    prompted input ([CLS] and the prompt's) the pooling leaves out; the model still attends to them."""
+    model = f"noprompt:{pooling}"
+    assert c.get(f"/v1/models/{model}").json()["include_prompt"] is False
+    for name, prompt in PROMPTS.items():
+        left_out = len(_tokens(c, model, prompt)) - 1
+        r = c.post("/v1/embeddings", json={"model": model, "input": TEXTS, "prompt_name": name})
+        assert r.status_code == 200, r.text
+        got = np.array([d["embedding"] for d in r.json()["data"]], dtype=np.float64)
+        want = np.array([pooled(token_vectors(CASED, _tokens(c, model, prompt + t)), pooling, left_out)
+                         for t in TEXTS])  # fmt: skip
+        cos = np.sum(got * want, axis=1) / np.linalg.norm(got, axis=1) / np.linalg.norm(want, axis=1)
+        assert cos.min() >= 0.99999, (name, cos)
+        np.testing.assert_allclose(np.linalg.norm(got, axis=1), np.linalg.norm(want, axis=1), rtol=0, atol=1e-3)
+        if pooling != "last":  # the last token is the same either way
+            whole = np.array([pooled(token_vectors(CASED, _tokens(c, model, prompt + t)), pooling) for t in TEXTS])
+            assert np.abs(got - whole).max() > 1e-2  # pooling the prompt too would give other vectors
+    plain = c.post("/v1/embeddings", json={"model": model, "input": TEXTS}).json()["data"]  # no prompt: every token
+    want = np.array([pooled(token_vectors(CASED, _tokens(c, model, t)), pooling) for t in TEXTS])
+    np.testing.assert_allclose([d["embedding"] for d in plain], want, rtol=1e-4, atol=1e-4)
 
 
 def test_the_listing_shows_each_pooling(srv: ServerProcess) -> None:
@@ -111,6 +146,8 @@ def test_llama_cpp_refuses_poolings_it_lacks(c, root: Path) -> None:
         body = {"model": "bad:gguf", "model_path": str(root / pooling), "engine": "llama-cpp"}
         why = f"its pooling is {pooling}, and this engine pools by mean, cls, last"
         _refused(c, body, "engine", why, "onnxruntime engine")
+    body = {"model": "bad:gguf", "model_path": str(root / "noprompt-mean"), "engine": "llama-cpp"}
+    _refused(c, body, "engine", "include_prompt: false", "vocabulary is cased")  # every reason
     gguf = root / "tiny.gguf"  # a GGUF file: only llama.cpp imports one
     write_bert_gguf(dataclasses.replace(read_st_folder(CASED), pooling="mean"), gguf, "f32")
     _refused(c, {"model": "bad:gguf", "model_path": str(gguf), "pooling": "max"}, "pooling",

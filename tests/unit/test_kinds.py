@@ -16,7 +16,7 @@ def _folder(task: str = "embed", **fields: object) -> Source:
     from types import SimpleNamespace
 
     described = {"task": task, "architecture": "bert", "tokenizer_model": "WordPiece", "lowercase": True,
-                 "pooling": "mean", **fields}  # fmt: skip
+                 "pooling": "mean", "prompts": {}, "include_prompt": True, **fields}  # fmt: skip
     return Source(folder=SimpleNamespace(**described))  # type: ignore[arg-type]  # choose() asks only what it is
 
 
@@ -26,6 +26,7 @@ def _folder(task: str = "embed", **fields: object) -> Source:
         ({"architecture": "mpnet"}, "writes BERT models only"),
         ({"tokenizer_model": "Unigram"}, "this folder's is Unigram"),
         ({"lowercase": False}, "this vocabulary is cased"),
+        ({"prompts": {"query": "query: "}, "include_prompt": False}, "include_prompt: false"),
     ],
 )
 def test_folders_llama_cpp_cannot_serve_go_to_onnxruntime_and_are_refused_by_name(fields: dict, why: str) -> None:

@@ -5,6 +5,7 @@ modes at once, unknown modes, poolings llama.cpp lacks, architectures cortex doe
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -42,6 +43,7 @@ def test_every_pooling_has_its_sentence_transformers_key() -> None:
 
 @pytest.mark.parametrize("pooling", POOLINGS)
 def test_the_graph_pools_as_sentence_transformers_does(tmp_path: Path, pooling: str) -> None:
+    """Each mode, on a padded batch and alone, from the first token and (a prompt left out) from the fourth."""
     folder = _with_pooling(tmp_path, **{POOLING_KEYS[pooling]: True})
     model = read_st_folder(folder)
     assert model.pooling == pooling
@@ -51,14 +53,31 @@ def test_the_graph_pools_as_sentence_transformers_does(tmp_path: Path, pooling: 
     engine = OnnxEngine(out / "model.onnx", out / "tokenizer.json", ctx_len=256, n_threads=1)
     try:
         seqs = [engine.tokenize(t) for t in TEXTS]
-        batch = engine.embed(seqs)  # padded to the longest
-        alone = np.concatenate([engine.embed([s]) for s in seqs])
+        for start in (0, 3):
+            starts = [min(start, len(s) - 1) for s in seqs]
+            batch = engine.embed(seqs, pool_from=starts)  # padded to the longest
+            alone = np.concatenate([engine.embed([s], pool_from=[n]) for s, n in zip(seqs, starts, strict=True)])
+            expected = np.array(
+                [pooled(token_vectors(folder, s), pooling, n) for s, n in zip(seqs, starts, strict=True)]
+            )
+            np.testing.assert_allclose(batch, expected, rtol=1e-4, atol=1e-4)
+            np.testing.assert_allclose(alone, expected, rtol=1e-4, atol=1e-4)
+            assert np.abs(expected).max() > 0.5  # not a degenerate vector: the comparison can fail
+        np.testing.assert_allclose(engine.embed(seqs), engine.embed(seqs, pool_from=[0, 0, 0]), rtol=1e-6)
     finally:
         engine.close()
-    expected = np.array([pooled(token_vectors(folder, s), pooling) for s in seqs])
-    np.testing.assert_allclose(batch, expected, rtol=1e-4, atol=1e-4)
-    np.testing.assert_allclose(alone, expected, rtol=1e-4, atol=1e-4)
-    assert np.abs(expected).max() > 0.5  # not a degenerate vector: the comparison can fail
+
+
+@pytest.mark.parametrize(
+    ("config", "pooling"),
+    [({"pooling_mode": "mean_sqrt_len_tokens"}, "mean_sqrt_len"), ({"pooling_mode": ["lasttoken"]}, "last"),
+     ({"pooling_mode": "weightedmean"}, "weightedmean"), ({}, "mean")],
+)  # fmt: skip
+def test_sentence_transformers_6_configs_and_no_mode_at_all(tmp_path: Path, config: dict, pooling: str) -> None:
+    """sentence-transformers 6 writes `pooling_mode` (a name or a list); a config that turns nothing on is mean."""
+    folder = _with_pooling(tmp_path)
+    (folder / "1_Pooling" / "config.json").write_text(json.dumps({"embedding_dimension": 64, **config}))
+    assert read_st_folder(folder).pooling == pooling
 
 
 def test_poolings_differ_from_each_other(tmp_path: Path) -> None:
@@ -76,14 +95,15 @@ def test_poolings_differ_from_each_other(tmp_path: Path) -> None:
     ("modes", "words"),
     [
         ({"pooling_mode_mean_tokens": True, "pooling_mode_max_tokens": True}, "concatenates several pooling modes"),
-        ({}, "pooling `none` is not one cortex computes"),
+        ({"pooling_mode": ["cls", "mean"]}, "concatenates several pooling modes (cls, mean)"),
+        ({"pooling_mode": "median"}, "pooling `median` is not one cortex computes"),
         ({"pooling_mode_attention": True}, "pooling `pooling_mode_attention` is not one cortex computes"),
     ],
 )
 def test_pooling_configs_cortex_cannot_compute_are_refused_with_what_it_can(
     tmp_path: Path, modes: dict, words: str
 ) -> None:
-    with pytest.raises(InvalidModelFile, match=words) as refused:
+    with pytest.raises(InvalidModelFile, match=re.escape(words)) as refused:
         read_st_folder(_with_pooling(tmp_path, **modes))
     assert refused.value.param == "model_path"
     assert all(f"{name} ({key})" in refused.value.message for name, key in POOLING_KEYS.items())

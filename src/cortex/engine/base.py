@@ -57,9 +57,12 @@ class Engine(Protocol):
         """`tokens` of a text cut to `n`, keeping the special token the tokenizer appends, if any."""
         ...
 
-    def embed(self, seqs: Sequence[Sequence[int]], wide: bool = False) -> np.ndarray:
+    def embed(
+        self, seqs: Sequence[Sequence[int]], wide: bool = False, pool_from: Sequence[int] | None = None
+    ) -> np.ndarray:
         """Pooled float32 vectors, one row per sequence, in order: not normalised (the embeddings pipeline,
-        cortex.runtime.embed, normalises per request)."""
+        cortex.runtime.embed, normalises per request). `pool_from`: per sequence, the first token pooled (a
+        prompt before it is attended to but not pooled: a model whose `include_prompt` is false); None: 0."""
         ...
 
     def memory_bytes(self) -> int:

@@ -118,7 +118,11 @@ def _write_gguf(source: Source, opts: ImportOptions, staging: Path, progress: Pr
 
 def _prompt_fields(folder: STModel) -> dict[str, Any]:
     """The model.yml fields of a folder's prompts (config_sentence_transformers.json), whichever kind serves it."""
-    return {"prompts": dict(folder.prompts), "default_prompt_name": folder.default_prompt_name}
+    return {
+        "prompts": dict(folder.prompts),
+        "default_prompt_name": folder.default_prompt_name,
+        "include_prompt": folder.include_prompt,
+    }
 
 
 def _gguf_space(source: Source, opts: ImportOptions) -> int:
@@ -130,15 +134,18 @@ def _gguf_space(source: Source, opts: ImportOptions) -> int:
 
 
 def _gguf_refuses(folder: STModel) -> str | None:
-    """What llama.cpp's BERT path cannot serve exactly: other architectures, and vocabularies its WordPiece
-    tokenizer would split differently (it lower-cases all text)."""
+    """What llama.cpp's BERT path cannot serve exactly: other architectures, vocabularies its WordPiece
+    tokenizer would split differently (it lower-cases all text), and prompts left out of the pooling."""
     if folder.architecture != "bert":
         return f"its converter writes BERT models only, and this is {folder.architecture}"
+    reasons = []
     if folder.tokenizer_model != "WordPiece":
-        return f"its BERT tokenizer is WordPiece, and this folder's is {folder.tokenizer_model}"
+        reasons.append(f"its BERT tokenizer is WordPiece, and this folder's is {folder.tokenizer_model}")
     if not folder.lowercase:
-        return "its BERT tokenizer lower-cases all text, and this vocabulary is cased"
-    return None
+        reasons.append("its BERT tokenizer lower-cases all text, and this vocabulary is cased")
+    if folder.prompts and not folder.include_prompt:
+        reasons.append("it pools every token, and this model leaves its prompt out (include_prompt: false)")
+    return "; and ".join(reasons) or None
 
 
 def _open_llama(folder: Path, record: ModelRecord, settings: Settings) -> Engine:
