@@ -329,7 +329,8 @@ def choose(engine: str | None, source: Source, opts: ImportOptions) -> EngineKin
         others = [k.name for k in KINDS.values() if _takes(k, source) and _refusal(k, source, opts) is None]
         instead = f"; import it with the {' or '.join(others)} engine" if others else ""
         param = "pooling" if opts.pooling is not None and opts.pooling not in kind.poolings else "engine"
-        raise InvalidRequest(f"The {kind.name} engine cannot serve this {what[:-1]}: {why}{instead}.", param=param)
+        this = "sentence-transformers folder" if source.folder is not None else "GGUF file"
+        raise InvalidRequest(f"The {kind.name} engine cannot serve this {this}: {why}{instead}.", param=param)
     for name in given:
         option, value = kind.options.get(name), opts.engine_options[name]
         if source.folder is None and (option is None or option.folders_only):  # one answer for every such option
