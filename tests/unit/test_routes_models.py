@@ -132,7 +132,7 @@ async def test_unknown_routes_and_wrong_methods_have_openai_shape(api: httpx.Asy
         ({"model": "x:1", "model_path": "/proc/self/environ"}, 400, "invalid_model_file", "model_path",
          "not a regular file"),
         ({"model": "x:1", "model_path": "/tmp", "outtype": "q2"}, 400, None, "outtype", "outtype"),
-        ({"model": "x:1", "model_path": "/tmp", "pooling": "max"}, 400, None, "pooling", "pooling"),
+        ({"model": "x:1", "model_path": "/tmp", "pooling": "median"}, 400, None, "pooling", "pooling"),
         ({"model": "x:1", "model_path": "/tmp", "ctx_len": 0}, 400, None, "ctx_len", "ctx_len"),
         ({"model": "x:1", "model_path": "/tmp", "engine": "gpu"}, 400, None, "engine", "engine"),
         ({"model_path": "/tmp"}, 400, None, "model", "model"),

@@ -51,7 +51,7 @@ from cortex.config import (
 )
 from cortex.data_folder import FolderInUse
 from cortex.engine.base import POOLINGS
-from cortex.engine.kinds import ENGINE_NAMES, OPTION_NAMES, option_help, option_values
+from cortex.engine.kinds import ENGINE_NAMES, KINDS, OPTION_NAMES, option_help, option_values
 from cortex.errors import CortexError
 from cortex.schemas import (
     DeleteResult,
@@ -82,6 +82,9 @@ def _choices(name: str, values: tuple[str, ...]) -> type[enum.Enum]:
 # Choices from the engine kinds table, as the API validates them.
 EngineChoice = _choices("EngineChoice", ENGINE_NAMES)
 PoolingChoice = _choices("PoolingChoice", POOLINGS)
+_POOLING_HELP = "Default: the model's, else mean. " + "; ".join(
+    f"{k.name}: {', '.join(k.poolings)}" for k in KINDS.values()
+)
 
 
 def _value(choice: enum.Enum | None) -> str | None:
@@ -601,7 +604,7 @@ def models_import(
         typer.Option("--model_path", "--model-path", help="A .gguf file or a sentence-transformers folder"),
     ] = None,
     engine: Annotated[EngineChoice | None, typer.Option(help="Default: onnxruntime for folders")] = None,
-    pooling: Annotated[PoolingChoice | None, typer.Option(help="Default: the model's, else mean")] = None,
+    pooling: Annotated[PoolingChoice | None, typer.Option(help=_POOLING_HELP)] = None,
     ctx_len: Annotated[int | None, typer.Option("--ctx-len", help="Most tokens per input")] = None,
     name: Annotated[str | None, typer.Option(help="Display name")] = None,
     **engine_options: enum.Enum | None,

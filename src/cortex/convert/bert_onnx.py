@@ -104,7 +104,14 @@ def build_encoder_onnx(
     if model.task == "rerank":
         save_graph(b, out, head, output="logits", width=1, name=name)
     else:
-        save_graph(b, out, pool(b, x, mask_f, model.pooling), output="embeddings", width=hidden, name=name)
+        save_graph(
+            b,
+            out,
+            pool(b, x, mask_f, model.pooling, skip_prompt=not model.include_prompt),
+            output="embeddings",
+            width=hidden,
+            name=name,
+        )
     if progress:
         progress(total, total)
 

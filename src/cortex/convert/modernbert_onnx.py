@@ -168,7 +168,14 @@ def build_modernbert_onnx(model: STModel, out: Path, progress: Progress | None =
         raise InvalidModelFile(
             f"Cannot read {model.weights.name} (truncated or corrupt?): {exc}", param="model_path"
         ) from exc
-    save_graph(b, out, pool(b, x, mask_f, model.pooling), output="embeddings", width=hidden, name="cortex-modernbert")
+    save_graph(
+        b,
+        out,
+        pool(b, x, mask_f, model.pooling, skip_prompt=not model.include_prompt),
+        output="embeddings",
+        width=hidden,
+        name="cortex-modernbert",
+    )
     if progress:
         progress(total, total)
 

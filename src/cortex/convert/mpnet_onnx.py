@@ -94,7 +94,14 @@ def build_mpnet_onnx(model: STModel, out: Path, progress: Progress | None = None
                               heads=heads, eps=eps, tag=f"l{i}")  # fmt: skip
             if progress:
                 progress(i + 2, total)
-    save_graph(b, out, pool(b, x, mask_f, model.pooling), output="embeddings", width=hidden, name="cortex-mpnet")
+    save_graph(
+        b,
+        out,
+        pool(b, x, mask_f, model.pooling, skip_prompt=not model.include_prompt),
+        output="embeddings",
+        width=hidden,
+        name="cortex-mpnet",
+    )
     if progress:
         progress(total, total)
 

@@ -4,7 +4,9 @@ bias), sentence-transformers' pooling, and the writing of the finished graph.
 
 Every graph takes `input_ids` and `attention_mask` (int64, [batch, tokens]) and returns `embeddings`
 ([batch, hidden], pooled, not normalised: each request chooses that, see cortex.runtime.embed) or, for a
-cross-encoder, `logits` ([batch, 1]).
+cross-encoder, `logits` ([batch, 1]). A pooled graph also takes `pool_start` (int64, [batch]): the tokens
+before it in each row are left out of the pooling (sentence-transformers' `include_prompt: false`, where a
+prompt's tokens are attended to but not pooled); the engine feeds 0 unless a request's prompt is left out.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from safetensors import SafetensorError, safe_open
 from cortex.errors import InvalidModelFile
 
 OPSET = 17  # LayerNormalization
+POOL_START = "pool_start"  # the optional input of a pooled graph: per row, the first token pooled
 Progress = Callable[[int, int], None]
 
 
@@ -189,35 +192,69 @@ def padding_mask(b: GraphBuilder) -> tuple[str, str]:
     return mask_f, bias
 
 
-def pool(b: GraphBuilder, x: str, mask_f: str, pooling: str) -> str:
-    """sentence-transformers' Pooling of the token vectors `x` ([batch, tokens, hidden]) over the real tokens."""
-    if pooling == "cls":
-        return b.op("Gather", [x, b.const(0, np.int64)], axis=1)
+def pool(b: GraphBuilder, x: str, mask_f: str, pooling: str, *, skip_prompt: bool = False) -> str:
+    """sentence-transformers' Pooling of the token vectors `x` ([batch, tokens, hidden]) over the real tokens
+    (`mask_f`, [batch, tokens], 1 for a real token and 0 for padding), one of `cortex.engine.base.POOLINGS`,
+    computed as its `Pooling.forward` (6.x) does. `skip_prompt` (a model whose Pooling has include_prompt
+    false) pools each row from its `pool_start` input on; only such graphs have that input."""
+    if pooling == "cls":  # the first token pooled: [CLS], or the first after a prompt left out
+        return _token_at(b, x, POOL_START) if skip_prompt else b.op("Gather", [x, b.const(0, np.int64)], axis=1)
     if pooling == "last":
-        last = b.op("Sub", [b.op("ReduceSum", [b.op("Cast", ["attention_mask"], to=TensorProto.INT64),
-                                               b.const([1], np.int64)], keepdims=1), b.const(1, np.int64)])  # fmt: skip
-        idx = b.op("Expand", [b.op("Unsqueeze", [last, b.const([2], np.int64)]),
-                              b.op("Concat", [b.op("Shape", [x], start=0, end=1), b.const([1], np.int64),
-                                              b.op("Shape", [x], start=2, end=3)], axis=0)])  # fmt: skip
-        gathered = b.op("GatherElements", [x, idx], axis=1)
-        return b.op("Squeeze", [gathered, b.const([1], np.int64)])
-    mask3 = b.op("Unsqueeze", [mask_f, b.const([2], np.int64)])
+        count = b.op("ReduceSum", [b.op("Cast", ["attention_mask"], to=TensorProto.INT64), b.const([1], np.int64)],
+                     keepdims=0)  # fmt: skip
+        return _token_at(b, x, b.op("Sub", [count, b.const(1, np.int64)]))
+    pooled = _after_pool_start(b, x, mask_f) if skip_prompt else mask_f
+    mask3 = b.op("Unsqueeze", [pooled, b.const([2], np.int64)])
+    if pooling == "max":  # padding set to -1e9 first, as sentence-transformers does
+        real = b.op("Cast", [mask3], to=TensorProto.BOOL)
+        return b.op("ReduceMax", [b.op("Where", [real, x, b.const(-1e9)])], axes=[1], keepdims=0)
+    if pooling == "weightedmean":  # position i (from 1) weighs i; padding 0
+        n = b.op("Shape", [x], start=1, end=2)
+        positions = b.op("Range", [b.const(1, np.int64), b.op("Add", [b.op("Squeeze", [n]), b.const(1, np.int64)]),
+                                   b.const(1, np.int64)])  # fmt: skip
+        weights = b.op("Mul", [mask3, b.op("Unsqueeze", [b.op("Cast", [positions], to=TensorProto.FLOAT),
+                                                         b.const([0, 2], np.int64)])])  # fmt: skip
+        summed = b.op("ReduceSum", [b.op("Mul", [x, weights]), b.const([1], np.int64)], keepdims=0)
+        total = b.op("ReduceSum", [weights, b.const([1], np.int64)], keepdims=0)
+        return b.op("Div", [summed, b.op("Max", [total, b.const(1e-9)])])
     summed = b.op("ReduceSum", [b.op("Mul", [x, mask3]), b.const([1], np.int64)], keepdims=0)
-    count = b.op("ReduceSum", [mask3, b.const([1], np.int64)], keepdims=0)
-    return b.op("Div", [summed, b.op("Max", [count, b.const(1e-9)])])
+    count = b.op("Max", [b.op("ReduceSum", [mask3, b.const([1], np.int64)], keepdims=0), b.const(1e-9)])
+    if pooling == "mean":
+        return b.op("Div", [summed, count])
+    if pooling == "mean_sqrt_len":  # the sum over the square root of the count: mean's direction, a longer vector
+        return b.op("Div", [summed, b.op("Sqrt", [count])])
+    raise ValueError(f"unknown pooling {pooling!r}")  # st_folder and kinds.choose admit only POOLINGS
+
+
+def _token_at(b: GraphBuilder, x: str, index: str) -> str:
+    """Row r's token vector at position `index[r]` ([batch] int64): [batch, hidden]."""
+    idx = b.op("Expand", [b.op("Unsqueeze", [index, b.const([1, 2], np.int64)]),
+                          b.op("Concat", [b.op("Shape", [x], start=0, end=1), b.const([1], np.int64),
+                                          b.op("Shape", [x], start=2, end=3)], axis=0)])  # fmt: skip
+    return b.op("Squeeze", [b.op("GatherElements", [x, idx], axis=1), b.const([1], np.int64)])
+
+
+def _after_pool_start(b: GraphBuilder, x: str, mask_f: str) -> str:
+    """`mask_f` with each row's tokens before its `pool_start` set to 0 (a prompt left out of the pooling)."""
+    positions = b.op("Range", [b.const(0, np.int64), b.op("Squeeze", [b.op("Shape", [x], start=1, end=2)]),
+                               b.const(1, np.int64)])  # fmt: skip
+    start = b.op("Unsqueeze", [POOL_START, b.const([1], np.int64)])
+    pooled = b.op("Cast", [b.op("GreaterOrEqual", [positions, start])], to=TensorProto.FLOAT)
+    return b.op("Mul", [mask_f, pooled])
 
 
 def save_graph(b: GraphBuilder, out: Path, result: str, *, output: str, width: int, name: str) -> None:
     """Name `result` as the graph's one output (`embeddings` or `logits`, [batch, width]), write the graph at
     `out` (its weights in `out`.data) and check it."""
     b.nodes.append(helper.make_node("Identity", [result], [output]))
+    inputs = [helper.make_tensor_value_info(n, TensorProto.INT64, ["batch", "tokens"])
+              for n in ("input_ids", "attention_mask")]  # fmt: skip
+    if any(POOL_START in node.input for node in b.nodes):
+        inputs.append(helper.make_tensor_value_info(POOL_START, TensorProto.INT64, ["batch"]))
     graph = helper.make_graph(
         b.nodes,
         name,
-        [
-            helper.make_tensor_value_info(n, TensorProto.INT64, ["batch", "tokens"])
-            for n in ("input_ids", "attention_mask")
-        ],
+        inputs,
         [helper.make_tensor_value_info(output, TensorProto.FLOAT, ["batch", width])],
         b.inits,
     )

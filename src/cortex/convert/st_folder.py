@@ -47,7 +47,7 @@ class STModel:
     config: dict
     vocab: list[str]  # token strings by id, as the tokenizer spells them (WordPiece: `##` continuations)
     special_ids: frozenset[int]  # tokens the tokenizer marks special ([CLS], [SEP], [PAD], ...)
-    pooling: str  # mean | cls | last
+    pooling: str  # one of cortex.engine.base.POOLINGS
     normalize: bool
     max_seq_length: int
     name: str
@@ -55,6 +55,7 @@ class STModel:
     activation: str | None = None  # rerank: sigmoid | identity, what turns a logit into sentence-transformers' score
     prompts: dict[str, str] = field(default_factory=dict)  # config_sentence_transformers.json's, by name
     default_prompt_name: str | None = None
+    include_prompt: bool = True  # the Pooling config's: false leaves a prompt's tokens out of the pooling
     architecture: str = "bert"  # a key of ARCHITECTURES
     tokenizer_model: str = "WordPiece"  # tokenizer.json's model type (WordPiece, Unigram, BPE)
     lowercase: bool = True  # the tokenizer lower-cases text (an uncased vocabulary)
@@ -227,18 +228,58 @@ def _pooling_config(folder: Path) -> dict | None:
     return _json(cfg_path) if cfg_path.exists() else None
 
 
+# sentence-transformers' Pooling modes by the name cortex gives each (cortex.engine.base.POOLINGS): the
+# boolean key a config sets it with, and its name in `pooling_mode` (as sentence-transformers 6 writes it).
+POOLING_KEYS: dict[str, str] = {
+    "mean": "pooling_mode_mean_tokens",
+    "cls": "pooling_mode_cls_token",
+    "last": "pooling_mode_lasttoken",
+    "max": "pooling_mode_max_tokens",
+    "mean_sqrt_len": "pooling_mode_mean_sqrt_len_tokens",
+    "weightedmean": "pooling_mode_weightedmean_tokens",
+}
+POOLING_MODES: dict[str, str] = {
+    "mean": "mean",
+    "cls": "cls",
+    "lasttoken": "last",
+    "max": "max",
+    "mean_sqrt_len_tokens": "mean_sqrt_len",
+    "weightedmean": "weightedmean",
+}
+
+
 def _pooling(folder: Path) -> str:
+    """The one pooling mode the Pooling config names, as sentence-transformers reads it: `pooling_mode` (a
+    name or a list), else the `pooling_mode_*` flags, else mean. Refused, with what is supported, when it
+    names several (sentence-transformers would concatenate them) or one cortex does not know."""
     cfg = _pooling_config(folder)
     if cfg is None:
         return "mean"  # sentence-transformers' default for a plain transformers folder
-    if cfg.get("pooling_mode_mean_tokens"):
-        return "mean"
-    if cfg.get("pooling_mode_cls_token"):
-        return "cls"
-    if cfg.get("pooling_mode_lasttoken"):
-        return "last"
-    modes = ", ".join(k for k, v in cfg.items() if k.startswith("pooling_mode") and v) or "none"
-    raise InvalidModelFile(f"Pooling `{modes}` is not supported: use mean, cls or last token", param="model_path")
+    named = cfg.get("pooling_mode")
+    if named is not None:
+        modes = [str(m) for m in named] if isinstance(named, list) else [str(named)]
+        on = [POOLING_MODES.get(m, m) for m in modes]
+    else:
+        on = [k for k, v in cfg.items() if k.startswith("pooling_mode_") and v]
+        on = [next((n for n, key in POOLING_KEYS.items() if key == k), k) for k in on] or ["mean"]
+    supported = ", ".join(f"{name} ({key})" for name, key in POOLING_KEYS.items())
+    if len(on) > 1:
+        why = f"it concatenates several pooling modes ({', '.join(on)})"
+    elif on[0] not in POOLING_KEYS:
+        why = f"its pooling `{on[0]}` is not one cortex computes"
+    else:
+        return on[0]
+    raise InvalidModelFile(f"The Pooling config is not supported: {why}. Supported: one of {supported}.",
+                           param="model_path")  # fmt: skip
+
+
+def _include_prompt(folder: Path) -> bool:
+    """The Pooling config's `include_prompt` (true when absent): false leaves a prompt's tokens out of the pooling."""
+    cfg = _pooling_config(folder) or {}
+    value = cfg.get("include_prompt", True)
+    if not isinstance(value, bool):
+        raise InvalidModelFile("The Pooling config's include_prompt must be true or false", param="model_path")
+    return value
 
 
 def _normalize(folder: Path) -> bool:
@@ -379,12 +420,6 @@ def read_st_folder(folder: Path) -> STModel:
         if isinstance(value, int) and value > 0:
             max_seq = min(value, max_pos)
     prompts, default_prompt = _prompts(folder)
-    if prompts and (_pooling_config(folder) or {}).get("include_prompt") is False:
-        raise InvalidModelFile(
-            "Its pooling leaves the prompt's tokens out (include_prompt: false in the Pooling config); cortex "
-            "pools every token of a prompted input, so it would not give this model's vectors.",
-            param="model_path",
-        )
     return STModel(
         folder=folder,
         weights=weights,
@@ -399,6 +434,7 @@ def read_st_folder(folder: Path) -> STModel:
         activation=_activation(folder, config) if task == "rerank" else None,
         prompts=prompts,
         default_prompt_name=default_prompt,
+        include_prompt=_include_prompt(folder),
         architecture=architecture,
         tokenizer_model=tokenizer_model,
         lowercase=lowercase,

@@ -8,8 +8,10 @@ from typing import Protocol
 
 import numpy as np
 
-# How a sequence's token vectors become one vector: their mean, the first token's ([CLS]), or the last's.
-POOLINGS: tuple[str, ...] = ("mean", "cls", "last")
+# How a sequence's token vectors become one vector, as sentence-transformers' Pooling modes: their mean, the
+# first token's ([CLS]), the last's (`lasttoken`), their per-dimension max, their sum over the square root of
+# their count (`mean_sqrt_len_tokens`), and their mean weighted by position 1..n (`weightedmean_tokens`).
+POOLINGS: tuple[str, ...] = ("mean", "cls", "last", "max", "mean_sqrt_len", "weightedmean")
 
 
 @dataclass(frozen=True)
@@ -55,9 +57,12 @@ class Engine(Protocol):
         """`tokens` of a text cut to `n`, keeping the special token the tokenizer appends, if any."""
         ...
 
-    def embed(self, seqs: Sequence[Sequence[int]], wide: bool = False) -> np.ndarray:
+    def embed(
+        self, seqs: Sequence[Sequence[int]], wide: bool = False, pool_from: Sequence[int] | None = None
+    ) -> np.ndarray:
         """Pooled float32 vectors, one row per sequence, in order: not normalised (the embeddings pipeline,
-        cortex.runtime.embed, normalises per request)."""
+        cortex.runtime.embed, normalises per request). `pool_from`: per sequence, the first token pooled (a
+        prompt before it is attended to but not pooled: a model whose `include_prompt` is false); None: 0."""
         ...
 
     def memory_bytes(self) -> int:

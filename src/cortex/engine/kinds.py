@@ -65,6 +65,7 @@ class EngineKind:
     files: bool  # imports GGUF files
     folders: bool  # imports sentence-transformers folders
     tasks: tuple[str, ...] = ("embed",)  # what its models may do (ModelRecord.task): embed, rerank
+    poolings: tuple[str, ...] = POOLINGS  # the pooling modes it computes (cortex.engine.base.POOLINGS)
     # why it cannot convert a folder it otherwise takes (None: it can), e.g. an architecture it lacks
     refuses: Callable[[STModel], str | None] = field(default=lambda folder: None, repr=False)
     options: dict[str, Option] = field(default_factory=dict)  # ImportOptions fields this kind takes
@@ -117,7 +118,11 @@ def _write_gguf(source: Source, opts: ImportOptions, staging: Path, progress: Pr
 
 def _prompt_fields(folder: STModel) -> dict[str, Any]:
     """The model.yml fields of a folder's prompts (config_sentence_transformers.json), whichever kind serves it."""
-    return {"prompts": dict(folder.prompts), "default_prompt_name": folder.default_prompt_name}
+    return {
+        "prompts": dict(folder.prompts),
+        "default_prompt_name": folder.default_prompt_name,
+        "include_prompt": folder.include_prompt,
+    }
 
 
 def _gguf_space(source: Source, opts: ImportOptions) -> int:
@@ -129,15 +134,18 @@ def _gguf_space(source: Source, opts: ImportOptions) -> int:
 
 
 def _gguf_refuses(folder: STModel) -> str | None:
-    """What llama.cpp's BERT path cannot serve exactly: other architectures, and vocabularies its WordPiece
-    tokenizer would split differently (it lower-cases all text)."""
+    """What llama.cpp's BERT path cannot serve exactly: other architectures, vocabularies its WordPiece
+    tokenizer would split differently (it lower-cases all text), and prompts left out of the pooling."""
     if folder.architecture != "bert":
         return f"its converter writes BERT models only, and this is {folder.architecture}"
+    reasons = []
     if folder.tokenizer_model != "WordPiece":
-        return f"its BERT tokenizer is WordPiece, and this folder's is {folder.tokenizer_model}"
+        reasons.append(f"its BERT tokenizer is WordPiece, and this folder's is {folder.tokenizer_model}")
     if not folder.lowercase:
-        return "its BERT tokenizer lower-cases all text, and this vocabulary is cased"
-    return None
+        reasons.append("its BERT tokenizer lower-cases all text, and this vocabulary is cased")
+    if folder.prompts and not folder.include_prompt:
+        reasons.append("it pools every token, and this model leaves its prompt out (include_prompt: false)")
+    return "; and ".join(reasons) or None
 
 
 def _open_llama(folder: Path, record: ModelRecord, settings: Settings) -> Engine:
@@ -254,6 +262,7 @@ KINDS: dict[str, EngineKind] = {
             options={  # the weight types convert.bert_gguf writes
                 "outtype": Option(("f32", "f16", "q8_0"), "weight type of a converted folder (default f16)", True)
             },
+            poolings=("mean", "cls", "last"),  # llama.cpp's pooling types that sentence-transformers has
             settings=("llama_max_batch_tokens", "llama_max_batch_seqs"),
             refuses=_gguf_refuses,
             write=_write_gguf,
@@ -305,7 +314,7 @@ def choose(engine: str | None, source: Source, opts: ImportOptions) -> EngineKin
     if engine is None:  # the first kind that takes the source and the options, and can serve it
         takes = [k for k in KINDS.values() if _takes(k, source)]
         fits = [k for k in takes if all(o in k.options for o in given)]
-        serves = [k for k in fits or takes if _refusal(k, source) is None]
+        serves = [k for k in fits or takes if _refusal(k, source, opts) is None]
         kind = (serves or fits or takes)[0]  # when none can, the refusal below says why
     elif engine in KINDS:
         kind = KINDS[engine]
@@ -315,11 +324,13 @@ def choose(engine: str | None, source: Source, opts: ImportOptions) -> EngineKin
     if not _takes(kind, source):
         others = ", ".join(k.name for k in KINDS.values() if _takes(k, source))
         raise InvalidRequest(f"The {kind.name} engine does not import {what}; {others} does.", param="engine")
-    why = _refusal(kind, source)
+    why = _refusal(kind, source, opts)
     if why is not None:
-        others = [k.name for k in KINDS.values() if _takes(k, source) and _refusal(k, source) is None]
+        others = [k.name for k in KINDS.values() if _takes(k, source) and _refusal(k, source, opts) is None]
         instead = f"; import it with the {' or '.join(others)} engine" if others else ""
-        raise InvalidRequest(f"The {kind.name} engine cannot serve this folder: {why}{instead}.", param="engine")
+        param = "pooling" if opts.pooling is not None and opts.pooling not in kind.poolings else "engine"
+        this = "sentence-transformers folder" if source.folder is not None else "GGUF file"
+        raise InvalidRequest(f"The {kind.name} engine cannot serve this {this}: {why}{instead}.", param=param)
     for name in given:
         option, value = kind.options.get(name), opts.engine_options[name]
         if source.folder is None and (option is None or option.folders_only):  # one answer for every such option
@@ -336,14 +347,21 @@ def choose(engine: str | None, source: Source, opts: ImportOptions) -> EngineKin
     return kind
 
 
-def _refusal(kind: EngineKind, source: Source) -> str | None:
-    """Why `kind` cannot serve the folder of `source` (None: it can, or `source` is a file)."""
+def _refusal(kind: EngineKind, source: Source, opts: ImportOptions) -> str | None:
+    """Why `kind` cannot serve `source` with `opts` (None: it can): a pooling it does not compute (the one
+    asked for, else the folder's), a task it lacks, or what its `refuses` says of the folder."""
     folder = source.folder
-    if folder is None:
-        return None
-    if folder.task not in kind.tasks:
-        return f"it is a cross-encoder (a {folder.task} model), and this engine serves {', '.join(kind.tasks)} models"
-    return kind.refuses(folder)
+    reasons = []
+    pooling = opts.pooling or (folder.pooling if folder is not None and folder.task == "embed" else None)
+    if pooling is not None and pooling not in kind.poolings:
+        reasons.append(f"its pooling is {pooling}, and this engine pools by {', '.join(kind.poolings)}")
+    if folder is not None and folder.task not in kind.tasks:
+        reasons.append(
+            f"it is a cross-encoder (a {folder.task} model), and this engine serves {', '.join(kind.tasks)} models"
+        )
+    elif folder is not None and (why := kind.refuses(folder)) is not None:
+        reasons.append(why)
+    return "; and ".join(reasons) or None
 
 
 def _takes(kind: EngineKind, source: Source) -> bool:

@@ -20,6 +20,7 @@ import onnxruntime as ort
 from onnx.external_data_helper import uses_external_data
 from tokenizers import Tokenizer
 
+from cortex.convert.onnx_ops import POOL_START
 from cortex.engine.base import Token, truncate_tokens
 from cortex.errors import EngineFailure, InvalidModelFile, InvalidRequest
 
@@ -112,6 +113,8 @@ class OnnxEngine:
         self.max_batch_seqs = 1  # one input per run: padding costs more than batching saves
         self.max_batch_tokens = ctx_len
         self.n_embd = int(self._narrow.get_outputs()[0].shape[1])
+        # graphs pooled from a start per row take `pool_start` (cortex.convert.onnx_ops); older ones do not
+        self._pool_start = any(i.name == POOL_START for i in self._narrow.get_inputs())
         empty = self.tokenizer.encode("").ids
         self._trailing = frozenset(empty[-1:]) if len(empty) >= 2 else frozenset()
         # a byte-level BPE vocabulary (GPT-2's, ModernBERT's) spells each byte as a printable character
@@ -176,7 +179,9 @@ class OnnxEngine:
     def truncate(self, tokens: list[int], n: int) -> list[int]:
         return truncate_tokens(tokens, n, self._trailing)
 
-    def embed(self, seqs: Sequence[Sequence[int]], wide: bool = False) -> np.ndarray:
+    def embed(
+        self, seqs: Sequence[Sequence[int]], wide: bool = False, pool_from: Sequence[int] | None = None
+    ) -> np.ndarray:
         session = self._wide if wide else self._narrow
         longest = max(len(s) for s in seqs)
         ids = np.zeros((len(seqs), longest), dtype=np.int64)
@@ -184,8 +189,11 @@ class OnnxEngine:
         for i, seq in enumerate(seqs):
             ids[i, : len(seq)] = seq
             mask[i, : len(seq)] = 1
+        feed = {"input_ids": ids, "attention_mask": mask}
+        if self._pool_start:
+            feed[POOL_START] = np.array(pool_from or [0] * len(seqs), dtype=np.int64)
         try:
-            out = session.run(None, {"input_ids": ids, "attention_mask": mask})[0]
+            out = session.run(None, feed)[0]
         except Exception as exc:
             raise EngineFailure(f"ONNX Runtime failed on a batch of {len(seqs)} inputs: {exc}") from exc
         return np.asarray(out, dtype=np.float32)

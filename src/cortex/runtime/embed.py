@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from cortex.engine.base import l2_normalize
+from cortex.engine.base import Engine, l2_normalize
 from cortex.errors import ContextLengthExceeded, InvalidRequest
 from cortex.runtime.registry import LoadedModel
 from cortex.store.store import ModelRecord
@@ -58,6 +58,14 @@ def check_token_ids(seqs: Sequence[Sequence[int]], n_vocab: int, *, param: str =
             )
 
 
+def prompt_length(engine: Engine, prompt: str) -> int:
+    """How many leading tokens of a prompted input sentence-transformers leaves out of the pooling when its
+    Pooling has `include_prompt: false`: the prompt tokenized alone with the special tokens, less a special
+    token it ends with ([SEP], </s>). The [CLS] before the prompt is left out too."""
+    tokens = engine.tokens(prompt)
+    return len(tokens) - (1 if tokens and tokens[-1].special else 0)
+
+
 def _check_lengths(seqs: Sequence[Sequence[int]], n_ctx: int) -> None:
     for i, seq in enumerate(seqs):
         if len(seq) > n_ctx:
@@ -83,8 +91,11 @@ async def embed_inputs(
     """
     engine = model.engine
     n_ctx = engine.n_ctx
+    pool_from = 0
     if isinstance(inputs[0], str):
         prompt = prompt_text(model.record, prompt_name)
+        if prompt and not model.record.include_prompt:
+            pool_from = prompt_length(engine, prompt)
         texts: list[str] = [prompt + t for t in inputs] if prompt else inputs  # type: ignore[assignment,operator]
         if sum(len(t) for t in texts) <= _INLINE_TOKENIZE_CHARS:
             seqs = _tokenize_all(model, texts)
@@ -109,6 +120,6 @@ async def embed_inputs(
             "(max_tokens_per_request).",
             param="input",
         )
-    vectors = await model.scheduler.embed(seqs)
+    vectors = await model.scheduler.embed(seqs, pool_from)
     normalize = model.record.normalize if normalize is None else normalize
     return finish_vectors(vectors, normalize=normalize, dimensions=dimensions), total

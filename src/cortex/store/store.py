@@ -74,6 +74,9 @@ class ModelRecord(BaseModel):
         default_factory=dict, description="Prompts by name (config_sentence_transformers.json), for `prompt_name`"
     )
     default_prompt_name: str | None = Field(None, description="The prompt used when a request names none")
+    include_prompt: bool = Field(
+        True, description="A prompt's tokens are pooled with the text's (false: left out, as the Pooling config says)"
+    )
     source_format: Literal["gguf", "sentence-transformers"] = "gguf"
     outtype: str | None = Field(None, description="llama-cpp: weight type chosen when converting a folder to GGUF")
     quantize: str | None = Field(None, description="onnxruntime: int8 graph, if chosen at import")
