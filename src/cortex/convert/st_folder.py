@@ -35,7 +35,7 @@ ARCHITECTURES: dict[str, frozenset[str]] = {
 # the first padding_idx + 1 rows of their position table are never a text's, so they hold that many fewer tokens.
 _POSITIONS_AFTER_PADDING = frozenset({"xlm-roberta", "roberta", "mpnet"})
 _EMBEDDING_TABLES = ("word_embeddings.weight", "tok_embeddings.weight")  # the token embedding matrix's name
-_EXAMPLES = "e.g. all-MiniLM-L6-v2, bge-small/base/large-en, e5 English, BERT-based gte"
+_EXAMPLES = "all-MiniLM, bge, e5, gte, multilingual-e5, bge-m3, all-mpnet-base-v2, gte-modernbert"
 
 
 @dataclass(frozen=True)
@@ -98,7 +98,7 @@ def _architecture(config: dict) -> str:
         )
     shown = model_type or ", ".join(sorted(classes)) or "unknown"
     raise InvalidModelFile(
-        f"Architecture `{shown}` is not supported. Supported: {', '.join(ARCHITECTURES)} ({_EXAMPLES}).",
+        f"Architecture `{shown}` is not supported. Supported: {', '.join(ARCHITECTURES)} (those of {_EXAMPLES}).",
         param="model_path",
     )
 
