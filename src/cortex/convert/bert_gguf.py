@@ -15,6 +15,7 @@ import gguf
 import numpy as np
 from safetensors import SafetensorError, safe_open
 
+from cortex.convert.safetensors_f32 import tensor_f32
 from cortex.convert.st_folder import STModel
 from cortex.errors import InvalidModelFile
 
@@ -90,7 +91,7 @@ def write_bert_gguf(model: STModel, out: Path, outtype: str = "f16", progress: P
                 name = names.get_name(key, try_suffixes=(".weight", ".bias"))
                 if name is None:
                     raise InvalidModelFile(f"Unexpected tensor {key!r} in {model.weights.name}", param="model_path")
-                data = f.get_tensor(key)
+                data = tensor_f32(f, model.weights, key)
                 if name == "position_embd.weight":
                     data = data[: model.max_seq_length]
                 array, raw_type = _convert_tensor(name, data, outtype)

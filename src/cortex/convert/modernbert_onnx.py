@@ -35,6 +35,7 @@ from cortex.convert.onnx_ops import (
     pool,
     save_graph,
 )
+from cortex.convert.safetensors_f32 import tensor_f32
 from cortex.convert.st_folder import STModel
 from cortex.errors import InvalidModelFile
 
@@ -114,7 +115,7 @@ def build_modernbert_onnx(model: STModel, out: Path, progress: Progress | None =
             def w(name: str) -> np.ndarray:
                 if prefix + name not in keys:
                     raise InvalidModelFile(f"{model.weights.name} lacks tensor {prefix + name!r}", param="model_path")
-                return f.get_tensor(prefix + name).astype(np.float32)
+                return tensor_f32(f, model.weights, prefix + name)
 
             def bias(name: str, present: bool) -> np.ndarray | None:
                 return w(name + ".bias") if present else None

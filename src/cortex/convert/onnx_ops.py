@@ -22,6 +22,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 from safetensors import SafetensorError, safe_open
 
+from cortex.convert.safetensors_f32 import tensor_f32
 from cortex.errors import InvalidModelFile
 
 OPSET = 17  # LayerNormalization
@@ -62,6 +63,7 @@ class Weights:
 
     def __init__(self, f: safe_open, path: Path, prefix: str) -> None:
         self._f = f
+        self._path = path
         self._name = path.name
         self.keys = set(f.keys())
         self.prefix = prefix if any(k.startswith(prefix) for k in self.keys) else ""
@@ -69,7 +71,7 @@ class Weights:
     def raw(self, key: str) -> np.ndarray:
         if key not in self.keys:
             raise InvalidModelFile(f"{self._name} lacks tensor {key!r}", param="model_path")
-        return self._f.get_tensor(key).astype(np.float32)
+        return tensor_f32(self._f, self._path, key)
 
     def __call__(self, name: str) -> np.ndarray:
         return self.raw(self.prefix + name)
