@@ -38,6 +38,9 @@ def _copy(root: Path, name: str, **pooling: bool) -> Path:
     return folder
 
 
+LONG_PROMPT = "Represent this sentence for retrieval: " * 60  # longer than the 256-token context
+
+
 @pytest.fixture(scope="module")
 def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("poolings")
@@ -53,6 +56,10 @@ def srv(root: Path) -> Iterator[ServerProcess]:
             folder = _copy(root, f"noprompt-{p}", **{POOLING_KEYS[p]: True, "include_prompt": False})
             (folder / "config_sentence_transformers.json").write_text(json.dumps({"prompts": PROMPTS}))
             s.import_models({"model": f"noprompt:{p}", "model_path": str(folder)})
+        folder = _copy(root, "longprompt", pooling_mode_mean_tokens=True, include_prompt=False)
+        prompts = {"prompts": {"long": LONG_PROMPT}, "default_prompt_name": "long"}
+        (folder / "config_sentence_transformers.json").write_text(json.dumps(prompts))
+        s.import_models({"model": "longprompt:mean", "model_path": str(folder)})
         out = cortex(s.data_dir, "models", "import", "--model_id", "cli:weightedmean", "--model_path", str(CASED),
                      "--pooling", "weightedmean").stdout  # fmt: skip
         assert "pooling weightedmean" in out
@@ -166,3 +173,17 @@ def test_architectures_cortex_does_not_build_are_refused(c, root: Path) -> None:
         config = json.loads((folder / "config.json").read_text())
         (folder / "config.json").write_text(json.dumps(config | change))
         _refused(c, {"model": f"bad:{name}", "model_path": str(folder)}, "model_path", *words)
+
+
+def test_a_prompt_that_fills_the_context_leaves_its_last_token_to_pool(c) -> None:
+    """With truncate, an input whose prompt alone passes the context is cut to it, and sentence-transformers
+    (which counts the prompt cut to the context too) pools only the final [SEP]: not an error, not zeros."""
+    model = "longprompt:mean"
+    r = c.post("/v1/embeddings", json={"model": model, "input": TEXTS, "truncate": True, "normalize": False})
+    assert r.status_code == 200, r.text
+    got = np.array([d["embedding"] for d in r.json()["data"]], dtype=np.float64)
+    for row, text in zip(got, TEXTS, strict=True):
+        ids = _tokens(c, model, LONG_PROMPT + text)
+        cut = [*ids[:255], ids[-1]]  # the context, keeping [SEP], as the tokenizer truncates
+        np.testing.assert_allclose(row, pooled(token_vectors(CASED, cut), "mean", 255), rtol=1e-4, atol=1e-4)
+        assert np.abs(row).max() > 0.1

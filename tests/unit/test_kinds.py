@@ -8,6 +8,7 @@ import pytest
 
 from cortex.engine.kinds import ImportOptions, Source, choose
 from cortex.errors import InvalidRequest
+from tests import DATA
 
 GGUF = Source(file=Path("model.gguf"))
 
@@ -16,7 +17,8 @@ def _folder(task: str = "embed", **fields: object) -> Source:
     from types import SimpleNamespace
 
     described = {"task": task, "architecture": "bert", "tokenizer_model": "WordPiece", "lowercase": True,
-                 "pooling": "mean", "prompts": {}, "include_prompt": True, **fields}  # fmt: skip
+                 "pooling": "mean", "prompts": {}, "include_prompt": True, "folder": DATA / "arch" / "bert-cased",
+                 **fields}  # fmt: skip
     return Source(folder=SimpleNamespace(**described))  # type: ignore[arg-type]  # choose() asks only what it is
 
 
@@ -74,3 +76,16 @@ def test_a_cross_encoder_goes_to_a_kind_that_serves_rerank() -> None:
         with pytest.raises(InvalidRequest, match=r"llama-cpp engine cannot.*cross-encoder.*onnxruntime") as caught:
             choose(engine, _folder("rerank"), ImportOptions(engine_options=options))
         assert caught.value.param == "engine"
+
+
+def test_a_folder_no_engine_can_serve_gets_one_answer_not_two(tmp_path: Path) -> None:
+    """A cased vocabulary with only vocab.txt: llama.cpp lower-cases, ONNX Runtime reads tokenizer.json only.
+    Each refusal says why, and neither sends the user to the other engine."""
+    (tmp_path / "vocab.txt").write_text("[PAD]\n")
+    source = _folder(lowercase=False, folder=tmp_path)
+    for engine in (None, "onnxruntime", "llama-cpp"):
+        with pytest.raises(InvalidRequest) as refused:
+            choose(engine, source, ImportOptions())
+        assert "import it with" not in refused.value.message
+    with pytest.raises(InvalidRequest, match=r"only vocab\.txt"):
+        choose("onnxruntime", source, ImportOptions())

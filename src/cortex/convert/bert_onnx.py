@@ -26,6 +26,7 @@ from cortex.convert.onnx_ops import (
     GraphBuilder,
     LayerNames,
     Progress,
+    activation,
     encoder_layer,
     layer_norm,
     linear,
@@ -76,12 +77,20 @@ def build_encoder_onnx(
     heads = int(cfg["num_attention_heads"])
     layers = int(cfg["num_hidden_layers"])
     eps = float(cfg.get("layer_norm_eps", 1e-12))
+    act = activation(cfg.get("hidden_act", "gelu"))
     with open_weights(model.weights, prefix) as w:
         b = GraphBuilder()
         total = layers + 2
         # embeddings
         word = b.init("word_embeddings", w("embeddings.word_embeddings.weight"))
-        pos = b.init("position_embeddings", w("embeddings.position_embeddings.weight")[:position_rows])
+        table = w("embeddings.position_embeddings.weight")
+        if table.shape[0] < position_rows:  # config.json promises more positions than the weights hold
+            raise InvalidModelFile(
+                f"The model has {table.shape[0]} position embeddings; a context of {model.max_seq_length} tokens "
+                f"needs {position_rows} (config.json's max_position_embeddings does not match the weights)",
+                param="model_path",
+            )
+        pos = b.init("position_embeddings", table[:position_rows])
         if model.task == "rerank":
             types = b.op("Gather", [b.init("token_types", w("embeddings.token_type_embeddings.weight")),
                                     _pair_token_types(b, model)])  # fmt: skip
@@ -95,7 +104,7 @@ def build_encoder_onnx(
             progress(1, total)
         for i in range(layers):
             x = encoder_layer(b, x, bias, lambda name, i=i: w(f"encoder.layer.{i}.{name}"), BERT_LAYER,
-                              heads=heads, eps=eps, tag=f"l{i}")  # fmt: skip
+                              heads=heads, eps=eps, tag=f"l{i}", act=act)  # fmt: skip
             if progress:
                 progress(i + 2, total)
         if model.task == "rerank":

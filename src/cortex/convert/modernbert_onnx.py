@@ -27,8 +27,7 @@ from safetensors import SafetensorError, safe_open
 from cortex.convert.onnx_ops import (
     GraphBuilder,
     Progress,
-    gelu,
-    gelu_tanh,
+    activation,
     layer_norm,
     linear,
     padding_mask,
@@ -40,8 +39,6 @@ from cortex.convert.st_folder import STModel
 from cortex.errors import InvalidModelFile
 
 FULL, SLIDING = "full_attention", "sliding_attention"
-_ERF_GELU = ("gelu", "gelu_python")  # transformers' ACT2FN names of the exact (erf) GELU
-_TANH_GELU = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")  # ... and of its tanh approximation
 _DEFAULT_THETA = {FULL: 160_000.0, SLIDING: 10_000.0}  # ModernBertConfig's, when config.json names none
 _THETA_KEY = {FULL: "global_rope_theta", SLIDING: "local_rope_theta"}  # config.json before transformers 5
 QUERY_CHUNK = 512  # queries per step of the attention loop: an input up to this long takes one step
@@ -101,10 +98,7 @@ def build_modernbert_onnx(model: STModel, out: Path, progress: Progress | None =
     window = cfg.get("local_attention", 128)
     if not isinstance(window, int) or window <= 0:
         raise InvalidModelFile("config.json: local_attention must be a positive integer", param="model_path")
-    act_name = cfg.get("hidden_activation", "gelu")
-    if act_name not in _ERF_GELU + _TANH_GELU:
-        raise InvalidModelFile(f"Activation `{act_name}` is not supported (GELU only)", param="model_path")
-    act = gelu if act_name in _ERF_GELU else gelu_tanh
+    act = activation(cfg.get("hidden_activation", "gelu"))
     types = layer_types(cfg)
     norm_bias, attn_bias, mlp_bias = (bool(cfg.get(k, False)) for k in ("norm_bias", "attention_bias", "mlp_bias"))
     try:

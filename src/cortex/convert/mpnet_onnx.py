@@ -23,6 +23,7 @@ from cortex.convert.onnx_ops import (
     GraphBuilder,
     LayerNames,
     Progress,
+    activation,
     encoder_layer,
     layer_norm,
     open_weights,
@@ -78,6 +79,7 @@ def build_mpnet_onnx(model: STModel, out: Path, progress: Progress | None = None
     heads = int(cfg["num_attention_heads"])
     layers = int(cfg["num_hidden_layers"])
     eps = float(cfg.get("layer_norm_eps", 1e-12))
+    act = activation(cfg.get("hidden_act", "gelu"))
     with open_weights(model.weights, "mpnet.") as w:
         b = GraphBuilder()
         total = layers + 2
@@ -91,7 +93,7 @@ def build_mpnet_onnx(model: STModel, out: Path, progress: Progress | None = None
             progress(1, total)
         for i in range(layers):
             x = encoder_layer(b, x, bias, lambda name, i=i: w(f"encoder.layer.{i}.{name}"), MPNET_LAYER,
-                              heads=heads, eps=eps, tag=f"l{i}")  # fmt: skip
+                              heads=heads, eps=eps, tag=f"l{i}", act=act)  # fmt: skip
             if progress:
                 progress(i + 2, total)
     save_graph(

@@ -116,6 +116,20 @@ def gelu_tanh(b: GraphBuilder, x: str) -> str:
     return b.op("Mul", [b.op("Mul", [x, b.op("Add", [b.op("Tanh", [inner]), b.const(1.0)])]), b.const(0.5)])
 
 
+# transformers' ACT2FN names of the GELUs: the exact (erf) one, and its tanh approximation
+ERF_GELU = ("gelu", "gelu_python")
+TANH_GELU = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")
+
+
+def activation(name: str) -> Callable[[GraphBuilder, str], str]:
+    """The graph function of config.json's `hidden_act` (`hidden_activation`); GELUs only."""
+    if name in ERF_GELU:
+        return gelu
+    if name in TANH_GELU:
+        return gelu_tanh
+    raise InvalidModelFile(f"Activation `{name}` is not supported (GELU only)", param="model_path")
+
+
 @dataclass(frozen=True)
 class LayerNames:
     """Where a post-LayerNorm transformer layer (BERT's and its kin's) keeps each of its parts, relative to the
@@ -141,10 +155,12 @@ def encoder_layer(
     heads: int,
     eps: float,
     tag: str,
+    act: Callable[[GraphBuilder, str], str] = gelu,
 ) -> str:
     """One post-LayerNorm encoder layer on `x` ([batch, tokens, hidden]): self-attention whose scaled scores get
     `attn_bias` added (the padding mask, [batch, 1, 1, tokens], or that plus a relative position bias,
-    [batch, heads, tokens, tokens]), then residual + LayerNorm, a GELU (erf) feed-forward, residual + LayerNorm.
+    [batch, heads, tokens, tokens]), then residual + LayerNorm, a feed-forward with `act` (config.json's GELU),
+    residual + LayerNorm.
     `tensor(name)` gives this layer's weights by their name under the layer (e.g. `attention.self.query.weight`)."""
 
     def dense(part: str, src: str, role: str) -> str:
@@ -167,7 +183,7 @@ def encoder_layer(
     ctx = b.op("MatMul", [b.op("Softmax", [scores], axis=-1), v])
     ctx = b.op("Reshape", [b.op("Transpose", [ctx], perm=[0, 2, 1, 3]), b.const([0, 0, hidden], np.int64)])
     x = norm(names.attn_ln, b.op("Add", [dense(names.o, ctx, "o"), x]), "attn_ln")
-    up = gelu(b, dense(names.up, x, "up"))
+    up = act(b, dense(names.up, x, "up"))
     return norm(names.out_ln, b.op("Add", [dense(names.down, up, "down"), x]), "out_ln")
 
 

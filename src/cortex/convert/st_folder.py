@@ -282,6 +282,22 @@ def _include_prompt(folder: Path) -> bool:
     return value
 
 
+# The sentence-transformers modules cortex computes: the encoder, its pooling, and L2 normalisation. Any other
+# (Dense, WordWeights, LayerNorm, CNN...) would change the vectors, so a folder that has one is refused.
+_MODULES = ("Transformer", "Pooling", "Normalize")
+
+
+def _check_modules(folder: Path) -> None:
+    for module in _modules(folder):
+        kind = str(module.get("type", "")).rsplit(".", 1)[-1]
+        if kind not in _MODULES:
+            raise InvalidModelFile(
+                f"modules.json has a {kind or 'nameless'} module, which cortex does not compute; it serves "
+                f"models made of {', '.join(_MODULES)} modules only.",
+                param="model_path",
+            )
+
+
 def _normalize(folder: Path) -> bool:
     if not (folder / "modules.json").exists():
         return True  # a plain transformers folder: serve unit vectors, as OpenAI does
@@ -392,9 +408,16 @@ def read_st_folder(folder: Path) -> STModel:
     for key in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size"):
         if not isinstance(config.get(key), int) or config[key] <= 0:
             raise InvalidModelFile(f"config.json lacks a positive integer `{key}`", param="model_path")
+    if config["hidden_size"] % config["num_attention_heads"]:
+        raise InvalidModelFile(
+            f"config.json: hidden_size {config['hidden_size']} is not a multiple of num_attention_heads "
+            f"{config['num_attention_heads']}",
+            param="model_path",
+        )
+    _check_modules(folder)
     if config.get("position_embedding_type", "absolute") != "absolute":
         raise InvalidModelFile("Only absolute position embeddings are supported", param="model_path")
-    if config.get("hidden_act", "gelu") not in ("gelu", "gelu_new", "gelu_pytorch_tanh"):
+    if config.get("hidden_act", "gelu") not in ("gelu", "gelu_python", "gelu_new", "gelu_pytorch_tanh", "gelu_fast"):
         raise InvalidModelFile(f"Activation `{config.get('hidden_act')}` is not supported", param="model_path")
     weights = folder / "model.safetensors"
     if not weights.exists():
@@ -419,6 +442,12 @@ def read_st_folder(folder: Path) -> STModel:
         value = _json(st_cfg).get("max_seq_length")
         if isinstance(value, int) and value > 0:
             max_seq = min(value, max_pos)
+    if max_seq < 2:
+        raise InvalidModelFile(
+            f"config.json leaves {max_seq} positions for tokens (max_position_embeddings "
+            f"{config.get('max_position_embeddings')}): too few for any text",
+            param="model_path",
+        )
     prompts, default_prompt = _prompts(folder)
     return STModel(
         folder=folder,

@@ -233,6 +233,13 @@ def _onnx_space(source: Source, opts: ImportOptions) -> int:
     return int(size * (_ONNX_INT8_SPACE if "quantize" in opts.engine_options else _ONNX_SPACE))
 
 
+def _onnx_refuses(folder: STModel) -> str | None:
+    """The ONNX engine tokenizes with the `tokenizers` library, which reads tokenizer.json only."""
+    if not (folder.folder / "tokenizer.json").exists():
+        return "it tokenizes with the folder's tokenizer.json, and this folder has only vocab.txt"
+    return None
+
+
 def _open_onnx(folder: Path, record: ModelRecord, settings: Settings) -> Engine:
     from cortex.engine.onnx import OnnxEngine
 
@@ -249,6 +256,7 @@ KINDS: dict[str, EngineKind] = {
             files=False,
             folders=True,
             tasks=("embed", "rerank"),
+            refuses=_onnx_refuses,
             options={"quantize": Option(("int8",), "write an int8 graph (opt-in; its cosine to fp32 is recorded)")},
             write=_write_onnx,
             space=_onnx_space,

@@ -94,8 +94,8 @@ async def embed_inputs(
     pool_from = 0
     if isinstance(inputs[0], str):
         prompt = prompt_text(model.record, prompt_name)
-        if prompt and not model.record.include_prompt:
-            pool_from = prompt_length(engine, prompt)
+        if prompt and not model.record.include_prompt:  # a prompt that fills the context leaves its last token
+            pool_from = min(prompt_length(engine, prompt), n_ctx - 1)
         texts: list[str] = [prompt + t for t in inputs] if prompt else inputs  # type: ignore[assignment,operator]
         if sum(len(t) for t in texts) <= _INLINE_TOKENIZE_CHARS:
             seqs = _tokenize_all(model, texts)
