@@ -122,6 +122,10 @@ TASK_ROUTES = {
 }
 
 
+def _a(word: str) -> str:
+    return f"{'an' if word[:1] in 'aeiou' else 'a'} {word}"
+
+
 class WrongModelTask(InvalidRequest):
     """A route asked a model for work of another task: embeddings from a cross-encoder, or a rerank from an
     embedding model (400). The message says which routes the model serves."""
@@ -130,8 +134,8 @@ class WrongModelTask(InvalidRequest):
 
     def __init__(self, model_id: str, task: str, wanted: str) -> None:
         super().__init__(
-            f"The model `{model_id}` is a {task} model: it serves {TASK_ROUTES.get(task, task)} only. "
-            f"This route needs a {wanted} model.",
+            f"The model `{model_id}` is {_a(task)} model: it serves {TASK_ROUTES.get(task, task)} only. "
+            f"This route needs {_a(wanted)} model.",
             param="model",
         )
 

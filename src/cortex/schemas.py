@@ -507,6 +507,10 @@ _DURATION_PART = re.compile(r"(\d+\.?\d*|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
 _UNIT_S = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
+# Beyond a century a keep-alive means forever (and a date that far is past what clocks and datetime hold).
+_KEEP_ALIVE_FOREVER_S = 100 * 365 * 86400
+
+
 def parse_keep_alive(value: float | str) -> float:
     """Ollama's keep_alive in seconds: a number of seconds or a Go duration ("5m", "1h30m", "10s", "0"); a
     negative one means forever (inf). A bare number in a string is seconds, as OLLAMA_KEEP_ALIVE takes it."""
@@ -526,7 +530,7 @@ def parse_keep_alive(value: float | str) -> float:
         value = sign * seconds
     if not math.isfinite(value):
         raise ValueError("keep_alive must be finite")
-    return math.inf if value < 0 else float(value)
+    return math.inf if value < 0 or value > _KEEP_ALIVE_FOREVER_S else float(value)
 
 
 class _OllamaRequest(BaseModel):

@@ -94,12 +94,43 @@ def test_token_ids_are_sentence_transformers(c, srv) -> None:
     )
     try:
         for p in PAIRS:
-            assert engine.tokenize_pairs(p["query"], [p["document"]], truncate=False) == [p["input_ids"]]
+            ids, starts = engine.tokenize_pairs(p["query"], [p["document"]], truncate=False)
+            assert ids == [p["input_ids"]] and starts == [p["token_type_ids"].index(1)]
     finally:
         engine.close()
     for query, idx in _by_query().items():
         r = c.post("/v1/rerank", json={"model": CE, "query": query, "documents": [PAIRS[i]["document"] for i in idx]})
         assert r.json()["usage"]["total_tokens"] == sum(len(PAIRS[i]["input_ids"]) for i in idx)
+
+
+def test_a_query_holding_the_text_sep_keeps_its_token_types(c, srv) -> None:
+    """ "[SEP]" in a query tokenizes to the separator (as in transformers), but the whole query is still
+    segment 0: the document begins where the tokenizer's pair encoding says, not at the first [SEP]."""
+    from cortex.engine.onnx import OnnxEngine
+
+    query, doc = "what is [SEP] python", "python is a language"
+    folder = srv.data_dir / "models" / "ce@tiny"
+    record = yaml.safe_load((folder / "model.yml").read_text())
+    engine = OnnxEngine(
+        folder / record["files"][0], folder / record["files"][2], ctx_len=record["ctx_len"], n_threads=1
+    )
+    try:
+        (ids,), (start,) = engine.tokenize_pairs(query, [doc], truncate=False)
+        first_sep = ids.index(102)
+        assert first_sep < start - 1 and ids[start - 1] == 102  # the query's own [SEP], then the separator
+        right = float(engine.embed([ids], starts=[start])[0, 0])
+        wrong = float(engine.embed([ids], starts=[first_sep + 1])[0, 0])  # types from the first [SEP]
+    finally:
+        engine.close()
+    assert abs(right - wrong) > 1e-3  # the token types change the score: the test can tell them apart
+    got = _scores(c, query, [doc], raw_scores=True)
+    assert abs(got[0] - right) <= TOL
+
+
+def test_a_query_that_fills_the_context_is_blamed_not_the_document(c) -> None:
+    r = c.post("/v1/rerank", json={"model": CE, "query": "word " * 1000, "documents": ["a", "b"]})
+    err = r.json()["error"]
+    assert r.status_code == 400 and err["param"] == "query" and "length of the query" in err["message"]
 
 
 def test_the_long_pair_is_a_400_or_cut_like_sentence_transformers(c) -> None:

@@ -36,6 +36,9 @@ pytestmark = pytest.mark.anyio
         (-1, math.inf),
         ("-1m", math.inf),
         ("-1", math.inf),
+        (1e300, math.inf),  # beyond a century: forever, not a date no clock holds
+        ("1e12", math.inf),
+        ("1000000h", math.inf),
     ],
 )
 async def test_keep_alive_takes_seconds_and_go_durations(value: float | str, seconds: float) -> None:

@@ -128,6 +128,9 @@ async def test_keep_alive_sets_when_the_model_unloads(api: httpx.AsyncClient, mo
     assert (await api.get(f"/v1/models/{M}")).json()["expires_at"] is None
     await api.post("/api/embed", json={"model": M, "input": "a", "keep_alive": "1h"})
     assert (await api.get("/api/ps")).json()["models"][0]["expires_at"] < forever
+    await api.post("/api/embed", json={"model": M, "input": "a", "keep_alive": 1e300})  # was a 500 on /api/ps
+    ps = await api.get("/api/ps")
+    assert ps.status_code == 200 and int(ps.json()["models"][0]["expires_at"][:4]) > 2100
     message = _ollama_error(await api.post("/api/embed", json={"model": M, "input": "a", "keep_alive": "soon"}), 400)
     assert "keep_alive" in message and "duration" in message
 

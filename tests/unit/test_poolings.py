@@ -55,15 +55,15 @@ def test_the_graph_pools_as_sentence_transformers_does(tmp_path: Path, pooling: 
         seqs = [engine.tokenize(t) for t in TEXTS]
         for start in (0, 3):
             starts = [min(start, len(s) - 1) for s in seqs]
-            batch = engine.embed(seqs, pool_from=starts)  # padded to the longest
-            alone = np.concatenate([engine.embed([s], pool_from=[n]) for s, n in zip(seqs, starts, strict=True)])
+            batch = engine.embed(seqs, starts=starts)  # padded to the longest
+            alone = np.concatenate([engine.embed([s], starts=[n]) for s, n in zip(seqs, starts, strict=True)])
             expected = np.array(
                 [pooled(token_vectors(folder, s), pooling, n) for s, n in zip(seqs, starts, strict=True)]
             )
             np.testing.assert_allclose(batch, expected, rtol=1e-4, atol=1e-4)
             np.testing.assert_allclose(alone, expected, rtol=1e-4, atol=1e-4)
             assert np.abs(expected).max() > 0.5  # not a degenerate vector: the comparison can fail
-        np.testing.assert_allclose(engine.embed(seqs), engine.embed(seqs, pool_from=[0, 0, 0]), rtol=1e-6)
+        np.testing.assert_allclose(engine.embed(seqs), engine.embed(seqs, starts=[0, 0, 0]), rtol=1e-6)
     finally:
         engine.close()
 

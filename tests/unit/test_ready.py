@@ -54,6 +54,10 @@ async def test_a_preloaded_model_that_cannot_load_keeps_ready_at_503_with_the_re
         assert r.status_code == 503
         err = r.json()["error"]
         assert err["code"] == "not_ready" and "`missing:1` failed to load" in err["message"]
+        write_model(models_dir, "missing:1")  # imported later, and loaded by a request: ready after all
+        assert (await client.post("/v1/models/start", json={"model": "missing:1"})).status_code == 200
+        r = await client.get("/ready")
+        assert r.status_code == 200 and set(r.json()["models"]) == {"a:1", "missing:1"}
 
 
 async def test_without_preload_a_server_is_ready_at_once(

@@ -8,10 +8,10 @@ the padding mask and a GELU (erf) feed-forward, each with its residual LayerNorm
 (mean over real tokens, CLS, or last real token). No normalisation: the graph returns the pooled vector, and
 each request chooses whether it is L2-normalised (cortex.runtime.embed; the model's default is in model.yml).
 
-A cross-encoder (`task` rerank) takes the same two inputs, one `[CLS] query [SEP] document [SEP]` pair per
-row, and returns `logits` ([batch, 1]): its token types (0 up to and including the first [SEP], 1 after) are
-derived in the graph from the ids, so the engine and scheduler pass plain token-id sequences as for
-embeddings; then BERT's pooler (dense + tanh on [CLS]) and the classifier give one logit per pair.
+A cross-encoder (`task` rerank) takes one `[CLS] query [SEP] document [SEP]` pair per row, and a third input,
+`pair_start`: where each row's document begins (from the tokenizer's pair encoding). Its token types are 0
+before that and 1 from there; then BERT's pooler (dense + tanh on [CLS]) and the classifier give `logits`
+([batch, 1]), one per pair.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import numpy as np
 from onnx import TensorProto
 
 from cortex.convert.onnx_ops import (
+    PAIR_START,
     GraphBuilder,
     LayerNames,
     Progress,
@@ -93,7 +94,7 @@ def build_encoder_onnx(
         pos = b.init("position_embeddings", table[:position_rows])
         if model.task == "rerank":
             types = b.op("Gather", [b.init("token_types", w("embeddings.token_type_embeddings.weight")),
-                                    _pair_token_types(b, model)])  # fmt: skip
+                                    _pair_token_types(b)])  # fmt: skip
         else:
             types = b.init("token_type_0", w("embeddings.token_type_embeddings.weight")[0])
         x = b.op("Add", [b.op("Add", [b.op("Gather", [word, "input_ids"]), b.op("Gather", [pos, positions(b)])]),
@@ -125,15 +126,14 @@ def build_encoder_onnx(
         progress(total, total)
 
 
-def _pair_token_types(b: GraphBuilder, model: STModel) -> str:
-    """Token types of `[CLS] query [SEP] document [SEP]` rows: 0 up to and including the first [SEP], 1 after
-    it (padding gets 1, and is masked). The count of [SEP]s strictly before each position, capped at 1."""
-    if "[SEP]" not in model.vocab:
-        raise InvalidModelFile("A cross-encoder's vocabulary needs a [SEP] token", param="model_path")
-    sep = b.init("sep_id", np.array(model.vocab.index("[SEP]"), dtype=np.int64))
-    is_sep = b.op("Cast", [b.op("Equal", ["input_ids", sep])], to=TensorProto.INT64)
-    before = b.op("CumSum", [is_sep, b.init("types_axis", np.array(1, dtype=np.int64))], exclusive=1)
-    return b.op("Min", [before, b.init("type_one", np.array(1, dtype=np.int64))])
+def _pair_token_types(b: GraphBuilder) -> str:
+    """Token types of `[CLS] query [SEP] document [SEP]` rows: 0 before the row's `pair_start` (the first
+    document token, given by the engine from the tokenizer's pair encoding), 1 from there on (padding too,
+    masked). Given, not found from the ids: a query may hold the text "[SEP]", which tokenizes to that token."""
+    positions = b.op("Range", [b.const(0, np.int64), b.op("Squeeze", [b.op("Shape", ["input_ids"], start=1, end=2)]),
+                               b.const(1, np.int64)])  # fmt: skip
+    start = b.op("Unsqueeze", [PAIR_START, b.const([1], np.int64)])
+    return b.op("Cast", [b.op("GreaterOrEqual", [positions, start])], to=TensorProto.INT64)
 
 
 def _classifier(

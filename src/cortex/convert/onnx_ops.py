@@ -27,6 +27,7 @@ from cortex.errors import InvalidModelFile
 
 OPSET = 17  # LayerNormalization
 POOL_START = "pool_start"  # the optional input of a pooled graph: per row, the first token pooled
+PAIR_START = "pair_start"  # the input of a cross-encoder's graph: per row, the first token of the document
 Progress = Callable[[int, int], None]
 
 
@@ -267,8 +268,9 @@ def save_graph(b: GraphBuilder, out: Path, result: str, *, output: str, width: i
     b.nodes.append(helper.make_node("Identity", [result], [output]))
     inputs = [helper.make_tensor_value_info(n, TensorProto.INT64, ["batch", "tokens"])
               for n in ("input_ids", "attention_mask")]  # fmt: skip
-    if any(POOL_START in node.input for node in b.nodes):
-        inputs.append(helper.make_tensor_value_info(POOL_START, TensorProto.INT64, ["batch"]))
+    for name in (POOL_START, PAIR_START):  # the per-row starts the graph reads, if any
+        if any(name in node.input for node in b.nodes):
+            inputs.append(helper.make_tensor_value_info(name, TensorProto.INT64, ["batch"]))
     graph = helper.make_graph(
         b.nodes,
         name,

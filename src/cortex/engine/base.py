@@ -58,11 +58,12 @@ class Engine(Protocol):
         ...
 
     def embed(
-        self, seqs: Sequence[Sequence[int]], wide: bool = False, pool_from: Sequence[int] | None = None
+        self, seqs: Sequence[Sequence[int]], wide: bool = False, starts: Sequence[int] | None = None
     ) -> np.ndarray:
         """Pooled float32 vectors, one row per sequence, in order: not normalised (the embeddings pipeline,
-        cortex.runtime.embed, normalises per request). `pool_from`: per sequence, the first token pooled (a
-        prompt before it is attended to but not pooled: a model whose `include_prompt` is false); None: 0."""
+        cortex.runtime.embed, normalises per request). `starts`: per sequence, where its second part begins: a pair's
+        document (token type 1 from there, see PairEngine), or the first token pooled when a prompt is left out
+        of the pooling (`include_prompt` false); None: every sequence is one part."""
         ...
 
     def memory_bytes(self) -> int:
@@ -79,8 +80,10 @@ class PairEngine(Engine, Protocol):
 
     def tokenize_pairs(
         self, query: str, documents: Sequence[str], *, truncate: bool, doc_tokens: int | None = None
-    ) -> list[list[int]]:
-        """`[CLS] query [SEP] document [SEP]` ids per document. With `truncate`, a pair longer than `n_ctx` is
+    ) -> tuple[list[list[int]], list[int]]:
+        """(`[CLS] query [SEP] document [SEP]` ids per document, the index where each one's document begins:
+        the `starts` of `embed`, since a literal "[SEP]" in the query must not end it). With `truncate`, a pair
+        longer than `n_ctx` is
         cut as sentence-transformers cuts it (longest first: tokens come off the longer of query and document);
         `doc_tokens` first cuts each document to that many tokens (Cohere's max_tokens_per_doc)."""
         ...

@@ -163,11 +163,11 @@ class LlamaCppEngine:
         return truncate_tokens(tokens, n, self._trailing)
 
     def embed(
-        self, seqs: Sequence[Sequence[int]], wide: bool = False, pool_from: Sequence[int] | None = None
+        self, seqs: Sequence[Sequence[int]], wide: bool = False, starts: Sequence[int] | None = None
     ) -> np.ndarray:
         """See `Engine.embed`. llama.cpp pools every token: a model that leaves its prompt out of the pooling
-        is not imported for this engine (cortex.engine.kinds), so `pool_from` is never set here."""
-        if pool_from is not None and any(pool_from):
+        is not imported for this engine (cortex.engine.kinds), nor are cross-encoders, so `starts` is never set."""
+        if starts is not None and any(starts):
             raise EngineFailure("llama.cpp pools every token; it cannot leave a prompt out of the pooling")
         total = sum(len(s) for s in seqs)
         if not seqs or total > self._capacity or len(seqs) > self.max_batch_seqs:

@@ -20,7 +20,7 @@ import onnxruntime as ort
 from onnx.external_data_helper import uses_external_data
 from tokenizers import Tokenizer
 
-from cortex.convert.onnx_ops import POOL_START
+from cortex.convert.onnx_ops import PAIR_START, POOL_START
 from cortex.engine.base import Token, truncate_tokens
 from cortex.errors import EngineFailure, InvalidModelFile, InvalidRequest
 
@@ -114,7 +114,10 @@ class OnnxEngine:
         self.max_batch_tokens = ctx_len
         self.n_embd = int(self._narrow.get_outputs()[0].shape[1])
         # graphs pooled from a start per row take `pool_start` (cortex.convert.onnx_ops); older ones do not
-        self._pool_start = any(i.name == POOL_START for i in self._narrow.get_inputs())
+        # graphs that take where each row's second part starts (cortex.convert.onnx_ops): a pooling start or a
+        # pair's document
+        names = {i.name for i in self._narrow.get_inputs()}
+        self._starts_input = next((n for n in (POOL_START, PAIR_START) if n in names), None)
         empty = self.tokenizer.encode("").ids
         self._trailing = frozenset(empty[-1:]) if len(empty) >= 2 else frozenset()
         # a byte-level BPE vocabulary (GPT-2's, ModernBERT's) spells each byte as a printable character
@@ -161,26 +164,29 @@ class OnnxEngine:
 
     def tokenize_pairs(
         self, query: str, documents: Sequence[str], *, truncate: bool, doc_tokens: int | None = None
-    ) -> list[list[int]]:
+    ) -> tuple[list[list[int]], list[int]]:
         """See `cortex.engine.base.PairEngine`. The query is tokenized once, the documents in one batch
-        (the tokenizers library spreads a batch over its own threads); the template adds the special tokens."""
+        (the tokenizers library spreads a batch over its own threads); the template adds the special tokens
+        and says, by its type ids, where each document begins."""
         q = self.tokenizer.encode(query, add_special_tokens=False)
         docs = self.tokenizer.encode_batch(list(documents), add_special_tokens=False)
-        pairs = []
+        pairs, starts = [], []
         for d in docs:
             if doc_tokens is not None:
                 d.truncate(doc_tokens)
             try:
-                pairs.append((self._pair_cutter if truncate else self.tokenizer).post_process(q, d).ids)
+                pair = (self._pair_cutter if truncate else self.tokenizer).post_process(q, d)
             except Exception as exc:  # tokenizers cannot cut to a context shorter than the special tokens
                 raise InvalidRequest(f"Cannot cut the pair to {self.n_ctx} tokens: {exc}", param="documents") from exc
-        return pairs
+            pairs.append(pair.ids)
+            starts.append(pair.type_ids.index(1) if 1 in pair.type_ids else len(pair.ids))
+        return pairs, starts
 
     def truncate(self, tokens: list[int], n: int) -> list[int]:
         return truncate_tokens(tokens, n, self._trailing)
 
     def embed(
-        self, seqs: Sequence[Sequence[int]], wide: bool = False, pool_from: Sequence[int] | None = None
+        self, seqs: Sequence[Sequence[int]], wide: bool = False, starts: Sequence[int] | None = None
     ) -> np.ndarray:
         session = self._wide if wide else self._narrow
         longest = max(len(s) for s in seqs)
@@ -190,8 +196,8 @@ class OnnxEngine:
             ids[i, : len(seq)] = seq
             mask[i, : len(seq)] = 1
         feed = {"input_ids": ids, "attention_mask": mask}
-        if self._pool_start:
-            feed[POOL_START] = np.array(pool_from or [0] * len(seqs), dtype=np.int64)
+        if self._starts_input is not None:
+            feed[self._starts_input] = np.array(starts or [0] * len(seqs), dtype=np.int64)
         try:
             out = session.run(None, feed)[0]
         except Exception as exc:

@@ -91,7 +91,7 @@ async def embed_inputs(
     """
     engine = model.engine
     n_ctx = engine.n_ctx
-    pool_from = 0
+    pool_from = 0  # the first token pooled: after a prompt that include_prompt false leaves out
     if isinstance(inputs[0], str):
         prompt = prompt_text(model.record, prompt_name)
         if prompt and not model.record.include_prompt:  # a prompt that fills the context leaves its last token

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import math
 import time
@@ -139,21 +140,14 @@ class ModelRegistry:
 
     def implied(self, task: str | None = None) -> str:
         """The model a request that names none means (text-embeddings-inference's and llama-server's clients
-        send no `model`): the only loaded model of `task` (None: any), else the only stored one; with several,
-        or none, a 400 asking for `model`."""
-        loaded = [m.record.id for m in self._loaded.values() if task is None or m.record.task == task]
-        if len(loaded) == 1:
-            return loaded[0]
-        stored = [] if loaded else [r.id for r in self.store.list() if task is None or r.task == task]
+        send no `model`): the only stored model of `task` (None: any); with several, or none, a 400 asking for
+        `model`. From the store only, never from what happens to be loaded: the same request must mean the
+        same model whatever keep-alive unloaded or another request loaded."""
+        stored = [r.id for r in self.store.list() if task is None or r.task == task]
         if len(stored) == 1:
             return stored[0]
         kind = "" if task is None else f"{task} "
-        if loaded:
-            have = f"{len(loaded)} {kind}models are loaded ({', '.join(loaded)})"
-        elif stored:
-            have = f"{len(stored)} {kind}models are stored ({', '.join(stored)}) and none is loaded"
-        else:
-            have = f"no {kind}model is stored"
+        have = f"{len(stored)} {kind}models are stored ({', '.join(stored)})" if stored else f"no {kind}model is stored"
         raise InvalidRequest(f"You must provide a model parameter: {have}.", param="model")
 
     def _lock(self, model_id: str) -> asyncio.Lock:
@@ -286,7 +280,10 @@ class ModelRegistry:
 
     def _start_reaper(self) -> None:
         if self._reaper is None:
-            self._reaper = asyncio.get_running_loop().create_task(self._reap(), name="cortex-keep-alive")
+            # a context of its own: not that of the request that loaded the first model, which its lines would name
+            self._reaper = asyncio.get_running_loop().create_task(
+                self._reap(), name="cortex-keep-alive", context=contextvars.Context()
+            )
 
     async def _reap(self) -> None:
         """Unload idle models past their deadline and beyond the cap; then sleep until the next deadline or

@@ -56,7 +56,7 @@ def sigmoid(logits: np.ndarray) -> np.ndarray:
 
 def _tokenize(
     engine: PairEngine, query: str, documents: Sequence[str], truncate: bool, doc_tokens: int | None
-) -> list[list[int]]:
+) -> tuple[list[list[int]], list[int]]:
     return engine.tokenize_pairs(query, documents, truncate=truncate, doc_tokens=doc_tokens)
 
 
@@ -82,10 +82,12 @@ async def score_pairs(
     if doc_tokens is not None and doc_tokens < 1:
         raise InvalidRequest("'max_tokens_per_doc' must be a positive integer.", param="max_tokens_per_doc")
     if len(query) + sum(len(d) for d in documents) <= _INLINE_TOKENIZE_CHARS:
-        seqs = _tokenize(engine, query, documents, truncate, doc_tokens)
+        seqs, starts = _tokenize(engine, query, documents, truncate, doc_tokens)
     else:
-        seqs = await model.run_held(_tokenize, engine, query, documents, truncate, doc_tokens)
-    for i, seq in enumerate(seqs):
+        seqs, starts = await model.run_held(_tokenize, engine, query, documents, truncate, doc_tokens)
+    for i, (seq, start) in enumerate(zip(seqs, starts, strict=True)):
+        if start + 1 > engine.n_ctx:  # the query and its special tokens alone fill the context
+            raise ContextLengthExceeded(engine.n_ctx, len(seq), param="query", item="query")
         if len(seq) > engine.n_ctx:
             raise ContextLengthExceeded(engine.n_ctx, len(seq), index=i, param=docs_param, item="document")
     total = sum(len(s) for s in seqs)
@@ -95,7 +97,7 @@ async def score_pairs(
             "per request (max_tokens_per_request).",
             param=docs_param,
         )
-    logits = (await model.scheduler.embed(seqs))[:, 0]
+    logits = (await model.scheduler.embed(seqs, starts))[:, 0]
     raw = raw or model.record.activation == "identity"  # the model's own default score is its logit
     scores = logits.astype(np.float64) if raw else sigmoid(logits)
     return scores.tolist(), total

@@ -40,7 +40,7 @@ _LOOKAHEAD = 256
 class _Item:
     tokens: Sequence[int]
     future: asyncio.Future
-    pool_from: int = 0  # the first token pooled (Engine.embed)
+    start: int = 0  # where its second part begins (Engine.embed's `starts`)
     request_id: str | None = None  # the request it came in, for the log (cortex.logs)
 
 
@@ -69,9 +69,9 @@ class BatchScheduler:
         # a context of its own: not that of the request that loaded the model, which its lines would name
         self._task = asyncio.create_task(self._run(), name=f"scheduler-{model_id}", context=contextvars.Context())
 
-    async def embed(self, seqs: Sequence[Sequence[int]], pool_from: int = 0) -> np.ndarray:
+    async def embed(self, seqs: Sequence[Sequence[int]], starts: int | Sequence[int] = 0) -> np.ndarray:
         """Vectors for `seqs` (each at most `engine.n_ctx` tokens), one row per sequence, in order; each
-        pooled from its token `pool_from` on (a prompt left out, see Engine.embed)."""
+        with `starts` (one for all, or one per sequence): where its second part begins (see Engine.embed)."""
         if self._closed:
             raise ModelNotLoaded(self.model_id)
         if self._refusal is not None:
@@ -90,8 +90,9 @@ class BatchScheduler:
         loop = asyncio.get_running_loop()
         futures = [loop.create_future() for _ in seqs]
         request_id = REQUEST_ID.get()
+        each = [starts] * len(seqs) if isinstance(starts, int) else starts
         self._pending.extend(
-            _Item(s, f, request_id=request_id, pool_from=pool_from) for s, f in zip(seqs, futures, strict=True)
+            _Item(s, f, request_id=request_id, start=n) for s, f, n in zip(seqs, futures, each, strict=True)
         )
         self._idle.clear()
         self._wakeup.set()
@@ -160,7 +161,7 @@ class BatchScheduler:
         loop = asyncio.get_running_loop()
         try:
             seqs = [i.tokens for i in batch]
-            starts = [i.pool_from for i in batch]
+            starts = [i.start for i in batch]
             args = (seqs, wide, starts) if any(starts) else (seqs, wide)  # engines that pool every token need not know
             out = await loop.run_in_executor(self._executor, self.engine.embed, *args)
         except Exception as exc:

@@ -34,11 +34,13 @@ async def health(request: Request) -> Health:
 )
 async def ready(request: Request) -> Ready:
     state = request.app.state
+    loaded = {m.record.id for m in state.registry.loaded()}
     failed: dict[str, str] = state.preload_failed
+    for name in [n for n in failed if _loaded(state.store, n, loaded)]:  # loaded since (imported, then used)
+        del failed[name]
     if failed:
         name, why = next(iter(failed.items()))
         raise NotReady(f"The preloaded model `{name}` failed to load: {why}")
-    loaded = {m.record.id for m in state.registry.loaded()}
     waiting = [name for name in state.settings.preload_models if not _loaded(state.store, name, loaded)]
     if waiting:
         raise NotReady(f"Loading {', '.join(waiting)} (preload_models).")
