@@ -385,6 +385,7 @@ class RayServeOptions(BaseModel):
     target_ongoing_requests: float = Field(16.0, gt=0, description="Autoscaling: ongoing requests per replica")
     upscale_delay_s: float = Field(30.0, ge=0, description="Autoscaling: load must last this long to add a replica")
     downscale_delay_s: float = Field(600.0, ge=0, description="Autoscaling: idle time before a replica is removed")
+    look_back_period_s: float = Field(30.0, gt=0, description="Autoscaling: window ongoing requests are averaged over")
     ray_address: str | None = Field(None, description="A running Ray cluster (default: start a local one)")
 
     @model_validator(mode="after")

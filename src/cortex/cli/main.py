@@ -301,6 +301,7 @@ def serve_ray(
     target_ongoing_requests: Annotated[float | None, _ray_option("target_ongoing_requests")] = None,
     upscale_delay_s: Annotated[float | None, _ray_option("upscale_delay_s")] = None,
     downscale_delay_s: Annotated[float | None, _ray_option("downscale_delay_s")] = None,
+    look_back_period_s: Annotated[float | None, _ray_option("look_back_period_s")] = None,
     ray_address: Annotated[str | None, _ray_option("ray_address")] = None,
 ) -> None:
     r"""Serve this data folder's models on Ray Serve, in the foreground until SIGTERM or Ctrl-C: replicas of

@@ -82,6 +82,7 @@ def deployment_options(settings: Settings, options: RayServeOptions) -> dict[str
                 "target_ongoing_requests": options.target_ongoing_requests,
                 "upscale_delay_s": options.upscale_delay_s,
                 "downscale_delay_s": options.downscale_delay_s,
+                "look_back_period_s": options.look_back_period_s,
             }
         }
     else:
