@@ -66,3 +66,30 @@ def test_a_serve_config_builds_the_app_from_its_args(tmp_path: Path) -> None:
     assert app is not None
     with pytest.raises(ValidationError):
         ray_serve.build({"data_dir": str(tmp_path), "replicas": 0})
+
+
+def _serve_configs() -> list[dict]:
+    """deploy/'s Serve configs: the file for `serve run`/`serve deploy`, and the one inside the RayService."""
+    import yaml
+
+    deploy = Path(__file__).parents[2] / "deploy"
+    service = yaml.safe_load((deploy / "rayservice.yaml").read_text())
+    local = yaml.safe_load((deploy / "serve-config.yaml").read_text())
+    return [local, yaml.safe_load(service["spec"]["serveConfigV2"])]
+
+
+@pytest.mark.parametrize("index", [0, 1], ids=["serve-config.yaml", "rayservice.yaml"])
+def test_the_deploy_configs_are_valid_serve_configs_of_cortex(tmp_path: Path, index: int) -> None:
+    ray_serve = pytest.importorskip("cortex.scale.ray_serve", reason="the `ray` extra")
+    from ray.serve.schema import ServeDeploySchema
+
+    config = _serve_configs()[index]
+    ServeDeploySchema.model_validate(config)  # Ray's own check of a Serve config
+    (app,) = config["applications"]
+    assert app["import_path"] == "cortex.scale.ray_serve:build"
+    args = {**app["args"], "data_dir": str(tmp_path)}
+    if "api_key_file" in args:
+        (tmp_path / "keys").write_text("a-key\n")
+        args["api_key_file"] = str(tmp_path / "keys")
+    assert args["host"] == config["http_options"]["host"]  # cortex's Host rule follows the proxy's address
+    assert ray_serve.build(args) is not None

@@ -14,13 +14,14 @@ import logging
 import math
 import signal
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from ray import serve
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from cortex.api.server import guarded_app
+from cortex.api.server import check_exposure, guarded_app
 from cortex.config import RayServeOptions, Settings, load_settings
 from cortex.logs import configure as configure_logging
 
@@ -109,10 +110,13 @@ def build(args: dict[str, Any]) -> serve.Application:
     the rest comes from CORTEX_* variables and the data folder's config.yml, as for `cortex start`."""
     args = dict(args)
     options = RayServeOptions(**{k: args.pop(k) for k in list(args) if k in RayServeOptions.model_fields})
-    return application(load_settings(**args), options)
+    settings = load_settings(**args)
+    for warning in check_exposure(settings):  # as `cortex start`: no key beyond loopback is refused here
+        log.warning(warning)
+    return application(settings, options)
 
 
-def run(settings: Settings, options: RayServeOptions, on_ready: Any = None) -> None:
+def run(settings: Settings, options: RayServeOptions, on_ready: Callable[[], None] | None = None) -> None:
     """Serve until SIGINT/SIGTERM on `settings.host:port` through Ray's proxy, then shut Serve down (replicas
     drain their requests) and, if this process started it, the local Ray cluster."""
     import ray
