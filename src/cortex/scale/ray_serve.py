@@ -117,8 +117,8 @@ def build(args: dict[str, Any]) -> serve.Application:
 
 
 def run(settings: Settings, options: RayServeOptions, on_ready: Callable[[], None] | None = None) -> None:
-    """Serve until SIGINT/SIGTERM on `settings.host:port` through Ray's proxy, then shut Serve down (replicas
-    drain their requests) and, if this process started it, the local Ray cluster."""
+    """Serve until SIGINT/SIGTERM on `settings.host:port` through Ray's proxy, then remove the application
+    (replicas drain their requests first) and, if this process started it, Serve and the local Ray cluster."""
     import ray
 
     stop = threading.Event()
@@ -127,6 +127,8 @@ def run(settings: Settings, options: RayServeOptions, on_ready: Callable[[], Non
         ray.init(address="local", num_cpus=cpus, include_dashboard=False)
     else:
         ray.init(address=options.ray_address)
+    for sig in (signal.SIGINT, signal.SIGTERM):  # from here on, a signal ends the wait below, then cleans up
+        signal.signal(sig, lambda *_: stop.set())
     try:
         serve.start(
             http_options={
@@ -137,13 +139,14 @@ def run(settings: Settings, options: RayServeOptions, on_ready: Callable[[], Non
                 **({"ssl_keyfile": str(settings.ssl_keyfile)} if settings.ssl_keyfile else {}),
             }
         )
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, lambda *_: stop.set())
         serve.run(application(settings, options), name=APP_NAME, route_prefix="/", blocking=False)
         if on_ready is not None:
             on_ready()
         while not stop.wait(1.0):
             pass
     finally:
-        serve.shutdown()
+        if options.ray_address is None:
+            serve.shutdown()
+        else:  # a cluster of others' too: remove this application only
+            serve.delete(APP_NAME)
         ray.shutdown()
