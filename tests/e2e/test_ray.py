@@ -1,6 +1,7 @@
-"""cortex on Ray Serve (`cortex serve-ray`), on a local Ray cluster of 2 CPUs started by the command itself:
-replicas share a store imported once by `cortex start`, answer as `cortex start` does, name themselves in
-X-Cortex-Replica, come back when killed, and autoscale from 1 to 2 and back."""
+"""cortex on Ray Serve (`cortex serve-ray`), on a local Ray cluster of 2 CPUs started by the command itself
+(and once on one from `ray start --head`): replicas share a store imported once by `cortex start`, answer as
+`cortex start` does, name themselves in X-Cortex-Replica, come back when killed, and autoscale from 1 to 2
+and back."""
 
 from __future__ import annotations
 
@@ -40,8 +41,9 @@ class RayServe:
     """`cortex serve-ray` in a child process (its own process group: Ray's processes are its children), on
     the data folder `data_dir`; stopped with SIGTERM, and its group killed if it does not end in time."""
 
-    def __init__(self, data_dir: Path, *args: str) -> None:
+    def __init__(self, data_dir: Path, *args: str, **env: str) -> None:
         self.data_dir = data_dir
+        self.env = env
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.log_path = data_dir.parent / f"ray-{self.port}.log"
@@ -51,7 +53,7 @@ class RayServe:
 
     def __enter__(self) -> RayServe:
         with open(self.log_path, "ab") as log:
-            env = {**cortex_env(self.data_dir), **FAST_METRICS}
+            env = {**cortex_env(self.data_dir), **FAST_METRICS, **self.env}
             self.proc = subprocess.Popen(
                 self.cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
             )
@@ -68,6 +70,9 @@ class RayServe:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+    def client(self) -> httpx.Client:
+        return httpx.Client(base_url=self.base_url, timeout=60)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -251,3 +256,39 @@ def test_autoscaling_from_1_to_2_under_load_and_back_when_idle(store) -> None:
         assert [r.status_code for r in answers] == [200] * 10
         assert len({r.headers["x-cortex-replica"] for r in answers}) == 1
     assert ray_serve.stop() == 0
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[str]:
+    """A Ray cluster of 2 CPUs started by `ray start --head --block` (which stops everything it started when
+    it is stopped); its address."""
+    port = free_port()
+    log = tmp_path / "ray-start.log"
+    cmd = [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", "--num-cpus", "2"]
+    cmd += ["--port", str(port), "--include-dashboard", "false", "--disable-usage-stats"]
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while "Ray runtime started" not in log.read_text(errors="replace"):
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text(errors="replace")[-3000:]
+            time.sleep(0.5)
+        yield f"127.0.0.1:{port}"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def test_on_a_running_cluster_it_serves_and_removes_only_its_application(store, cluster: str) -> None:
+    # `ray start` turns Ray's token authentication on; a driver sends the token only when told to.
+    args = ("--ray-address", cluster, "--replicas", "1")
+    with RayServe(store[0], *args, RAY_AUTH_MODE="token") as ray_serve, ray_serve.client() as c:
+        r = _embed(c)
+        assert r.status_code == 200 and r.headers["x-cortex-replica"]
+    assert ray_serve.stop() == 0
+    # The cluster and its Serve proxy remain (they are not serve-ray's); cortex's route is gone from them.
+    assert httpx.post(ray_serve.base_url + "/v1/embeddings", json={"model": MODEL, "input": "a"}).status_code == 404
