@@ -23,12 +23,14 @@ from tests.e2e.helpers import ServerProcess, cortex_env, free_port
 pytest.importorskip("ray.serve", reason="the `ray` extra (pip install -e '.[ray]'); `make test` installs it")
 
 MODEL = "minilm"
-# Requests whose answers `cortex start` and a replica must give alike (status and body).
+# Requests whose answers `cortex start` and a replica must give alike (status and body): route, body, headers.
 BAD_REQUESTS = {
-    "input not text": ("/v1/embeddings", {"model": MODEL, "input": 5}),
-    "unknown model": ("/v1/embeddings", {"model": "nope", "input": "a"}),
-    "no model": ("/v1/embeddings", {"input": "a"}),
-    "bad encoding_format": ("/v1/embeddings", {"model": MODEL, "input": "a", "encoding_format": "hex"}),
+    "input not text": ("/v1/embeddings", {"model": MODEL, "input": 5}, {}),
+    "unknown model": ("/v1/embeddings", {"model": "nope", "input": "a"}, {}),
+    "no model": ("/v1/embeddings", {"input": "a"}, {}),
+    "bad encoding_format": ("/v1/embeddings", {"model": MODEL, "input": "a", "encoding_format": "hex"}, {}),
+    "foreign Host": ("/v1/embeddings", {"model": MODEL, "input": "a"}, {"host": "evil.example"}),
+    "foreign Origin": ("/v1/embeddings", {"model": MODEL, "input": "a"}, {"origin": "http://evil.example"}),
 }
 # Autoscaling reacts within seconds: the replicas and the proxy report their load every second.
 FAST_METRICS = {
@@ -158,8 +160,8 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, tup
     with ServerProcess(data_dir) as srv, srv.client() as c:
         srv.import_models({"model": MODEL, "model_path": str(get_model_path())})
         answers = {}
-        for name, (route, body) in BAD_REQUESTS.items():
-            r = c.post(route, json=body)
+        for name, (route, body, headers) in BAD_REQUESTS.items():
+            r = c.post(route, json=body, headers=headers)
             answers[name] = (r.status_code, r.json())
     return data_dir, answers
 
@@ -180,8 +182,8 @@ def test_requests_from_8_clients_reach_both_replicas(two: RayServe) -> None:
 
 @pytest.mark.parametrize("name", list(BAD_REQUESTS))
 def test_a_bad_request_gets_the_error_cortex_start_gives(two: RayServe, store, name: str) -> None:
-    route, body = BAD_REQUESTS[name]
-    r = httpx.post(two.base_url + route, json=body, timeout=60)
+    route, body, headers = BAD_REQUESTS[name]
+    r = httpx.post(two.base_url + route, json=body, headers=headers, timeout=60)
     assert (r.status_code, r.json()) == store[1][name]
     assert r.json()["error"]["type"] == "invalid_request_error"
     assert r.headers["x-cortex-replica"]

@@ -93,3 +93,9 @@ def test_the_deploy_configs_are_valid_serve_configs_of_cortex(tmp_path: Path, in
         args["api_key_file"] = str(tmp_path / "keys")
     assert args["host"] == config["http_options"]["host"]  # cortex's Host rule follows the proxy's address
     assert ray_serve.build(args) is not None
+
+
+def test_serve_ray_refuses_to_listen_beyond_loopback_without_a_key(tmp_path: Path) -> None:
+    result = CliRunner().invoke(cli.app, ["--data-dir", str(tmp_path), "serve-ray", "--host", "0.0.0.0"])
+    assert result.exit_code == 1
+    assert "without an API key" in result.output
