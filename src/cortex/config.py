@@ -12,7 +12,7 @@ from types import UnionType
 from typing import Annotated, Any, Union, get_args, get_origin
 
 import yaml
-from pydantic import AliasChoices, Field, ValidationError, field_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
@@ -366,3 +366,40 @@ def _source(name: str, flags: Mapping[str, Any]) -> str:
     if name in (values := read_config(path)):
         return f"{path} line {values[name][1]}"
     return "its default"
+
+
+class RayServeOptions(BaseModel):
+    """How `cortex serve-ray` (and the Serve config in deploy/) runs cortex on Ray Serve: the deployment's
+    own knobs, beside the Settings each replica serves with. Kept out of Settings so that `cortex start`
+    does not offer flags it would ignore."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    replicas: int | None = Field(None, ge=1, description="A fixed number of replicas (no autoscaling)")
+    min_replicas: int = Field(1, ge=0, description="Autoscaling: the fewest replicas")
+    max_replicas: int | None = Field(None, ge=1, description="Autoscaling: the most replicas")
+    cpus_per_replica: float = Field(1.0, gt=0, description="CPUs Ray reserves per replica (its n_threads default)")
+    # Ray's defaults (5 and 2) hand a replica so few requests at a time that its scheduler cannot batch:
+    # bench/ray_scale.py measures the difference.
+    max_ongoing_requests: int = Field(64, ge=1, description="Requests one replica takes at once; more wait in Ray")
+    target_ongoing_requests: float = Field(16.0, gt=0, description="Autoscaling: ongoing requests per replica")
+    upscale_delay_s: float = Field(30.0, ge=0, description="Autoscaling: load must last this long to add a replica")
+    downscale_delay_s: float = Field(600.0, ge=0, description="Autoscaling: idle time before a replica is removed")
+    look_back_period_s: float = Field(30.0, gt=0, description="Autoscaling: window ongoing requests are averaged over")
+    ray_address: str | None = Field(None, description="A running Ray cluster (default: start a local one)")
+
+    @model_validator(mode="after")
+    def _one_way_to_scale(self) -> RayServeOptions:
+        if self.replicas is not None and self.max_replicas is not None:
+            raise ValueError("give either replicas or min_replicas/max_replicas, not both")
+        if self.max_replicas is not None and self.max_replicas < self.min_replicas:
+            raise ValueError("max_replicas is less than min_replicas")
+        return self
+
+    @property
+    def autoscaling(self) -> bool:
+        return self.max_replicas is not None
+
+    @property
+    def most_replicas(self) -> int:
+        return self.max_replicas if self.max_replicas is not None else (self.replicas or 1)

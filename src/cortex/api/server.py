@@ -137,10 +137,18 @@ def _start_logging(settings: Settings, warnings: list[str], read_only: bool) -> 
         )
 
 
-def _uvicorn_server(settings: Settings, read_only: bool) -> _Server:
+def guarded_app(settings: Settings, *, read_only: bool) -> Guard:
+    """cortex's app behind its Guard (API keys, Host/Origin rules, body limits, access log): what every way of
+    serving cortex runs, `cortex start` here and each Ray Serve replica (cortex.scale.ray_serve)."""
     app = create_app(settings, read_only=read_only)
+    return Guard(app, settings, logs_dir=None if read_only else settings.logs_dir, metrics=app.state.metrics)
+
+
+def _uvicorn_server(settings: Settings, read_only: bool) -> _Server:
+    guard = guarded_app(settings, read_only=read_only)
+    app = guard.app
     config = uvicorn.Config(
-        Guard(app, settings, logs_dir=None if read_only else settings.logs_dir, metrics=app.state.metrics),
+        guard,
         host=settings.host,
         port=settings.port,
         loop=_loop(),

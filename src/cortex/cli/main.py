@@ -285,6 +285,63 @@ def start(
         out.print(f"cortex is running at {info.base_url} (pid {info.pid}); API at {info.base_url}/v1")
 
 
+def _ray_option(name: str) -> typer.models.OptionInfo:
+    from cortex.config import RayServeOptions
+
+    return typer.Option(f"--{name.replace('_', '-')}", help=RayServeOptions.model_fields[name].description)
+
+
+@app.command("serve-ray")
+def serve_ray(
+    replicas: Annotated[int | None, _ray_option("replicas")] = None,
+    min_replicas: Annotated[int | None, _ray_option("min_replicas")] = None,
+    max_replicas: Annotated[int | None, _ray_option("max_replicas")] = None,
+    cpus_per_replica: Annotated[float | None, _ray_option("cpus_per_replica")] = None,
+    max_ongoing_requests: Annotated[int | None, _ray_option("max_ongoing_requests")] = None,
+    target_ongoing_requests: Annotated[float | None, _ray_option("target_ongoing_requests")] = None,
+    upscale_delay_s: Annotated[float | None, _ray_option("upscale_delay_s")] = None,
+    downscale_delay_s: Annotated[float | None, _ray_option("downscale_delay_s")] = None,
+    look_back_period_s: Annotated[float | None, _ray_option("look_back_period_s")] = None,
+    ray_address: Annotated[str | None, _ray_option("ray_address")] = None,
+) -> None:
+    r"""Serve this data folder's models on Ray Serve, in the foreground until SIGTERM or Ctrl-C: replicas of
+    cortex (each with its own registry, scheduler and engines) behind Ray's HTTP proxy on --host/--port.
+
+    Replicas open the model store read-only: import or pull models first with `cortex start` (and stop it).
+    Needs the optional extra: pip install 'cortex\[ray]'. The settings below apply to every replica.
+    """
+    given = {name: value for name, value in locals().items() if value is not None}  # the options above
+    import pydantic
+
+    from cortex.config import RayServeOptions
+
+    try:
+        options = RayServeOptions(**given)
+    except pydantic.ValidationError as exc:
+        raise _fail(f"invalid serve-ray options: {exc.errors()[0]['msg']}", code=2) from None
+    settings = _settings(**_state.flags)
+    _api_keys(settings)
+    from cortex.api.server import ExposureError, check_exposure
+
+    try:
+        warnings = check_exposure(settings)
+        check_port_free(settings)
+    except (ExposureError, DaemonError) as exc:
+        raise _fail(str(exc)) from exc
+    for warning in warnings:
+        err.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
+    try:
+        from cortex.scale import ray_serve
+    except ImportError as exc:
+        raise _fail(f"serve-ray needs Ray: pip install 'cortex[ray]' ({exc})") from None
+    base = f"http{'s' if settings.ssl_certfile else ''}://{settings.host}:{settings.port}"
+    ray_serve.run(
+        settings,
+        options,
+        on_ready=lambda: out.print(f"cortex is serving on Ray Serve at {base}; API at {base}/v1", highlight=False),
+    )
+
+
 @app.command()
 def stop() -> None:
     """Stop the server gracefully (in-flight requests finish), even one too busy to answer: it holds
@@ -775,7 +832,7 @@ def _with_options(command: Callable[..., None], settings: bool) -> Callable[...,
 
 for _group in (app, models_app):
     for _info in _group.registered_commands:
-        _takes_settings = _info.callback in (start, run)
+        _takes_settings = _info.callback in (start, run, serve_ray)
         _info.callback = _with_options(_info.callback, settings=_takes_settings)  # type: ignore[arg-type]
         if _takes_settings:
             _info.cls = _SettingsCommand

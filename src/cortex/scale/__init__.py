@@ -1,0 +1,1 @@
+"""Serving cortex beyond one process: on Ray Serve (`cortex serve-ray`, the optional `cortex[ray]` extra)."""
