@@ -14,6 +14,12 @@ same data folder is served by `cortex serve-ray` on a local Ray cluster of 2 CPU
 - recovery: with 2 replicas under load, one replica's process is killed (SIGKILL); the time until a
   replica started in its place answers.
 
+With `--targets 2,4,16` it measures instead what autoscaling's target_ongoing_requests does for cortex (the
+README's choice of its default): first one replica of 1 thread under a steady load of 1, 2, 4, 8 and 16 clients
+(`batch` inputs a request, `--seconds` each): where its inputs/s stop growing, more ongoing requests only
+wait; then, for each target, `--min-replicas 1 --max-replicas 2` (1 CPU each, delays of 1 and 3 s) under 4
+and then 16 clients: the replicas reached, inputs/s and p50.
+
 Prints one JSON object. The machine's other work shows in these figures: run it on an idle machine.
 """
 
@@ -133,13 +139,84 @@ def _recovery_s(proc: subprocess.Popen, base: str) -> float:
     return round(new_at[0] - killed, 2) if new_at else float("nan")
 
 
+def _steady(base: str, clients: int, args: argparse.Namespace, proc: subprocess.Popen | None = None) -> dict:
+    """`clients` clients of `args.batch` inputs a request for `args.seconds`: inputs/s, p50 and, with `proc`,
+    the most replica processes seen meanwhile."""
+    _load_warmup(base)
+    stop = time.monotonic() + args.seconds
+    times: list[float] = []
+    errors: list[int] = []
+    most = [0]
+
+    def client(i: int) -> None:
+        with httpx.Client(base_url=base, timeout=120) as c:
+            n = 0
+            while time.monotonic() < stop:
+                inputs = [f"client {i} request {n} sentence {k} about embeddings and search" for k in range(args.batch)]
+                t0 = time.perf_counter()
+                r = c.post("/v1/embeddings", json={"model": MODEL, "input": inputs})
+                (times if r.status_code == 200 else errors).append((time.perf_counter() - t0) * 1000)
+                n += 1
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    start = time.monotonic()
+    for t in threads:
+        t.start()
+    while proc is not None and time.monotonic() < stop:
+        most[0] = max(most[0], len(_replicas(proc)))
+        time.sleep(0.5)
+    for t in threads:
+        t.join()
+    out = {"clients": clients, "inputs_per_s": round(len(times) * args.batch / (time.monotonic() - start), 1)}
+    out |= {"p50_ms": round(statistics.median(times), 1), "errors": len(errors)}
+    return out | ({"replicas_reached": most[0]} if proc is not None else {})
+
+
+def _replicas(proc: subprocess.Popen) -> list[int]:
+    def cmdline(pid: int) -> bytes:
+        with contextlib.suppress(OSError):
+            return Path(f"/proc/{pid}/cmdline").read_bytes()
+        return b""
+
+    return [p for p in _descendants(proc.pid) if b"ServeReplica:cortex" in cmdline(p)]
+
+
+def _targets(args: argparse.Namespace, targets: list[float]) -> dict:
+    """One replica's inputs/s by clients, then autoscaling 1..2 replicas for each target (see the docstring)."""
+    data_dir = Path(tempfile.mkdtemp(prefix="cortex-ray-bench-")) / "data"
+    port = free_port()
+    proc = start_cortex({MODEL: _minilm()}, 1, port, data_dir)  # imports MiniLM into the folder, then stops
+    proc.terminate()
+    proc.wait(timeout=60)
+    os.environ |= {  # replicas and the proxy report their load every second
+        "RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S": "1",
+        "RAY_SERVE_HANDLE_AUTOSCALING_METRIC_PUSH_INTERVAL_S": "1",
+    }
+    one = ("--n-threads", "1", "--cpus-per-replica", "1")
+    out: dict = {}
+    with _serve_ray(data_dir, "--replicas", "1", *one) as (_, base):
+        out["one_replica_by_clients"] = [_steady(base, n, args) for n in (1, 2, 4, 8, 16)]
+    fast = ("--upscale-delay-s", "1", "--downscale-delay-s", "3", "--look-back-period-s", "2")
+    for target in targets:
+        scale = ("--min-replicas", "1", "--max-replicas", "2", "--target-ongoing-requests", str(target))
+        with _serve_ray(data_dir, *scale, *fast, *one) as (ray_proc, base):
+            out[f"target_{target:g}"] = [_steady(base, n, args, ray_proc) for n in (4, 16)]
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--requests", type=int, default=300)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--concurrency", type=int, default=16)
+    ap.add_argument("--targets", help="comma-separated target_ongoing_requests to compare (only that section)")
+    ap.add_argument("--seconds", type=float, default=15.0, help="--targets: length of each steady load")
     args = ap.parse_args()
     result: dict = {"cpu": _cpu(), "load": vars(args)}
+    if args.targets:
+        result.update(_targets(args, [float(t) for t in args.targets.split(",")]))
+        print(json.dumps(result, indent=1))
+        return
     data_dir = Path(tempfile.mkdtemp(prefix="cortex-ray-bench-")) / "data"  # imported once, served by Ray after
     port = free_port()
     proc = start_cortex({MODEL: _minilm()}, 2, port, data_dir)

@@ -379,10 +379,12 @@ class RayServeOptions(BaseModel):
     min_replicas: int = Field(1, ge=0, description="Autoscaling: the fewest replicas")
     max_replicas: int | None = Field(None, ge=1, description="Autoscaling: the most replicas")
     cpus_per_replica: float = Field(1.0, gt=0, description="CPUs Ray reserves per replica (its n_threads default)")
-    # Ray's defaults (5 and 2) hand a replica so few requests at a time that its scheduler cannot batch:
-    # bench/ray_scale.py measures the difference.
+    # Ray's default of 5 hands a replica so few requests at a time that its scheduler cannot batch; the target
+    # is where one replica's inputs/s stop growing with its ongoing requests (about 4 requests of 8 inputs):
+    # below it a replica is added before the first is busy, above it requests only wait in a full one.
+    # bench/ray_scale.py (and its --targets) measures both.
     max_ongoing_requests: int = Field(64, ge=1, description="Requests one replica takes at once; more wait in Ray")
-    target_ongoing_requests: float = Field(16.0, gt=0, description="Autoscaling: ongoing requests per replica")
+    target_ongoing_requests: float = Field(4.0, gt=0, description="Autoscaling: ongoing requests per replica")
     upscale_delay_s: float = Field(30.0, ge=0, description="Autoscaling: load must last this long to add a replica")
     downscale_delay_s: float = Field(600.0, ge=0, description="Autoscaling: idle time before a replica is removed")
     look_back_period_s: float = Field(30.0, gt=0, description="Autoscaling: window ongoing requests are averaged over")

@@ -1,11 +1,12 @@
 """cortex on Ray Serve (`cortex serve-ray`), on a local Ray cluster of 2 CPUs started by the command itself
 (and once on one from `ray start --head`): replicas share a store imported once by `cortex start`, answer as
-`cortex start` does, name themselves in X-Cortex-Replica, come back when killed, and autoscale from 1 to 2
-and back."""
+`cortex start` does, name themselves in X-Cortex-Replica, come back when killed, autoscale from 1 to 2
+and back, and a replica removed on downscale finishes the requests it holds."""
 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -258,6 +259,59 @@ def test_autoscaling_from_1_to_2_under_load_and_back_when_idle(store) -> None:
         assert [r.status_code for r in answers] == [200] * 10
         assert len({r.headers["x-cortex-replica"] for r in answers}) == 1
     assert ray_serve.stop() == 0
+
+
+def _long_request(c: httpx.Client, client: int, n: int) -> tuple[int, str]:
+    """A request of 150 distinct sentences (seconds on one thread): status and replica."""
+    words = " ".join(f"word{k}" for k in range(25))
+    inputs = [f"client {client} request {n} sentence {k}: {words}" for k in range(150)]
+    r = c.post("/v1/embeddings", json={"model": MODEL, "input": inputs})
+    return r.status_code, r.headers.get("x-cortex-replica", "")
+
+
+def test_a_replica_removed_on_downscale_finishes_its_requests(store) -> None:
+    # Target 4: 8 clients ask for 2 replicas, then 2 clients of long requests for 1. Both replicas hold one of
+    # those long requests when Ray removes one; no retry here: every request must get its 200.
+    with RayServe(
+        store[0],
+        *("--min-replicas", "1", "--max-replicas", "2", "--cpus-per-replica", "1"),
+        *("--target-ongoing-requests", "4", "--max-ongoing-requests", "8"),
+        *("--upscale-delay-s", "1", "--downscale-delay-s", "3", "--look-back-period-s", "2"),
+    ) as ray_serve:
+        deadline = time.monotonic() + 120
+        while len(ray_serve.replica_pids()) < 2:
+            assert time.monotonic() < deadline, f"did not scale up: {ray_serve.log()[-2000:]}"
+            _load(ray_serve.base_url, clients=8, per_client=10)
+        answers: list[tuple[int, str]] = []
+        scaled_down = threading.Event()
+
+        def long_requests(client: int) -> None:
+            with httpx.Client(base_url=ray_serve.base_url, timeout=120) as c:
+                n = 0
+                while not scaled_down.is_set() or n < 2:  # and two more once only one replica is left
+                    answers.append(_long_request(c, client, n))
+                    n += 1
+
+        clients = [threading.Thread(target=long_requests, args=(i,)) for i in range(2)]
+        for t in clients:
+            t.start()
+        deadline = time.monotonic() + 120
+        while len(ray_serve.replica_pids()) > 1 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        scaled_down.set()
+        for t in clients:
+            t.join(timeout=120)
+        assert len(ray_serve.replica_pids()) == 1, f"did not scale down: {ray_serve.log()[-2000:]}"
+        assert [status for status, _ in answers] == [200] * len(answers)
+        with ray_serve.client() as c:
+            left = _embed(c).headers["x-cortex-replica"]
+        removed = {replica for _, replica in answers} - {left}
+        assert len(removed) == 1, answers  # the removed replica served long requests until it was removed
+        # and it was removed with a request in hand: Ray's replica log shows it waiting for it before stopping
+        logs = list(Path("/tmp/ray").glob(f"session_2*/logs/serve/replica_cortex_Cortex_{removed.pop()}.log"))
+        assert len(logs) == 1
+        waits = re.findall(r"Waiting for an additional .*?: (\d+) ongoing requests", logs[0].read_text())
+        assert any(int(n) > 0 for n in waits), logs[0].read_text()[-2000:]
 
 
 @pytest.fixture
