@@ -262,26 +262,26 @@ def test_autoscaling_from_1_to_2_under_load_and_back_when_idle(store) -> None:
 
 
 def _long_request(c: httpx.Client, client: int, n: int) -> tuple[int, str]:
-    """A request of 150 distinct sentences (seconds on one thread): status and replica."""
+    """A request of 100 distinct sentences (a second or more on one thread): status and replica."""
     words = " ".join(f"word{k}" for k in range(25))
-    inputs = [f"client {client} request {n} sentence {k}: {words}" for k in range(150)]
+    inputs = [f"client {client} request {n} sentence {k}: {words}" for k in range(100)]
     r = c.post("/v1/embeddings", json={"model": MODEL, "input": inputs})
     return r.status_code, r.headers.get("x-cortex-replica", "")
 
 
 def test_a_replica_removed_on_downscale_finishes_its_requests(store) -> None:
-    # Target 4: 8 clients ask for 2 replicas, then 2 clients of long requests for 1. Both replicas hold one of
-    # those long requests when Ray removes one; no retry here: every request must get its 200.
+    # Target 8: 24 clients ask for 2 replicas, then 6 clients of long requests for 1; the 6 are spread over both
+    # replicas, so the one Ray removes holds some of them. No retry here: every request must get its 200.
     with RayServe(
         store[0],
         *("--min-replicas", "1", "--max-replicas", "2", "--cpus-per-replica", "1"),
-        *("--target-ongoing-requests", "4", "--max-ongoing-requests", "8"),
+        *("--target-ongoing-requests", "8", "--max-ongoing-requests", "16"),
         *("--upscale-delay-s", "1", "--downscale-delay-s", "3", "--look-back-period-s", "2"),
     ) as ray_serve:
         deadline = time.monotonic() + 120
         while len(ray_serve.replica_pids()) < 2:
             assert time.monotonic() < deadline, f"did not scale up: {ray_serve.log()[-2000:]}"
-            _load(ray_serve.base_url, clients=8, per_client=10)
+            _load(ray_serve.base_url, clients=24, per_client=5)
         answers: list[tuple[int, str]] = []
         scaled_down = threading.Event()
 
@@ -292,7 +292,7 @@ def test_a_replica_removed_on_downscale_finishes_its_requests(store) -> None:
                     answers.append(_long_request(c, client, n))
                     n += 1
 
-        clients = [threading.Thread(target=long_requests, args=(i,)) for i in range(2)]
+        clients = [threading.Thread(target=long_requests, args=(i,)) for i in range(6)]
         for t in clients:
             t.start()
         deadline = time.monotonic() + 120
@@ -307,11 +307,21 @@ def test_a_replica_removed_on_downscale_finishes_its_requests(store) -> None:
             left = _embed(c).headers["x-cortex-replica"]
         removed = {replica for _, replica in answers} - {left}
         assert len(removed) == 1, answers  # the removed replica served long requests until it was removed
-        # and it was removed with a request in hand: Ray's replica log shows it waiting for it before stopping
-        logs = list(Path("/tmp/ray").glob(f"session_2*/logs/serve/replica_cortex_Cortex_{removed.pop()}.log"))
-        assert len(logs) == 1
-        waits = re.findall(r"Waiting for an additional .*?: (\d+) ongoing requests", logs[0].read_text())
-        assert any(int(n) > 0 for n in waits), logs[0].read_text()[-2000:]
+        # and it held a request when Ray began to stop it: it answered one (200) after the controller's
+        # "Stopping Replica" (Ray's logs: the replica logs a request when it has answered it)
+        assert _answered_after_stopping(removed.pop())
+
+
+def _answered_after_stopping(replica: str) -> list[str]:
+    """The times of the 200s that `replica` gave after Ray's controller logged it was stopping it."""
+    logs = list(Path("/tmp/ray").glob(f"session_2*/logs/serve/replica_cortex_Cortex_{replica}.log"))
+    assert len(logs) == 1, logs
+    stamp = r"^\w+ (\S+ \S+) "  # INFO 2026-11-28 14:10:44,928 ...: sorts as text
+    controller = "".join(p.read_text() for p in logs[0].parent.glob("controller_*.log"))
+    stopping = re.findall(stamp + rf".*Stopping Replica\(id='{replica}'", controller, re.M)
+    assert len(stopping) == 1, controller[-2000:]
+    answered = re.findall(stamp + r".* -- POST / 200 ", logs[0].read_text(), re.M)
+    return [t for t in answered if t > stopping[0]]
 
 
 @pytest.fixture
