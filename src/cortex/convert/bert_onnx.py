@@ -33,7 +33,7 @@ from cortex.convert.onnx_ops import (
     linear,
     open_weights,
     padding_mask,
-    pool,
+    save_embedding_graph,
     save_graph,
     sequential_positions,
 )
@@ -74,7 +74,6 @@ def build_encoder_onnx(
     `positions` builds the position ids ([batch or 1, tokens]) from `input_ids`, `position_rows` is how many
     rows of the position table those ids can reach."""
     cfg = model.config
-    hidden = int(cfg["hidden_size"])
     heads = int(cfg["num_attention_heads"])
     layers = int(cfg["num_hidden_layers"])
     eps = float(cfg.get("layer_norm_eps", 1e-12))
@@ -114,14 +113,7 @@ def build_encoder_onnx(
     if model.task == "rerank":
         save_graph(b, out, head, output="logits", width=1, name=name)
     else:
-        save_graph(
-            b,
-            out,
-            pool(b, x, mask_f, model.pooling, skip_prompt=not model.include_prompt),
-            output="embeddings",
-            width=hidden,
-            name=name,
-        )
+        save_embedding_graph(b, out, x, mask_f, model, name=name)
     if progress:
         progress(total, total)
 

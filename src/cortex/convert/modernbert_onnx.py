@@ -31,8 +31,7 @@ from cortex.convert.onnx_ops import (
     layer_norm,
     linear,
     padding_mask,
-    pool,
-    save_graph,
+    save_embedding_graph,
 )
 from cortex.convert.safetensors_f32 import tensor_f32
 from cortex.convert.st_folder import STModel
@@ -163,14 +162,7 @@ def build_modernbert_onnx(model: STModel, out: Path, progress: Progress | None =
         raise InvalidModelFile(
             f"Cannot read {model.weights.name} (truncated or corrupt?): {exc}", param="model_path"
         ) from exc
-    save_graph(
-        b,
-        out,
-        pool(b, x, mask_f, model.pooling, skip_prompt=not model.include_prompt),
-        output="embeddings",
-        width=hidden,
-        name="cortex-modernbert",
-    )
+    save_embedding_graph(b, out, x, mask_f, model, name="cortex-modernbert")
     if progress:
         progress(total, total)
 

@@ -28,9 +28,8 @@ from cortex.convert.onnx_ops import (
     layer_norm,
     open_weights,
     padding_mask,
-    pool,
     positions_after_padding,
-    save_graph,
+    save_embedding_graph,
 )
 from cortex.convert.st_folder import STModel
 from cortex.errors import InvalidModelFile
@@ -75,7 +74,6 @@ def build_mpnet_onnx(model: STModel, out: Path, progress: Progress | None = None
     """Write the ONNX graph of `model` at `out` (its weights beside it, see onnx_ops.save_graph). Cross-encoders
     of this architecture never get here: cortex.convert.st_folder refuses them."""
     cfg = model.config
-    hidden = int(cfg["hidden_size"])
     heads = int(cfg["num_attention_heads"])
     layers = int(cfg["num_hidden_layers"])
     eps = float(cfg.get("layer_norm_eps", 1e-12))
@@ -96,14 +94,7 @@ def build_mpnet_onnx(model: STModel, out: Path, progress: Progress | None = None
                               heads=heads, eps=eps, tag=f"l{i}", act=act)  # fmt: skip
             if progress:
                 progress(i + 2, total)
-    save_graph(
-        b,
-        out,
-        pool(b, x, mask_f, model.pooling, skip_prompt=not model.include_prompt),
-        output="embeddings",
-        width=hidden,
-        name="cortex-mpnet",
-    )
+    save_embedding_graph(b, out, x, mask_f, model, name="cortex-mpnet")
     if progress:
         progress(total, total)
 

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
@@ -24,6 +25,9 @@ from safetensors import SafetensorError, safe_open
 
 from cortex.convert.safetensors_f32 import tensor_f32
 from cortex.errors import InvalidModelFile
+
+if TYPE_CHECKING:
+    from cortex.convert.st_folder import STModel
 
 OPSET = 17  # LayerNormalization
 POOL_START = "pool_start"  # the optional input of a pooled graph: per row, the first token pooled
@@ -260,6 +264,13 @@ def _after_pool_start(b: GraphBuilder, x: str, mask_f: str) -> str:
     start = b.op("Unsqueeze", [POOL_START, b.const([1], np.int64)])
     pooled = b.op("Cast", [b.op("GreaterOrEqual", [positions, start])], to=TensorProto.FLOAT)
     return b.op("Mul", [mask_f, pooled])
+
+
+def save_embedding_graph(b: GraphBuilder, out: Path, x: str, mask_f: str, model: STModel, *, name: str) -> None:
+    """An embedding model's graph: the token vectors `x` pooled as its Pooling module says (the prompt left out
+    where `include_prompt` is false), saved as the `embeddings` output."""
+    pooled = pool(b, x, mask_f, model.pooling, skip_prompt=not model.include_prompt)
+    save_graph(b, out, pooled, output="embeddings", width=model.n_embd, name=name)
 
 
 def save_graph(b: GraphBuilder, out: Path, result: str, *, output: str, width: int, name: str) -> None:
