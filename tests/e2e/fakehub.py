@@ -12,6 +12,8 @@ import json
 import re
 import threading
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -62,6 +64,21 @@ class FakeHub:
         if lie:
             blob.advertised_sha256 = "0" * 64
         self.repos.setdefault(repo, {}).setdefault(branch, {})[path] = blob
+
+    def add_folder(self, repo: str, folder: Path, *, suffixes: tuple[str, ...] = ()) -> None:
+        """Every file under `folder` (only those ending in `suffixes`, if given) as `repo`'s main branch."""
+        for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+            if not suffixes or path.suffix in suffixes:
+                self.add(repo, "main", path.relative_to(folder).as_posix(), path)
+
+    @contextmanager
+    def serving(self) -> Iterator[str]:
+        """The hub's URL while it serves, for the span of the block."""
+        url = self.start()
+        try:
+            yield url
+        finally:
+            self.stop()
 
     def start(self) -> str:
         hub = self

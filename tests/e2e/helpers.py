@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import httpx
+import numpy as np
 
 MODEL = "gemma3:270m"  # the shared `server` fixture's Gemma, mean pooling
 MODEL_LAST = "gemma3:270m-last"  # the same weights, last-token pooling
@@ -152,3 +153,16 @@ def read_response(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
         return 0, {}, answer
     headers = dict(line.lower().split(": ", 1) for line in lines[1:])
     return int(lines[0].split(" ")[1]), headers, body
+
+
+def embed_vectors(c: httpx.Client, model: str, inputs: object, **extra: object) -> tuple[np.ndarray, int]:
+    """(float64 vectors, usage's prompt_tokens) of a /v1/embeddings request that must succeed."""
+    r = c.post("/v1/embeddings", json={"model": model, "input": inputs, **extra})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    return np.array([d["embedding"] for d in body["data"]], dtype=np.float64), body["usage"]["prompt_tokens"]
+
+
+def cosines(got: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    """Row-wise cosine similarity."""
+    return np.sum(got * ref, axis=1) / np.linalg.norm(got, axis=1) / np.linalg.norm(ref, axis=1)

@@ -13,7 +13,7 @@ import pytest
 
 from tests import DATA
 from tests.e2e.fakehub import FakeHub
-from tests.e2e.helpers import ServerProcess, cortex
+from tests.e2e.helpers import ServerProcess, cortex, cosines, embed_vectors
 
 FOLDER = DATA / "arch" / "bert-cased"
 REFERENCE = json.loads((DATA / "arch" / "bert-cased.reference.json").read_text())
@@ -23,14 +23,9 @@ REPO = "acme/bert-cased"
 @pytest.fixture(scope="module")
 def hub() -> Iterator[str]:
     h = FakeHub()
-    for path in FOLDER.rglob("*"):
-        if path.is_file():
-            h.add(REPO, "main", str(path.relative_to(FOLDER)), path)
-    url = h.start()
-    try:
+    h.add_folder(REPO, FOLDER)
+    with h.serving() as url:
         yield url
-    finally:
-        h.stop()
 
 
 @pytest.fixture(scope="module")
@@ -49,17 +44,6 @@ def c(srv: ServerProcess) -> Iterator[httpx.Client]:
         yield client
 
 
-def _embed(c: httpx.Client, model: str, inputs: list[str], **extra: object) -> tuple[np.ndarray, int]:
-    r = c.post("/v1/embeddings", json={"model": model, "input": inputs, **extra})
-    assert r.status_code == 200, r.text
-    body = r.json()
-    return np.array([d["embedding"] for d in body["data"]], dtype=np.float64), body["usage"]["prompt_tokens"]
-
-
-def _cosines(got: np.ndarray, ref: np.ndarray) -> np.ndarray:
-    return np.sum(got * ref, axis=1) / np.linalg.norm(got, axis=1) / np.linalg.norm(ref, axis=1)
-
-
 def _reference() -> tuple[list[str], np.ndarray]:
     """Every text (the short ones, then the long one, which sentence-transformers cut at max_seq_length)."""
     rows = [*REFERENCE["short"], REFERENCE["long"]]
@@ -69,8 +53,8 @@ def _reference() -> tuple[list[str], np.ndarray]:
 @pytest.mark.parametrize("model", ["cased:fp32", REPO])
 def test_every_text_is_sentence_transformers_vector(c, model: str) -> None:
     texts, ref = _reference()
-    got, tokens = _embed(c, model, texts, truncate=True)  # the model's default: not normalised
-    assert _cosines(got, ref).min() >= 0.99999
+    got, tokens = embed_vectors(c, model, texts, truncate=True)  # the model's default: not normalised
+    assert cosines(got, ref).min() >= 0.99999
     np.testing.assert_allclose(np.linalg.norm(got, axis=1), np.linalg.norm(ref, axis=1), rtol=0, atol=1e-3)
     assert tokens == sum(len(r["tokens"]) for r in REFERENCE["short"]) + 256
     record = c.get(f"/v1/models/{model}").json()
@@ -94,9 +78,9 @@ def test_case_is_kept(c) -> None:
     upper = c.post("/tokenize", json={"model": "cased:fp32", "content": "Python"}).json()["tokens"]
     lower = c.post("/tokenize", json={"model": "cased:fp32", "content": "python"}).json()["tokens"]
     assert upper != lower
-    a, _ = _embed(c, "cased:fp32", ["Python"])
-    b, _ = _embed(c, "cased:fp32", ["python"])
-    assert float(_cosines(a, b)[0]) < 0.999
+    a, _ = embed_vectors(c, "cased:fp32", ["Python"])
+    b, _ = embed_vectors(c, "cased:fp32", ["python"])
+    assert float(cosines(a, b)[0]) < 0.999
 
 
 def test_the_long_text_is_refused_unless_truncated(c) -> None:
@@ -106,8 +90,8 @@ def test_the_long_text_is_refused_unless_truncated(c) -> None:
 
 def test_int8_is_close_and_records_its_figure(c) -> None:
     texts, ref = _reference()
-    got, _ = _embed(c, "cased:int8", texts, truncate=True)
-    worst = float(_cosines(got, ref).min())
+    got, _ = embed_vectors(c, "cased:int8", texts, truncate=True)
+    worst = float(cosines(got, ref).min())
     record = c.get("/v1/models/cased:int8").json()
     print(f"bert-cased int8: min cosine vs sentence-transformers {worst:.6f}, recorded {record['int8_min_cosine']}")
     # random weights of width 64 quantise worse than a trained model (MiniLM: >= 0.98); measured here 0.975

@@ -14,7 +14,7 @@ import pytest
 
 from tests import DATA
 from tests.e2e.fakehub import FakeHub
-from tests.e2e.helpers import ServerProcess
+from tests.e2e.helpers import ServerProcess, embed_vectors
 
 FIXTURE = DATA / "arch" / "modernbert"  # random weights in gte-modernbert's published layout
 REFERENCE = json.loads((DATA / "arch" / "modernbert.reference.json").read_text())
@@ -26,21 +26,16 @@ CTX = 512  # sentence_bert_config.json's max_seq_length
 @pytest.fixture(scope="module")
 def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     hub = FakeHub()
-    for path in sorted(p for p in FIXTURE.rglob("*") if p.is_file()):
-        hub.add(REPO, "main", path.relative_to(FIXTURE).as_posix(), path)
-    url = hub.start()
-    try:
-        data = tmp_path_factory.mktemp("modernbert") / "data"
-        with ServerProcess(data, HF_ENDPOINT=url, HF_HUB_OFFLINE="0") as s:
-            s.import_models(
-                {"model": FP32, "model_path": str(FIXTURE)},
-                {"model": INT8, "model_path": str(FIXTURE), "quantize": "int8"},
-            )
-            with s.client(timeout=300) as c:
-                _pull(c, REPO)
-            yield s
-    finally:
-        hub.stop()
+    hub.add_folder(REPO, FIXTURE)
+    data = tmp_path_factory.mktemp("modernbert") / "data"
+    with hub.serving() as url, ServerProcess(data, HF_ENDPOINT=url, HF_HUB_OFFLINE="0") as s:
+        s.import_models(
+            {"model": FP32, "model_path": str(FIXTURE)},
+            {"model": INT8, "model_path": str(FIXTURE), "quantize": "int8"},
+        )
+        with s.client(timeout=300) as c:
+            _pull(c, REPO)
+        yield s
 
 
 @pytest.fixture
@@ -60,10 +55,7 @@ def _pull(c: httpx.Client, model: str) -> None:
 
 
 def _embed(c: httpx.Client, model: str, texts: list[str], truncate: bool = False) -> tuple[np.ndarray, int]:
-    r = c.post("/v1/embeddings", json={"model": model, "input": texts, "truncate": truncate})
-    assert r.status_code == 200, r.text
-    body = r.json()
-    return np.array([d["embedding"] for d in body["data"]], dtype=np.float64), body["usage"]["prompt_tokens"]
+    return embed_vectors(c, model, texts, truncate=truncate)
 
 
 def _compare(got: np.ndarray, ref: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

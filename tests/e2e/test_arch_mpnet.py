@@ -15,21 +15,11 @@ import pytest
 
 from tests import DATA
 from tests.e2e.fakehub import FakeHub
-from tests.e2e.helpers import ServerProcess, cortex
+from tests.e2e.helpers import ServerProcess, cortex, cosines, embed_vectors
 
 FOLDER = DATA / "arch" / "mpnet"
 REPO = "acme/mpnet-tiny"
 FP32, INT8 = "mpnet:fp32", "mpnet:int8"
-FILES = (
-    "config.json",
-    "model.safetensors",
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "modules.json",
-    "sentence_bert_config.json",
-    "1_Pooling/config.json",
-)
 
 
 @pytest.fixture(scope="module")
@@ -40,13 +30,9 @@ def reference() -> dict:
 @pytest.fixture(scope="module")
 def hub() -> Iterator[str]:
     h = FakeHub()
-    for rel in FILES:
-        h.add(REPO, "main", rel, FOLDER / rel)
-    url = h.start()
-    try:
+    h.add_folder(REPO, FOLDER)
+    with h.serving() as url:
         yield url
-    finally:
-        h.stop()
 
 
 @pytest.fixture(scope="module")
@@ -71,23 +57,12 @@ def c(srv: ServerProcess) -> Iterator[httpx.Client]:
         yield client
 
 
-def _embed(c: httpx.Client, model: str, inputs: list[str], **extra: object) -> tuple[np.ndarray, int]:
-    r = c.post("/v1/embeddings", json={"model": model, "input": inputs, **extra})
-    assert r.status_code == 200, r.text
-    body = r.json()
-    return np.array([d["embedding"] for d in body["data"]], dtype=np.float64), body["usage"]["prompt_tokens"]
-
-
-def _cosines(got: np.ndarray, ref: np.ndarray) -> np.ndarray:
-    return np.sum(got * ref, axis=1) / np.linalg.norm(got, axis=1) / np.linalg.norm(ref, axis=1)
-
-
 @pytest.mark.parametrize("model", [FP32, REPO])
 def test_every_text_gives_sentence_transformers_vector(c: httpx.Client, reference: dict, model: str) -> None:
     rows = reference["short"]
     ref = np.array([r["embedding"] for r in rows], dtype=np.float64)
-    got, tokens = _embed(c, model, [r["text"] for r in rows])
-    assert _cosines(got, ref).min() >= 0.99999
+    got, tokens = embed_vectors(c, model, [r["text"] for r in rows])
+    assert cosines(got, ref).min() >= 0.99999
     assert np.abs(np.linalg.norm(got, axis=1) - np.linalg.norm(ref, axis=1)).max() <= 1e-3
     assert tokens == sum(len(r["tokens"]) for r in rows)
 
@@ -105,10 +80,10 @@ def test_long_text_truncated_as_sentence_transformers_truncates(c: httpx.Client,
     long = reference["long"]
     ids = c.post("/tokenize", json={"model": model, "content": long["text"], "add_special": True}).json()["tokens"]
     assert len(ids) == long["tokens_untruncated"]
-    got, tokens = _embed(c, model, [long["text"]], truncate=True)
+    got, tokens = embed_vectors(c, model, [long["text"]], truncate=True)
     assert tokens == 384  # max_seq_length: <s>, the first 382 text tokens, </s>
     ref = np.array([long["embedding"]], dtype=np.float64)
-    assert _cosines(got, ref).min() >= 0.99999
+    assert cosines(got, ref).min() >= 0.99999
     assert abs(np.linalg.norm(got) - np.linalg.norm(ref)) <= 1e-3
     r = c.post("/v1/embeddings", json={"model": model, "input": long["text"]})
     assert r.status_code == 400 and r.json()["error"]["code"] == "context_length_exceeded"
@@ -125,8 +100,8 @@ def test_record_of_the_imported_and_the_pulled_model(c: httpx.Client) -> None:
 def test_int8_stays_close(c: httpx.Client, reference: dict) -> None:
     rows = reference["short"]
     ref = np.array([r["embedding"] for r in rows], dtype=np.float64)
-    got, _ = _embed(c, INT8, [r["text"] for r in rows])
-    cos = _cosines(got, ref)
+    got, _ = embed_vectors(c, INT8, [r["text"] for r in rows])
+    cos = cosines(got, ref)
     m = c.get(f"/v1/models/{INT8}").json()
     assert m["quantize"] == "int8" and 0.9 <= m["int8_min_cosine"] < 1
     print(f"mpnet int8: min cosine to sentence-transformers {cos.min():.5f}, recorded {m['int8_min_cosine']}")

@@ -16,7 +16,7 @@ import pytest
 
 from tests import DATA
 from tests.e2e.fakehub import FakeHub
-from tests.e2e.helpers import ServerProcess, cortex
+from tests.e2e.helpers import ServerProcess, cortex, embed_vectors
 from tests.unit.test_xlmr import published_style
 
 FIXTURE = DATA / "arch" / "xlm-roberta"
@@ -29,13 +29,9 @@ REPO = "acme/xlmr-tiny"
 @pytest.fixture(scope="module")
 def hub_url() -> Iterator[str]:
     hub = FakeHub()
-    for path in sorted(p for p in FIXTURE.rglob("*") if p.is_file()):
-        hub.add(REPO, "main", path.relative_to(FIXTURE).as_posix(), path)
-    url = hub.start()
-    try:
+    hub.add_folder(REPO, FIXTURE)
+    with hub.serving() as url:
         yield url
-    finally:
-        hub.stop()
 
 
 @pytest.fixture(scope="module")
@@ -93,10 +89,7 @@ def _embed(c: httpx.Client, model: str) -> tuple[np.ndarray, int]:
     """Every reference text's vector (the long one truncated, as sentence-transformers cuts it at
     max_seq_length) and the tokens counted."""
     texts = [row["text"] for row in SHORT] + [LONG["text"]]
-    r = c.post("/v1/embeddings", json={"model": model, "input": texts, "truncate": True})
-    assert r.status_code == 200, r.text
-    body = r.json()
-    return np.array([d["embedding"] for d in body["data"]], dtype=np.float64), body["usage"]["prompt_tokens"]
+    return embed_vectors(c, model, texts, truncate=True)
 
 
 def _cosines(got: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

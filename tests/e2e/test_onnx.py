@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from tests import DATA
-from tests.e2e.helpers import ServerProcess
+from tests.e2e.helpers import ServerProcess, embed_vectors
 
 
 @pytest.fixture(scope="module")
@@ -45,13 +45,6 @@ def c(srv: ServerProcess) -> Iterator[httpx.Client]:
         yield client
 
 
-def _embed(c: httpx.Client, model: str, inputs) -> tuple[np.ndarray, int]:
-    r = c.post("/v1/embeddings", json={"model": model, "input": inputs})
-    assert r.status_code == 200, r.text
-    body = r.json()
-    return np.array([d["embedding"] for d in body["data"]], dtype=np.float64), body["usage"]["prompt_tokens"]
-
-
 def _reference() -> tuple[list[dict], np.ndarray]:
     rows = json.loads((DATA / "all-minilm-l6-v2.reference.json").read_text())["rows"]
     ref = np.array([r["embedding"] for r in rows], dtype=np.float64)
@@ -60,12 +53,12 @@ def _reference() -> tuple[list[dict], np.ndarray]:
 
 def test_fp32_matches_sentence_transformers(c) -> None:
     rows, ref = _reference()
-    got, tokens = _embed(c, "ort:fp32", [r["text"] for r in rows])
+    got, tokens = embed_vectors(c, "ort:fp32", [r["text"] for r in rows])
     assert np.sum(got * ref, axis=1).min() >= 0.99999
     assert tokens == sum(len(r["token_ids"]) for r in rows)
     for row in rows:  # token ids identical: the ids give exactly the text's vector and count
-        by_ids, n = _embed(c, "ort:fp32", row["token_ids"])
-        by_text, m = _embed(c, "ort:fp32", row["text"])
+        by_ids, n = embed_vectors(c, "ort:fp32", row["token_ids"])
+        by_text, m = embed_vectors(c, "ort:fp32", row["text"])
         assert n == m == len(row["token_ids"])
         assert float(by_ids[0] @ by_text[0]) >= 0.999999
 
@@ -82,15 +75,15 @@ def test_record_says_engine_and_int8_figure(c, srv) -> None:
 
 def test_int8_parity(c) -> None:
     rows, ref = _reference()
-    got, _ = _embed(c, "ort:int8", [r["text"] for r in rows])
+    got, _ = embed_vectors(c, "ort:int8", [r["text"] for r in rows])
     assert np.sum(got * ref, axis=1).min() >= 0.98
 
 
 def test_both_engines_agree(c) -> None:
     rows, _ = _embed_rows = _reference()
     texts = [r["text"] for r in rows]
-    a, _ = _embed(c, "ort:fp32", texts)
-    b, _ = _embed(c, "gguf:f32", texts)
+    a, _ = embed_vectors(c, "ort:fp32", texts)
+    b, _ = embed_vectors(c, "gguf:f32", texts)
     assert np.sum(a * b, axis=1).min() >= 0.9999
 
 
@@ -99,9 +92,9 @@ def test_concurrent_requests_of_mixed_lengths(c, srv) -> None:
     words = ["alpha", "river", "engine", "quiet", "paper", "storm", "glass", "orbit", "field", "lamp"]
     requests = [[" ".join(rnd.choice(words) for _ in range(rnd.randint(1, 120))) for _ in range(rnd.randint(1, 6))]
                 for _ in range(24)]  # fmt: skip
-    alone = [_embed(c, "ort:fp32", [t])[0][0] for req in requests for t in req]
+    alone = [embed_vectors(c, "ort:fp32", [t])[0][0] for req in requests for t in req]
     with ThreadPoolExecutor(8) as pool, srv.client() as other:
-        together = list(pool.map(lambda req: _embed(other, "ort:fp32", req)[0], requests))
+        together = list(pool.map(lambda req: embed_vectors(other, "ort:fp32", req)[0], requests))
     flat = np.concatenate(together)
     assert np.sum(flat * np.stack(alone), axis=1).min() >= 0.99999
 
@@ -131,8 +124,8 @@ def test_each_option_belongs_to_its_engine(c, folder, body, param) -> None:
 def test_a_pooling_override_reaches_the_graph(c) -> None:
     assert c.get("/v1/models/ort:cls").json()["pooling"] == "cls"
     text = "A man is eating a piece of bread."
-    mean, _ = _embed(c, "ort:fp32", text)
-    cls, _ = _embed(c, "ort:cls", text)
+    mean, _ = embed_vectors(c, "ort:fp32", text)
+    cls, _ = embed_vectors(c, "ort:cls", text)
     assert float(mean[0] @ cls[0]) < 0.99  # a different vector: the graph pools the [CLS] token
 
 

@@ -51,24 +51,16 @@ def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     h.add("bartowski/gemma-3-1b-it-GGUF", "main", "gemma-3-1b-it-Q4_K_M.gguf", gguf)
     h.add("bartowski/gemma-3-1b-it-GGUF", "main", "gemma-3-1b-it-Q8_0.gguf", gguf)
     h.add("ORG/REPO", "main", "model-Q8_0.gguf", gguf)
-    for path in folder.rglob("*"):
-        if path.is_file() and path.suffix in (".json", ".txt", ".safetensors"):
-            h.add("sentence-transformers/all-MiniLM-L6-v2", "main", str(path.relative_to(folder)), path)
-            if path.name != "config_sentence_transformers.json":
-                h.add("ORG/REPO-WITH-PROMPTS", "main", str(path.relative_to(folder)), path)
+    st_files = (".json", ".txt", ".safetensors")
+    h.add_folder("sentence-transformers/all-MiniLM-L6-v2", folder, suffixes=st_files)
+    h.add_folder("ORG/REPO-WITH-PROMPTS", folder, suffixes=st_files)  # its prompts replaced by these:
     prompts = {"prompts": {"query": "query: ", "passage": "passage: "}, "default_prompt_name": None}
     h.add("ORG/REPO-WITH-PROMPTS", "main", "config_sentence_transformers.json", json.dumps(prompts).encode())
-    for path in (DATA / "cross-encoder-tiny").iterdir():  # a cross-encoder in the published layout (Reranking)
-        h.add("cross-encoder/ms-marco-MiniLM-L6-v2", "main", path.name, path)
-    cased = DATA / "arch" / "bert-cased"  # a cased BERT, mean_sqrt_len pooling (Architectures and pooling)
-    for path in cased.rglob("*"):
-        if path.is_file():
-            h.add("ORG/REPO-CASED", "main", str(path.relative_to(cased)), path)
-    url = h.start()
-    try:
+    # a cross-encoder in the published layout (Reranking); a cased BERT, mean_sqrt_len (Architectures and pooling)
+    h.add_folder("cross-encoder/ms-marco-MiniLM-L6-v2", DATA / "cross-encoder-tiny")
+    h.add_folder("ORG/REPO-CASED", DATA / "arch" / "bert-cased")
+    with h.serving() as url:
         yield url
-    finally:
-        h.stop()
 
 
 @pytest.fixture(scope="module")

@@ -30,14 +30,10 @@ TOL = 1e-4
 @pytest.fixture(scope="module")
 def hub() -> Iterator[str]:
     h = FakeHub()
-    for path in sorted(FOLDER.iterdir()):
-        h.add("acme/ce-tiny", "main", path.name, path)
+    h.add_folder("acme/ce-tiny", FOLDER)
     h.add("acme/ce-tiny", "main", "README.md", b"# a cross-encoder\n")
-    url = h.start()
-    try:
+    with h.serving() as url:
         yield url
-    finally:
-        h.stop()
 
 
 @pytest.fixture(scope="module")

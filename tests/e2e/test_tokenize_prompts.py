@@ -45,14 +45,9 @@ def prompted(tmp_path_factory: pytest.TempPathFactory, minilm: Path) -> Path:
 @pytest.fixture(scope="module")
 def hub(prompted: Path) -> Iterator[str]:
     h = FakeHub()
-    for path in prompted.rglob("*"):
-        if path.is_file() and path.suffix in (".json", ".txt", ".safetensors"):
-            h.add("acme/minilm-prompts", "main", str(path.relative_to(prompted)), path)
-    url = h.start()
-    try:
+    h.add_folder("acme/minilm-prompts", prompted, suffixes=(".json", ".txt", ".safetensors"))
+    with h.serving() as url:
         yield url
-    finally:
-        h.stop()
 
 
 @pytest.fixture(scope="module")
