@@ -44,6 +44,23 @@ def _cpuinfo() -> tuple[str, set[str]]:
     return model, flags
 
 
+# The flags of the bf16 units OpenVINO's CPU plugin runs bf16 on: AVX512-BF16 (VDPBF16PS) or AMX tiles.
+BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+# What `precision` of a sentence-transformers import (cortex.engine.kinds) needs of the CPU beyond fp32.
+PRECISIONS = ("fp32", "bf16", "int8")
+
+
+def bf16_available() -> bool:
+    """Whether this CPU has bf16 units: the one test of it, at import (a refusal) and at load (a model
+    imported at bf16 on another machine). Without them OpenVINO would emulate or quietly run fp32."""
+    return bool(set(BF16_FLAGS) & _cpuinfo()[1])
+
+
+def precisions() -> list[str]:
+    """The import precisions this CPU runs: bf16 only where `bf16_available`."""
+    return [p for p in PRECISIONS if p != "bf16" or bf16_available()]
+
+
 def _meminfo() -> Memory:
     values: dict[str, int] = {}
     try:
@@ -106,7 +123,9 @@ def hardware_report() -> Hardware:
         usable_cores=available_cores(),
         features=[name for flag, name in CPU_FEATURES.items() if flag in flags],
     )
-    return Hardware(cpu=cpu, memory=_meminfo(), llama_cpp=llama_cpp_report(), onnxruntime=_onnxruntime())
+    return Hardware(
+        cpu=cpu, memory=_meminfo(), llama_cpp=llama_cpp_report(), onnxruntime=_onnxruntime(), precisions=precisions()
+    )
 
 
 def summary(h: Hardware) -> str:

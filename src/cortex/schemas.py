@@ -467,6 +467,10 @@ class Hardware(BaseModel):
     memory: Memory
     llama_cpp: LlamaCpp
     onnxruntime: OnnxRuntime
+    precisions: list[str] = Field(
+        description="The `precision` values a sentence-transformers import may take on this CPU: fp32 and int8 "
+        "everywhere, bf16 (served by OpenVINO) where the CPU has AVX512-BF16 or AMX-BF16"
+    )
 
 
 # --- /info ---
@@ -496,6 +500,7 @@ class Info(BaseModel):
     version: str
     models: list[ModelObject] = Field(description="Every stored model, loaded or not")
     engines: list[EngineKindInfo]
+    precisions: list[str] = Field(description="The import precisions this CPU runs (as GET /v1/hardware)")
     limits: dict[str, bool | int | float | None] = Field(
         description="Every limit and switch in force (`cortex.config.Settings.limits`): the settings' values"
     )

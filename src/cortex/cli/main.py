@@ -570,6 +570,8 @@ def hardware(as_json: JsonFlag = False) -> None:
         table.add_row("  kernels use", ", ".join(llama.features) or "baseline x86-64")
     available = ", ".join(ort.providers)
     table.add_row("onnxruntime", f"{ort.version} on {', '.join(ort.in_use)} (available: {available})")
+    bf16 = "bf16" in h.precisions
+    table.add_row("precisions", ", ".join(h.precisions) + ("" if bf16 else " (bf16 needs AVX512-BF16 or AMX-BF16)"))
     out.print(table)
 
 
@@ -679,8 +681,8 @@ def models_import(
         f"Imported {model.id} ({model.engine}, {_human_bytes(model.size)}, {what}, "
         f"pooling {model.pooling}, context {model.ctx_len})"
     )
-    if model.int8_min_cosine is not None:
-        out.print(f"int8 vs fp32: min cosine {model.int8_min_cosine} on the probe set")
+    if model.precision_min_cosine is not None:
+        out.print(f"{model.precision} vs fp32: min cosine {model.precision_min_cosine} on the probe set")
 
 
 @models_app.command("list")

@@ -1,5 +1,5 @@
-"""Write an encoder model for the ONNX Runtime engine: graph + external weights + tokenizer.json, and
-optionally an int8 graph (per-channel dynamic quantisation of the MatMul weights) whose accuracy against
+"""Write an encoder model for the ONNX Runtime engine (and OpenVINO's bf16 tier, which serves the same fp32
+graph): graph + external weights + tokenizer.json, and optionally an int8 graph (per-channel dynamic quantisation of the MatMul weights) whose accuracy against
 the fp32 graph is measured on a built-in probe set and recorded with the CPU features it was measured on.
 """
 
@@ -53,8 +53,8 @@ PROBE_TEXTS = [
 
 
 def cpu_features() -> list[str]:
-    """The instruction-set flags that change int8 kernels (VNNI) and fp32 ones."""
-    wanted = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8")
+    """The instruction-set flags that change int8 kernels (VNNI), bf16 ones and fp32 ones."""
+    wanted = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "avx512_bf16", "amx_bf16")
     try:
         flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
     except (OSError, StopIteration):

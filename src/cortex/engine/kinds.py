@@ -185,11 +185,13 @@ def _write_onnx(source: Source, opts: ImportOptions, staging: Path, progress: Pr
 
     folder = source.folder
     assert folder is not None  # the pipeline sends only folders to a kind without `files`
-    quantize = opts.engine_options.get("quantize")
-    if quantize is not None and folder.task == "rerank":  # its accuracy is measured on embeddings' cosines
-        raise InvalidRequest("--quantize int8 is for embedding models; a cross-encoder is served in fp32.",
-                             param="quantize")  # fmt: skip
-    extra = write_onnx_model(folder, staging, quantize, _stage(progress, "convert"), compare=_int8_accuracy)
+    precision = _precision(opts, folder)
+    extra = write_onnx_model(folder, staging, "int8" if precision == "int8" else None, _stage(progress, "convert"),
+                             compare=_accuracy)  # fmt: skip
+    if precision == "int8":  # also under the older names, which older clients and cortex versions read
+        extra["int8_min_cosine"] = extra.get("precision_min_cosine")
+    elif precision == "bf16":  # the same fp32 graph, served by OpenVINO at bf16: measured here
+        extra = _accuracy(staging, staging, folder.max_seq_length, "bf16")
     ctx_len = min(opts.ctx_len or folder.max_seq_length, folder.max_seq_length)
     rerank = folder.task == "rerank"  # a cross-encoder: one logit per pair, from the pooler on [CLS]
     return {
@@ -205,32 +207,65 @@ def _write_onnx(source: Source, opts: ImportOptions, staging: Path, progress: Pr
         "normalize": False if rerank else folder.normalize,
         **_prompt_fields(folder),
         "source_format": "sentence-transformers",
+        "precision": precision,
         **extra,
     }
 
 
-def _int8_accuracy(reference: Path, candidate: Path, ctx_len: int) -> dict:
-    """The int8 graph's least cosine against the fp32 one on the probe texts, with the CPU features it
-    was measured on (int8 kernels differ with VNNI)."""
+def _precision(opts: ImportOptions, folder: STModel | None) -> str:
+    """The precision asked for: `precision`, or `quantize int8` (its older spelling, the same thing); fp32
+    when neither. 400 when the two disagree, for a cross-encoder at other than fp32 (its accuracy is measured
+    on embeddings' cosines, and a reranker's order is what it is for), and for bf16 on a CPU without bf16."""
+    from cortex.hardware import bf16_available
+
+    given, quantize = opts.engine_options.get("precision"), opts.engine_options.get("quantize")
+    if quantize is not None and given not in (None, quantize):
+        raise InvalidRequest(f"quantize {quantize} is the older spelling of precision {quantize}, and precision "
+                             f"{given} was asked too; give one.", param="precision")  # fmt: skip
+    precision = given or quantize or "fp32"
+    param = "precision" if given is not None else "quantize"
+    if precision != "fp32" and folder is not None and folder.task == "rerank":
+        raise InvalidRequest(f"precision {precision} is for embedding models; a cross-encoder is served in fp32.",
+                             param=param)  # fmt: skip
+    if precision == "bf16" and not bf16_available():
+        raise InvalidRequest(
+            "precision bf16 needs a CPU with bf16 units (AVX512-BF16 or AMX-BF16), and this one has neither "
+            "(see `cortex hardware`); import with --precision fp32 (exact) or int8 (fastest, lossier).",
+            param="precision",
+        )
+    return precision
+
+
+def _accuracy(reference: Path, candidate: Path, ctx_len: int, precision: str = "int8") -> dict:
+    """The least cosine of `candidate`'s vectors (an int8 graph on ONNX Runtime, or the fp32 graph on
+    OpenVINO at bf16) against the fp32 graph's on the probe texts, with the CPU features it was measured on
+    (kernels differ with VNNI, AVX512-BF16, AMX)."""
     import numpy as np
 
     from cortex.convert.onnx_model import GRAPH_FILE, PROBE_TEXTS, TOKENIZER_FILE, cpu_features
     from cortex.engine.base import l2_normalize
     from cortex.engine.onnx import OnnxEngine
+    from cortex.engine.openvino import OpenVinoEngine
 
-    engines = [OnnxEngine(d / GRAPH_FILE, d / TOKENIZER_FILE, ctx_len=ctx_len, n_threads=1)
-               for d in (reference, candidate)]  # fmt: skip
-    try:
-        a, b = (l2_normalize(np.concatenate([e.embed([e.tokenize(t)]) for t in PROBE_TEXTS])) for e in engines)
-    finally:
-        for e in engines:
-            e.close()
-    return {"int8_min_cosine": round(float(np.min(np.sum(a * b, axis=1))), 6), "cpu_features": cpu_features()}
+    def vectors(engine: Engine) -> np.ndarray:
+        try:
+            return l2_normalize(np.concatenate([engine.embed([engine.tokenize(t)]) for t in PROBE_TEXTS]))
+        finally:
+            engine.close()
+
+    a = vectors(OnnxEngine(reference / GRAPH_FILE, reference / TOKENIZER_FILE, ctx_len=ctx_len, n_threads=1))
+    graph, tokenizer = candidate / GRAPH_FILE, candidate / TOKENIZER_FILE
+    if precision == "bf16":
+        b = vectors(OpenVinoEngine(graph, tokenizer, ctx_len=ctx_len, n_threads=1, precision="bf16"))
+    else:
+        b = vectors(OnnxEngine(graph, tokenizer, ctx_len=ctx_len, n_threads=1))
+    return {"precision_min_cosine": round(float(np.min(np.sum(a * b, axis=1))), 6), "cpu_features": cpu_features()}
 
 
 def _onnx_space(source: Source, opts: ImportOptions) -> int:
     size = source.folder.weights.stat().st_size if source.folder is not None else 0
-    return int(size * (_ONNX_INT8_SPACE if "quantize" in opts.engine_options else _ONNX_SPACE))
+    int8 = "int8" in (opts.engine_options.get("precision"), opts.engine_options.get("quantize"))
+    return int(size * (_ONNX_INT8_SPACE if int8 else _ONNX_SPACE))
 
 
 def _onnx_refuses(folder: STModel) -> str | None:
@@ -244,7 +279,22 @@ def _open_onnx(folder: Path, record: ModelRecord, settings: Settings) -> Engine:
     from cortex.engine.onnx import OnnxEngine
 
     graph, _, tokenizer = record.files  # as convert.onnx_model.FILES orders them
+    if record.precision == "bf16":
+        return _open_bf16(folder / graph, folder / tokenizer, record, settings)
     return OnnxEngine(folder / graph, folder / tokenizer, ctx_len=record.ctx_len, n_threads=settings.n_threads)
+
+
+def _open_bf16(graph: Path, tokenizer: Path, record: ModelRecord, settings: Settings) -> Engine:
+    """A model imported at bf16, on OpenVINO; ModelUnavailable on a CPU without bf16 units (a data folder
+    copied from another machine): neither a crash nor another precision than the one recorded."""
+    from cortex.engine.openvino import OpenVinoEngine
+    from cortex.hardware import bf16_available
+
+    if not bf16_available():
+        why = ("it was imported at precision bf16, and this CPU has no bf16 units (AVX512-BF16 or AMX-BF16; see "
+               "`cortex hardware`); import its folder again with --precision fp32 or int8")  # fmt: skip
+        raise ModelUnavailable(record.id, why)
+    return OpenVinoEngine(graph, tokenizer, ctx_len=record.ctx_len, n_threads=settings.n_threads, precision="bf16")
 
 
 KINDS: dict[str, EngineKind] = {
@@ -252,12 +302,20 @@ KINDS: dict[str, EngineKind] = {
     for kind in (
         EngineKind(
             name="onnxruntime",
-            summary="ONNX Runtime: sentence-transformers folders converted to an ONNX graph (default for folders)",
+            summary="ONNX Runtime: sentence-transformers folders converted to an ONNX graph (default for folders); "
+            "at precision bf16 the graph runs on OpenVINO",
             files=False,
             folders=True,
             tasks=("embed", "rerank"),
             refuses=_onnx_refuses,
-            options={"quantize": Option(("int8",), "write an int8 graph (opt-in; its cosine to fp32 is recorded)")},
+            options={
+                "precision": Option(
+                    ("fp32", "bf16", "int8"),
+                    "fp32 (default: exact), bf16 (OpenVINO on the CPU's bf16 units, AVX512-BF16 or AMX; refused on a "
+                    "CPU without them) or int8 (an int8 graph); bf16's and int8's least cosine to fp32 is recorded",
+                ),
+                "quantize": Option(("int8",), "the older spelling of --precision int8: the same thing"),
+            },
             write=_write_onnx,
             space=_onnx_space,
             open=_open_onnx,

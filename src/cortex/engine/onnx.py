@@ -18,11 +18,10 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 from onnx.external_data_helper import uses_external_data
-from tokenizers import Tokenizer
 
 from cortex.convert.onnx_ops import PAIR_START, POOL_START
-from cortex.engine.base import Token, truncate_tokens
-from cortex.errors import EngineFailure, InvalidModelFile, InvalidRequest
+from cortex.engine.hf_tokenizer import HfTokenized
+from cortex.errors import EngineFailure, InvalidModelFile
 
 
 def load_shared_weights(path: Path) -> tuple[dict[str, ort.OrtValue], int]:
@@ -82,28 +81,11 @@ def without_final_normalization(path: Path) -> bytes | None:
     return proto.SerializeToString()
 
 
-def _byte_level_alphabet() -> dict[str, int]:
-    """GPT-2's byte-level alphabet, character -> byte: printable bytes stand for themselves, the other 68
-    (controls, space, ...) for the characters from U+0100 on, in byte order."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    others = [b for b in range(256) if b not in printable]
-    return {chr(b): b for b in printable} | {chr(256 + n): b for n, b in enumerate(others)}
-
-
-class OnnxEngine:
-    """An encoder model's ONNX graph and its tokenizer."""
+class OnnxEngine(HfTokenized):
+    """An encoder model's ONNX graph and its tokenizer (cortex.engine.hf_tokenizer)."""
 
     def __init__(self, graph: Path, tokenizer: Path, *, ctx_len: int, n_threads: int) -> None:
-        self.tokenizer = Tokenizer.from_file(str(tokenizer))
-        # sentence-transformers' tokenizer.json pads to 128 and truncates at 128; the context rule is ours
-        self.tokenizer.no_padding()
-        self.tokenizer.no_truncation()
-        self.n_vocab = self.tokenizer.get_vocab_size()
-        self.n_ctx = ctx_len
-        # pairs of a cross-encoder cut to the context as sentence-transformers cuts them (see tokenize_pairs)
-        self._pair_cutter = Tokenizer.from_file(str(tokenizer))
-        self._pair_cutter.no_padding()
-        self._pair_cutter.enable_truncation(ctx_len, strategy="longest_first")
+        self._open_tokenizer(tokenizer, ctx_len)
         self._weights, self._weight_bytes = load_shared_weights(graph)
         self._folder = graph.parent
         model = without_final_normalization(graph) or str(graph)
@@ -118,10 +100,6 @@ class OnnxEngine:
         # pair's document
         names = {i.name for i in self._narrow.get_inputs()}
         self._starts_input = next((n for n in (POOL_START, PAIR_START) if n in names), None)
-        empty = self.tokenizer.encode("").ids
-        self._trailing = frozenset(empty[-1:]) if len(empty) >= 2 else frozenset()
-        # a byte-level BPE vocabulary (GPT-2's, ModernBERT's) spells each byte as a printable character
-        self._byte_of = _byte_level_alphabet() if type(self.tokenizer.decoder).__name__ == "ByteLevel" else None
 
     def _session(self, model: str | bytes, threads: int) -> ort.InferenceSession:
         options = ort.SessionOptions()
@@ -137,53 +115,6 @@ class OnnxEngine:
             return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # ORT raises its own exception types for invalid graphs
             raise InvalidModelFile(f"ONNX Runtime refused the graph: {exc}") from exc
-
-    def tokenize(self, text: str, add_special: bool = True) -> list[int]:
-        return self.tokenizer.encode(text, add_special_tokens=add_special).ids
-
-    def tokens(self, text: str, add_special: bool = True) -> list[Token]:
-        enc = self.tokenizer.encode(text, add_special_tokens=add_special)
-        # `tokenizers` gives offsets in characters; spans are in UTF-8 bytes, as text-embeddings-inference's
-        byte_at = [0]
-        for ch in text:
-            byte_at.append(byte_at[-1] + len(ch.encode("utf-8")))
-        return [
-            Token(i, self._piece(piece, special), bool(special), None if special else (byte_at[a], byte_at[b]))
-            for i, piece, special, (a, b) in zip(enc.ids, enc.tokens, enc.special_tokens_mask, enc.offsets, strict=True)
-        ]
-
-    def _piece(self, piece: str, special: int) -> bytes:
-        """The bytes a token stands for: a byte-level piece's characters mapped back to bytes ('Ġ' is a space,
-        'Ã' 0xC3), as llama-server gives them; any other piece (or an added token) as its UTF-8 text."""
-        if self._byte_of is None or special or not all(ch in self._byte_of for ch in piece):
-            return piece.encode("utf-8")
-        return bytes(self._byte_of[ch] for ch in piece)
-
-    def detokenize(self, ids: Sequence[int]) -> str:
-        return self.tokenizer.decode(list(ids), skip_special_tokens=False)
-
-    def tokenize_pairs(
-        self, query: str, documents: Sequence[str], *, truncate: bool, doc_tokens: int | None = None
-    ) -> tuple[list[list[int]], list[int]]:
-        """See `cortex.engine.base.PairEngine`. The query is tokenized once, the documents in one batch
-        (the tokenizers library spreads a batch over its own threads); the template adds the special tokens
-        and says, by its type ids, where each document begins."""
-        q = self.tokenizer.encode(query, add_special_tokens=False)
-        docs = self.tokenizer.encode_batch(list(documents), add_special_tokens=False)
-        pairs, starts = [], []
-        for d in docs:
-            if doc_tokens is not None:
-                d.truncate(doc_tokens)
-            try:
-                pair = (self._pair_cutter if truncate else self.tokenizer).post_process(q, d)
-            except Exception as exc:  # tokenizers cannot cut to a context shorter than the special tokens
-                raise InvalidRequest(f"Cannot cut the pair to {self.n_ctx} tokens: {exc}", param="documents") from exc
-            pairs.append(pair.ids)
-            starts.append(pair.type_ids.index(1) if 1 in pair.type_ids else len(pair.ids))
-        return pairs, starts
-
-    def truncate(self, tokens: list[int], n: int) -> list[int]:
-        return truncate_tokens(tokens, n, self._trailing)
 
     def embed(
         self, seqs: Sequence[Sequence[int]], wide: bool = False, starts: Sequence[int] | None = None

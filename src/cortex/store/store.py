@@ -20,7 +20,7 @@ import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, Field, ValidationError, model_validator
@@ -79,11 +79,25 @@ class ModelRecord(BaseModel):
     )
     source_format: Literal["gguf", "sentence-transformers"] = "gguf"
     outtype: str | None = Field(None, description="llama-cpp: weight type chosen when converting a folder to GGUF")
-    quantize: str | None = Field(None, description="onnxruntime: int8 graph, if chosen at import")
-    int8_min_cosine: float | None = Field(None, description="int8 vs fp32 graph on the probe set, at import")
-    cpu_features: list[str] | None = Field(None, description="The CPU flags the int8 figure was measured with")
+    precision: Literal["fp32", "bf16", "int8"] | None = Field(
+        None, description="onnxruntime: fp32 (ONNX Runtime), bf16 (OpenVINO) or int8 (an int8 graph), chosen at import"
+    )
+    precision_min_cosine: float | None = Field(
+        None, description="bf16 or int8: least cosine to the fp32 graph's vectors on the probe set, at import"
+    )
+    quantize: str | None = Field(None, description="Older spelling of precision int8 (written for int8 too)")
+    int8_min_cosine: float | None = Field(None, description="Older spelling of precision_min_cosine for int8")
+    cpu_features: list[str] | None = Field(None, description="The CPU flags the bf16 or int8 figure was measured with")
     size: int = Field(ge=0, description="Bytes of weights on disk")
     created: int = Field(description="Unix time of import")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _precision_from_quantize(cls, data: Any) -> Any:
+        """A model.yml written before `precision` says int8 as `quantize: int8`: the same model."""
+        if isinstance(data, dict) and data.get("quantize") == "int8" and data.get("precision") is None:
+            data = {**data, "precision": "int8", "precision_min_cosine": data.get("int8_min_cosine")}
+        return data
 
     @model_validator(mode="after")
     def _default_prompt_is_a_prompt(self) -> ModelRecord:

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Request
 
 from cortex import __version__
 from cortex.engine.kinds import KINDS
+from cortex.hardware import precisions
 from cortex.runtime.registry import ModelRegistry
 from cortex.schemas import EngineKindInfo, Info, ModelObject
 
@@ -25,5 +26,6 @@ async def info(request: Request) -> Info:
         version=__version__,
         models=[ModelObject.from_record(r, memory_bytes=memory.get(r.id)) for r in records],
         engines=[EngineKindInfo.from_kind(kind) for kind in KINDS.values()],
+        precisions=precisions(),
         limits=state.settings.limits(),
     )

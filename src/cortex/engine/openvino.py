@@ -1,0 +1,116 @@
+"""OpenVINO for the bf16 precision tier: the same fp32 ONNX graph ONNX Runtime serves, compiled by
+OpenVINO's CPU plugin with INFERENCE_PRECISION_HINT=bf16, so its matrix products run on the CPU's bf16
+units (AVX512-BF16's VDPBF16PS, or AMX tiles) with fp32 accumulation.
+
+How it wants work (measured in bench/precision.py): single inputs in parallel, one OpenVINO stream per
+worker (PERFORMANCE_HINT THROUGHPUT, NUM_STREAMS = threads). One compiled model holds the weights
+once (in bf16); each worker thread takes one of `workers` infer requests. A `wide` call runs on one
+stream like any other: a second compiled model for lone inputs would hold a second copy of the weights.
+The compiled model keeps its own converted weights, so nothing of the ONNX file stays loaded.
+"""
+
+from __future__ import annotations
+
+import queue
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx.external_data_helper import uses_external_data
+
+from cortex.convert.onnx_ops import PAIR_START, POOL_START
+from cortex.engine.hf_tokenizer import HfTokenized
+from cortex.errors import EngineFailure, InvalidModelFile
+
+# The OpenVINO inference precision of each cortex precision this engine serves.
+OV_PRECISIONS = {"bf16": "bf16", "fp32": "f32"}
+
+
+def _external_bytes(path: Path) -> int:
+    """Bytes of the graph's external weights, after checking that each one lies in a plain file of the
+    graph's own folder (OpenVINO would follow any path the graph names, as a lying GGUF would)."""
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # protobuf raises DecodeError and friends
+        raise InvalidModelFile(f"{path.name} is not a valid ONNX file: {exc}") from exc
+    folder = path.parent.resolve()
+    total = 0
+    for init in proto.graph.initializer:
+        if not uses_external_data(init):
+            continue
+        info = {e.key: e.value for e in init.external_data}
+        location = info.get("location", "")
+        target = (folder / location).resolve()
+        if "/" in location or "\\" in location or location in ("", ".", "..") or target.parent != folder:
+            raise InvalidModelFile(f"{path.name} points outside its folder for tensor {init.name!r}")
+        offset, length = int(info.get("offset", 0)), int(info.get("length", -1))
+        if length < 0 or offset < 0 or offset + length > target.stat().st_size:
+            raise InvalidModelFile(f"{path.name}: tensor {init.name!r} lies outside {location}")
+        total += length
+    return total
+
+
+class OpenVinoEngine(HfTokenized):
+    """An encoder model's ONNX graph compiled by OpenVINO at `precision`, and its tokenizer."""
+
+    def __init__(self, graph: Path, tokenizer: Path, *, ctx_len: int, n_threads: int, precision: str = "bf16") -> None:
+        import openvino as ov
+
+        self._open_tokenizer(tokenizer, ctx_len)
+        fp32_bytes = _external_bytes(graph)
+        streams = max(1, n_threads)
+        config = {
+            "INFERENCE_PRECISION_HINT": OV_PRECISIONS[precision],
+            "PERFORMANCE_HINT": "THROUGHPUT",
+            "NUM_STREAMS": str(streams),
+            "INFERENCE_NUM_THREADS": str(streams),
+        }
+        try:
+            self._compiled = ov.Core().compile_model(str(graph), "CPU", config)
+        except Exception as exc:  # OpenVINO raises RuntimeError subclasses for graphs it cannot read
+            raise InvalidModelFile(f"OpenVINO refused the graph: {exc}") from exc
+        # The plugin falls back to f32 where the CPU lacks bf16: never serve another precision than asked.
+        got = self._compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
+        if got != OV_PRECISIONS[precision]:
+            raise EngineFailure(f"OpenVINO compiled the graph at {got}, not {OV_PRECISIONS[precision]}")
+        self.precision = precision
+        self.workers = streams
+        self.max_batch_seqs = 1  # one input per run, runs in parallel: padded batches were not faster
+        self.max_batch_tokens = ctx_len
+        self.n_embd = int(self._compiled.outputs[0].get_partial_shape()[1].get_length())
+        names = {name for port in self._compiled.inputs for name in port.get_names()}
+        self._starts_input = next((n for n in (POOL_START, PAIR_START) if n in names), None)
+        self._requests: queue.SimpleQueue = queue.SimpleQueue()
+        for _ in range(self.workers):
+            self._requests.put(self._compiled.create_infer_request())
+        # bf16 holds the matrices at half their fp32 size (an estimate: OpenVINO does not report it)
+        self._weight_bytes = fp32_bytes // 2 if precision == "bf16" else fp32_bytes
+
+    def embed(
+        self, seqs: Sequence[Sequence[int]], wide: bool = False, starts: Sequence[int] | None = None
+    ) -> np.ndarray:
+        longest = max(len(s) for s in seqs)
+        ids = np.zeros((len(seqs), longest), dtype=np.int64)
+        mask = np.zeros((len(seqs), longest), dtype=np.int64)
+        for i, seq in enumerate(seqs):
+            ids[i, : len(seq)] = seq
+            mask[i, : len(seq)] = 1
+        feed = {"input_ids": ids, "attention_mask": mask}
+        if self._starts_input is not None:
+            feed[self._starts_input] = np.array(starts or [0] * len(seqs), dtype=np.int64)
+        request = self._requests.get()  # at most `workers` callers at once: one request each
+        try:
+            request.infer(feed)
+            return np.array(request.get_output_tensor(0).data, dtype=np.float32)  # a copy: the request is reused
+        except Exception as exc:
+            raise EngineFailure(f"OpenVINO failed on a batch of {len(seqs)} inputs: {exc}") from exc
+        finally:
+            self._requests.put(request)
+
+    def memory_bytes(self) -> int:
+        return self._weight_bytes
+
+    def close(self) -> None:
+        self._requests = queue.SimpleQueue()
+        self._compiled = None
