@@ -1,6 +1,7 @@
-"""Write an encoder model for the ONNX Runtime engine (and OpenVINO's bf16 tier, which serves the same fp32
-graph): graph + external weights + tokenizer.json, and optionally an int8 graph (per-channel dynamic quantisation of the MatMul weights) whose accuracy against
-the fp32 graph is measured on a built-in probe set and recorded with the CPU features it was measured on.
+"""Write an encoder model for the ONNX Runtime engine (and OpenVINO's bf16 tier, which serves the same
+fp32 graph): graph + external weights + tokenizer.json, and optionally an int8 graph (per-channel dynamic
+quantisation of the MatMul weights) whose accuracy against the fp32 graph is measured on a built-in probe
+set and recorded with the CPU features it was measured on.
 """
 
 from __future__ import annotations
