@@ -66,7 +66,7 @@ def build_bert_base(dest: Path, minilm: Path, seed: int = 0) -> Path:
     rng = np.random.default_rng(seed)
     tensors: dict[str, np.ndarray] = {}
     with safe_open(str(minilm / "model.safetensors"), "np") as f:
-        names = [n for n in f.keys() if not n.startswith("encoder.layer.") or n.split(".")[2] == "0"]
+        names = [n for n in f.keys() if not n.startswith("encoder.layer.") or n.split(".")[2] == "0"]  # noqa: SIM118 (safe_open is not iterable)
         for name in names:
             shape = [{small_d: d, small_ff: ff}.get(n, n) for n in f.get_slice(name).get_shape()]
             for layer in range(layers) if name.startswith("encoder.layer.") else [None]:
@@ -193,16 +193,20 @@ def measure(label: str, folder: Path, n_inputs: int, rounds: int, cpu: Cpu, work
                 rates[i][callers].append(timed(ntok, parallel, engine, seqs, callers))
     top = peaks(cpu)
     print(f"\n{label}: {len(seqs)} inputs, {ntok} tokens, {per_token / 1e6:.1f} MFLOP/token, {cpu.cores} cores")
-    print("| engine, precision | cosine vs fp32, import probe | cosine vs ORT fp32, these inputs | tokens/s, 1 caller "
-          f"| tokens/s, {cpu.cores} callers | GFLOP/s | % of FP32 peak | % of its precision's peak |")
+    print(
+        "| engine, precision | cosine vs fp32, import probe | cosine vs ORT fp32, these inputs | tokens/s, 1 caller "
+        f"| tokens/s, {cpu.cores} callers | GFLOP/s | % of FP32 peak | % of its precision's peak |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for (name, precision, record, engine), cos, rate in zip(opened, cosines, rates, strict=True):
         one, many = statistics.median(rate[1]), statistics.median(rate[cpu.cores])
         gflops = max(one, many) * per_token / 1e9
         recorded = record.precision_min_cosine if record is not None else None
-        print(f"| {name} | {'1' if recorded is None and precision == 'fp32' else recorded} | {cos:.6f} | {one:,.0f} "
-              f"| {many:,.0f} | {gflops:.0f} | {100 * gflops / top['fp32'][0]:.0f}% "
-              f"| {100 * gflops / top[precision][0]:.0f}% |")
+        print(
+            f"| {name} | {'1' if recorded is None and precision == 'fp32' else recorded} | {cos:.6f} | {one:,.0f} "
+            f"| {many:,.0f} | {gflops:.0f} | {100 * gflops / top['fp32'][0]:.0f}% "
+            f"| {100 * gflops / top[precision][0]:.0f}% |"
+        )
         engine.close()
 
 

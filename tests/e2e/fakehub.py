@@ -129,6 +129,8 @@ class FakeHub:
                 if repo not in hub.repos:
                     self._missing("RepoNotFound")
                     return None
+                if branch == "c" * 40:  # the commit every branch reports: snapshot_download asks by it
+                    branch = "main"
                 if branch not in hub.repos[repo]:
                     self._missing("RevisionNotFound")
                     return None
@@ -179,7 +181,9 @@ class FakeHub:
             def _lfs(self, repo: str, branch: str, file: str, head: bool) -> None:
                 files = self._branch(repo, branch)
                 if files is not None and file in files:
-                    self._send_blob(file, files[file], head, {"ETag": f'"{files[file].sha256}"'})
+                    # the commit too: huggingface_hub follows this (relative) redirect on HEAD and reads it here
+                    headers = {"ETag": f'"{files[file].sha256}"', "X-Repo-Commit": "c" * 40}
+                    self._send_blob(file, files[file], head, headers)
 
             def _send_blob(self, file: str, blob: Blob, head: bool, headers: dict) -> None:
                 start, end = 0, blob.size

@@ -162,7 +162,7 @@ def _details(record: ModelRecord) -> OllamaDetails:
         format="gguf" if any(f.endswith(".gguf") for f in record.files) else "onnx",
         family=record.architecture,
         families=[record.architecture],
-        quantization_level=(record.outtype or record.quantize or "").upper(),
+        quantization_level=(record.outtype or record.precision or "").upper(),
     )
 
 
