@@ -15,10 +15,12 @@ the server opens it. The throughput does not depend on the weights; the cosines 
 Per engine and precision: the least cosine to the fp32 graph recorded at import (the probe set), the least
 cosine to ONNX Runtime fp32 on the inputs measured, tokens/s of single inputs (bench/load.py's pydoc
 sentences) with one caller (`wide`) and with one caller per core in parallel (as bench/engines.py), and
-GFLOP/s as a share of the peaks printed above the tables. FLOPs per token = 2 x the non-embedding weights
-(4 d^2 + 2 d ff per layer) + attention's 4 L d T (T: the tokens of its input). Peaks are derived from the
-CPU flags and clock (see `peaks`); `--ghz` overrides the clock read from /proc/cpuinfo (a VM reports its
-base clock; boost is unknown). `--rounds N` interleaves the engines N times and reports the median.
+GFLOP/s as a share of the peaks printed above the tables; for MiniLM, the least cosine of each to
+sentence-transformers' own vectors (tests/data/all-minilm-l6-v2.reference.json). FLOPs per token = 2 x the
+non-embedding weights (4 d^2 + 2 d ff per layer) + attention's 4 L d T (T: the tokens of its input).
+Peaks are derived from the CPU flags and clock (see `peaks`); `--ghz` overrides the clock read from
+/proc/cpuinfo (a VM reports its base clock; boost is unknown). `--rounds N` interleaves the engines N times
+and reports the median.
 """
 
 from __future__ import annotations
@@ -157,7 +159,9 @@ def _vectors(engine: Engine, seqs: list[list[int]]) -> np.ndarray:
     return l2_normalize(np.concatenate([engine.embed([s]) for s in seqs]))
 
 
-def measure(label: str, folder: Path, n_inputs: int, rounds: int, cpu: Cpu, work: Path) -> None:
+def measure(
+    label: str, folder: Path, n_inputs: int, rounds: int, cpu: Cpu, work: Path, reference_file: Path | None = None
+) -> None:
     store = ModelStore(work / f"{label}-store")
     settings = Settings(n_threads=cpu.cores)
     opened: list[tuple[str, str, ModelRecord | None, Engine]] = []  # (row label, precision, record, engine)
@@ -198,7 +202,7 @@ def measure(label: str, folder: Path, n_inputs: int, rounds: int, cpu: Cpu, work
         f"| tokens/s, {cpu.cores} callers | GFLOP/s | % of FP32 peak | % of its precision's peak |"
     )
     print("|---|---|---|---|---|---|---|---|")
-    for (name, precision, record, engine), cos, rate in zip(opened, cosines, rates, strict=True):
+    for (name, precision, record, _), cos, rate in zip(opened, cosines, rates, strict=True):
         one, many = statistics.median(rate[1]), statistics.median(rate[cpu.cores])
         gflops = max(one, many) * per_token / 1e9
         recorded = record.precision_min_cosine if record is not None else None
@@ -207,6 +211,16 @@ def measure(label: str, folder: Path, n_inputs: int, rounds: int, cpu: Cpu, work
             f"| {many:,.0f} | {gflops:.0f} | {100 * gflops / top['fp32'][0]:.0f}% "
             f"| {100 * gflops / top[precision][0]:.0f}% |"
         )
+    if reference_file is not None:  # sentence-transformers' own vectors of these texts
+        rows = json.loads(reference_file.read_text())["rows"]
+        ref = l2_normalize(np.array([r["embedding"] for r in rows], dtype=np.float32))
+        least = [
+            float(np.min(np.sum(_vectors(e, [e.truncate(e.tokenize(r["text"]), ctx) for r in rows]) * ref, axis=1)))
+            for *_, e in opened
+        ]
+        print(f"least cosine to sentence-transformers ({reference_file.name}, {len(rows)} texts): "
+              + ", ".join(f"{name} {c:.7f}" for (name, *_), c in zip(opened, least, strict=True)))  # fmt: skip
+    for *_, engine in opened:
         engine.close()
 
 
@@ -232,7 +246,8 @@ def main() -> None:
         if args.only != "minilm":
             measure("bert-base", build_bert_base(work / "bert-base", minilm), args.inputs, args.rounds, cpu, work)
         if args.only != "bert-base":
-            measure("minilm", minilm, args.minilm_inputs, args.rounds, cpu, work)
+            reference = HERE.parent / "tests" / "data" / "all-minilm-l6-v2.reference.json"
+            measure("minilm", minilm, args.minilm_inputs, args.rounds, cpu, work, reference)
     print(f"\nload average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 

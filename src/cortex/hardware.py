@@ -141,5 +141,5 @@ def summary(h: Hardware) -> str:
         f"{h.cpu.model}, {h.cpu.usable_cores} of {h.cpu.logical_cores} cores, "
         f"{', '.join(h.cpu.features) or 'no SIMD'}; "
         f"{gib:.1f} GiB memory; {llama_text}; onnxruntime {h.onnxruntime.version} on "
-        f"{', '.join(h.onnxruntime.in_use)}"
+        f"{', '.join(h.onnxruntime.in_use)}; import precisions {', '.join(h.precisions)}"
     )
