@@ -72,14 +72,15 @@ def test_quantize_int8_is_precision_int8_and_the_two_may_not_disagree(tmp_path: 
     assert [r.id for r in store.list()] == ["a:1", "b:1", "d:1"]
 
 
-def test_a_model_yml_from_before_precision_reads_as_precision_int8() -> None:
+def test_a_model_yml_from_before_precision_reads_as_fp32_or_int8() -> None:
     old = {"id": "m:1", "name": "m", "engine": "onnxruntime", "files": ["model.onnx", "model.onnx.data", "t.json"],
            "architecture": "bert", "pooling": "mean", "ctx_len": 8, "n_ctx_train": 8, "n_embd": 4,
            "source_format": "sentence-transformers", "quantize": "int8", "int8_min_cosine": 0.98, "size": 1,
            "created": 1}  # fmt: skip
     record = ModelRecord.model_validate(old)
     assert (record.precision, record.precision_min_cosine) == ("int8", 0.98)
-    assert ModelRecord.model_validate({**old, "quantize": None, "int8_min_cosine": None}).precision is None
+    assert ModelRecord.model_validate({**old, "quantize": None, "int8_min_cosine": None}).precision == "fp32"
+    assert ModelRecord.model_validate({**old, "engine": "llama-cpp", "quantize": None}).precision is None
 
 
 def test_bf16_is_refused_at_import_on_a_cpu_without_bf16(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -94,10 +94,13 @@ class ModelRecord(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _precision_from_quantize(cls, data: Any) -> Any:
-        """A model.yml written before `precision` says int8 as `quantize: int8`: the same model."""
-        if isinstance(data, dict) and data.get("quantize") == "int8" and data.get("precision") is None:
-            data = {**data, "precision": "int8", "precision_min_cosine": data.get("int8_min_cosine")}
-        return data
+        """A model.yml written before `precision`: an onnxruntime model is fp32, or int8 where it says
+        `quantize: int8` (the same thing)."""
+        if not isinstance(data, dict) or data.get("engine") != "onnxruntime" or data.get("precision") is not None:
+            return data
+        if data.get("quantize") == "int8":
+            return {**data, "precision": "int8", "precision_min_cosine": data.get("int8_min_cosine")}
+        return {**data, "precision": "fp32"}
 
     @model_validator(mode="after")
     def _default_prompt_is_a_prompt(self) -> ModelRecord:
