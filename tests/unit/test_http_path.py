@@ -1,13 +1,18 @@
 """The HTTP path's cuts (bench/http_path.py) keep every behaviour: the lean embeddings route is still a
-documented FastAPI route whose errors are OpenAI's."""
+documented FastAPI route whose errors are OpenAI's; the guard's remembered Host verdicts stay right; the
+access log still rolls over and writes every path."""
 
 from __future__ import annotations
 
+import json
+import logging
 from pathlib import Path
 
+import httpx
 import pytest
 from fastapi import APIRouter, Request, Response
 
+from cortex.api.guard import Guard, _AccessFile
 from cortex.api.lean_route import LeanRoute
 from cortex.config import Settings
 from tests.unit.support import serve
@@ -39,3 +44,51 @@ async def test_embeddings_route_is_still_documented_with_its_body(tmp_path: Path
         r = await client.post("/v1/embeddings", content=b"{")
         assert r.status_code == 400
         assert r.json()["error"]["type"] == "invalid_request_error"
+
+
+async def test_host_answers_are_remembered_but_stay_right_beyond_the_memory(tmp_path: Path) -> None:
+    """The guard remembers each Host header's verdict (at most 256): the same verdicts every time, for more
+    distinct hosts than it remembers."""
+    guard = Guard(Echo(), Settings(data_dir=tmp_path, allowed_hosts=["cortex.internal"]), logs_dir=tmp_path / "logs")
+    transport = httpx.ASGITransport(app=guard)
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1:39281") as client:
+        for round_ in range(2):
+            for i in range(300):
+                host, allowed = (f"127.0.0.{i % 250 + 1}:{i}", True) if i % 2 else (f"evil{i}.example", False)
+                r = await client.get("/x", headers={"Host": host})
+                assert r.status_code == (200 if allowed else 403), (round_, host, r.text)
+            assert (await client.get("/x", headers={"Host": "cortex.internal:81"})).status_code == 200
+            assert len(guard._hosts_seen) <= 256
+
+
+def test_the_access_file_rolls_over_by_its_size(tmp_path: Path) -> None:
+    path = tmp_path / "access.jsonl"
+    handler = _AccessFile(path, maxBytes=100, backupCount=2, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    for i in range(9):
+        handler.handle(logging.makeLogRecord({"msg": json.dumps({"n": i, "pad": "x" * 20}), "levelno": logging.INFO}))
+    handler.close()
+    lines = [
+        json.loads(line)["n"]
+        for p in (path.with_suffix(".jsonl.2"), path.with_suffix(".jsonl.1"), path)
+        for line in p.read_text().splitlines()
+    ]
+    assert lines == list(range(9))[-len(lines) :] and lines[-1] == 8
+    assert all(p.stat().st_size < 100 for p in (path, path.with_suffix(".jsonl.1"), path.with_suffix(".jsonl.2")))
+
+
+async def test_an_access_line_for_a_path_orjson_refuses(tmp_path: Path) -> None:
+    guard = Guard(Echo(), Settings(data_dir=tmp_path), logs_dir=tmp_path / "logs")
+    scope = {"method": "GET", "path": "/caf\udce9"}
+    guard._log(scope, {"access": {"model": "m\u00e9"}}, "abc", 404, 0.001)
+    line = (tmp_path / "logs" / "access.jsonl").read_text().splitlines()[-1]
+    assert json.loads(line)["route"] == "/caf\udce9" and json.loads(line)["model"] == "m\u00e9"
+
+
+class Echo:
+    """An ASGI app that answers 200 empty, having read the body."""
+
+    async def __call__(self, scope, receive, send) -> None:
+        await receive()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
