@@ -1,18 +1,21 @@
 """The HTTP path's cuts (bench/http_path.py) keep every behaviour: the lean embeddings route is still a
 documented FastAPI route whose errors are OpenAI's; the guard's remembered Host verdicts stay right; the
-access log still rolls over and writes every path."""
+access log still rolls over and writes every path; a response's head goes out with its body, unless
+streamed."""
 
 from __future__ import annotations
 
 import json
 import logging
 from pathlib import Path
+from types import SimpleNamespace
 
 import httpx
 import pytest
 from fastapi import APIRouter, Request, Response
 
 from cortex.api.guard import Guard, _AccessFile
+from cortex.api.http_protocol import _CycleTransport
 from cortex.api.lean_route import LeanRoute
 from cortex.config import Settings
 from tests.unit.support import serve
@@ -92,3 +95,42 @@ class Echo:
         await receive()
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": b""})
+
+
+class _Transport:
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(data)
+
+    def is_closing(self) -> bool:
+        return False
+
+
+def _cycle_transport(method: str = "POST", chunked: bool | None = False, length: int = 5):
+    protocol = SimpleNamespace(transport=_Transport())
+    cycle = SimpleNamespace(
+        response_started=False, chunked_encoding=chunked, expected_content_length=length, scope={"method": method}
+    )
+    return _CycleTransport(protocol, cycle), cycle, protocol.transport.writes  # type: ignore[arg-type]
+
+
+def test_a_response_head_goes_out_with_its_body() -> None:
+    transport, cycle, writes = _cycle_transport()
+    transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")  # before the answer starts: at once
+    cycle.response_started = True
+    transport.write(b"HEAD\r\n\r\n")
+    assert writes == [b"HTTP/1.1 100 Continue\r\n\r\n"]
+    transport.write(b"ab")
+    transport.write(b"cde")
+    assert writes == [b"HTTP/1.1 100 Continue\r\n\r\n", b"HEAD\r\n\r\nab", b"cde"]
+    assert transport.is_closing() is False  # the rest is the transport's
+
+
+@pytest.mark.parametrize(("method", "chunked", "length"), [("POST", True, 0), ("HEAD", False, 5), ("GET", False, 0)])
+def test_a_streamed_empty_or_head_response_gets_its_head_at_once(method: str, chunked: bool, length: int) -> None:
+    transport, cycle, writes = _cycle_transport(method, chunked, length)
+    cycle.response_started = True
+    transport.write(b"HEAD\r\n\r\n")
+    assert writes == [b"HEAD\r\n\r\n"]
