@@ -99,3 +99,15 @@ async def test_the_works_own_error_goes_through() -> None:
 
     with pytest.raises(ValueError, match="boom"):
         await unless_disconnected(_Client(), work())  # type: ignore[arg-type]
+
+
+async def test_a_receive_that_fails_counts_as_a_client_gone() -> None:
+    class Broken:
+        async def receive(self) -> dict:
+            raise OSError("connection reset")
+
+    async def work() -> None:
+        await asyncio.sleep(60)
+
+    with pytest.raises(ClientGone):
+        await unless_disconnected(Broken(), work())  # type: ignore[arg-type]

@@ -40,7 +40,10 @@ async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
     state = {"running": True, "gone": False}
 
     def left(watch: asyncio.Task) -> None:  # the watcher ended: the client left, or it was cancelled below
-        if state["running"] and not watch.cancelled() and watch.exception() is None:
+        if watch.cancelled():
+            return
+        watch.exception()  # retrieved: a receive() that failed counts as a client gone, as a disconnect does
+        if state["running"]:
             state["gone"] = True
             current.cancel()
 
