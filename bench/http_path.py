@@ -1,5 +1,5 @@
 """The HTTP path's cost per request: requests/s, p50 latency and server CPU per request of the smallest
-embeddings request (one input, "hi there", 3 tokens with MiniLM's [CLS]/[SEP]) at concurrency 1 and 8.
+embeddings request (one input, "hi there": 2 word tokens, 4 with MiniLM's [CLS] and [SEP]) at concurrency 1 and 8.
 
     .venv/bin/python bench/http_path.py [--tree SRC ...] [--seconds 8] [--rounds 2] [--format float|base64]
                                         [--profile OUT]
