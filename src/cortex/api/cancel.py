@@ -31,19 +31,34 @@ async def _disconnected(request: Request) -> None:
 
 async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
     """The result of `work`, or ClientGone once the client has left and `work` has been cancelled and
-    has ended (so nothing it uses is released while it still runs)."""
-    task = asyncio.ensure_future(work)
+    has ended (so nothing it uses is released while it still runs).
+
+    `work` runs in the calling task; one watcher task cancels that task if the client leaves first (one
+    task per request, not two and an `asyncio.wait`: this is on every embeddings request's path)."""
+    current = asyncio.current_task()
+    assert current is not None
+    state = {"running": True, "gone": False}
+
+    def left(watch: asyncio.Task) -> None:  # the watcher ended: the client left, or it was cancelled below
+        if watch.cancelled():
+            return
+        watch.exception()  # retrieved: a receive() that failed counts as a client gone, as a disconnect does
+        if state["running"]:
+            state["gone"] = True
+            current.cancel()
+
     watch = asyncio.ensure_future(_disconnected(request))
+    watch.add_done_callback(left)
     try:
-        await asyncio.wait({task, watch}, return_when=asyncio.FIRST_COMPLETED)
+        return await work
+    except asyncio.CancelledError:
+        # ours (the client left) unless the task was also cancelled from outside (uvicorn's shutdown)
+        if state["gone"] and current.uncancel() == 0:
+            raise ClientGone from None
+        raise
     finally:
+        state["running"] = False  # a `left` already scheduled must not cancel what the task does next
         watch.cancel()
-        if not task.done():
-            task.cancel()
-            await asyncio.wait({task})
-    if task.cancelled():
-        raise ClientGone
-    return task.result()
 
 
 async def in_stoppable_thread(fn: Callable[[threading.Event], T]) -> T:

@@ -9,7 +9,8 @@ connection's first request, and answers too many connections with a plain-text 5
 - a connection idle for `keepalive_timeout_s`, before its first request or between requests -> closed;
 - more than `max_connections` open -> the new one is closed at once; the others are served on.
 
-Answers are written before the request reaches the app, in OpenAI's error shape.
+Answers are written before the request reaches the app, in OpenAI's error shape. A response's head is
+written with the first part of its body (see `_CycleTransport`).
 
 And a lingering close, as nginx (`lingering_close`) and Go's net/http do: when the app answers and closes
 before the request's body has arrived (the Guard's 413), closing at once would make the kernel reset the
@@ -178,14 +179,31 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
 
 class _CycleTransport:
-    """The transport as a request's cycle sees it: all the transport's, but closing is the protocol's."""
+    """The transport as a request's cycle sees it: all the transport's, but closing is the protocol's, and the
+    head of a response whose body is to come (a content-length above 0) is held and written with the body's
+    first part: one send, one TCP segment and one wake-up of the client per small answer instead of two
+    (uvicorn writes the head as soon as the app starts its answer). Streamed (chunked) answers, answers to
+    HEAD and empty ones get their head at once."""
 
     def __init__(self, protocol: GuardedHttpToolsProtocol, cycle: RequestResponseCycle) -> None:
         self._protocol = protocol
         self._cycle = cycle
+        self._head_seen = False
+        self._held: bytes | None = None
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._protocol.transport, name)
+
+    def write(self, data: bytes) -> None:
+        if self._held is not None:
+            data, self._held = self._held + data, None
+        elif not self._head_seen and self._cycle.response_started:  # the head (a 100 Continue comes before)
+            self._head_seen = True
+            cycle = self._cycle
+            if not cycle.chunked_encoding and cycle.expected_content_length > 0 and cycle.scope["method"] != "HEAD":
+                self._held = data
+                return
+        self._protocol.transport.write(data)
 
     def close(self) -> None:
         self._protocol.close_after_response(self._cycle)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response
 
 from cortex.api.cancel import ClientGone, unless_disconnected
+from cortex.api.lean_route import LeanRoute
 from cortex.api.protocol import (
     check_dimensions,
     check_inputs,
@@ -15,7 +16,7 @@ from cortex.runtime.embed import embed_inputs
 from cortex.runtime.registry import ModelRegistry
 from cortex.schemas import EmbeddingRequest, EmbeddingResponse
 
-router = APIRouter(tags=["embeddings"])
+router = APIRouter(tags=["embeddings"], route_class=LeanRoute)  # the endpoint called directly: see LeanRoute
 
 _REQUEST_BODY = {
     "required": True,
