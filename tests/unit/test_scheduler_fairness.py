@@ -140,6 +140,36 @@ def test_a_request_arriving_later_shares_from_then_on_neither_waiting_nor_jumpin
     asyncio.run(main())
 
 
+def test_a_one_input_request_arriving_at_any_point_waits_for_at_most_one_big_input() -> None:
+    """Whenever it arrives among three big requests taking turns, the next input taken is its own or that of
+    the one request whose turn is nearly done (first come first served would run all 300 first)."""
+
+    async def waited(k: int) -> int:
+        engine = Stepped()
+        sched = BatchScheduler(engine, model_id="m", max_queue_inputs=1000)
+        engine.steps.release()  # the blocker
+        blocker, bigs = await queue_behind_a_running_batch(sched, engine, [inputs(r, 100, 8) for r in (1, 2, 3)])
+        engine.gate.set()  # from here the permits pace the engine
+        for _ in range(k):
+            engine.steps.release()
+        while len(engine.batches) < 1 + k:  # k big inputs have run, the next one is in the engine
+            await asyncio.sleep(0.001)
+        small = asyncio.create_task(sched.embed(inputs(9, 1, length=4)))
+        await asyncio.sleep(0)
+        for _ in range(301 - k):
+            engine.steps.release()
+        await asyncio.gather(blocker, small, *bigs)
+        await sched.close()
+        order = [owner(b[0]) for b in engine.batches]
+        return order.index(9) - (1 + k + 1)  # big inputs taken after it arrived
+
+    async def main() -> None:
+        waits = [await waited(k) for k in range(6)]
+        assert max(waits) <= 1 and waits.count(0) >= 3, waits
+
+    asyncio.run(main())
+
+
 def test_packed_batches_fill_the_budget_and_mix_the_requests() -> None:
     """For engines that pack many sequences per batch (llama.cpp): fair order, still full batches."""
 

@@ -3,13 +3,14 @@ engine batches under the engine's token budget and sequence limit, runs up to `e
 once on the model's own threads (llama.cpp and ONNX Runtime release the GIL), and completes each input's
 future as soon as its batch is done. A failed batch fails exactly its own inputs; the owner keeps serving.
 
-The queue is shared fairly between requests, in tokens (self-clocked fair queuing): each request's inputs
-wait in their own line, in order; a request arriving starts at the virtual clock (the tag of the last
-input taken), its k-th input is tagged with that start plus the tokens of its first k inputs, and batches
-take the smallest tags first. So concurrent requests get the engine in equal shares of tokens, and a
-one-input request waits for the batches running and about one input per request ahead of it, not for
-every input queued before it: a big request cannot starve a small one, nor a request of long inputs one of
-short inputs. Nothing starves either: the clock passes every tag in time.
+The queue is shared fairly between requests, in tokens (fair queuing): each request's inputs wait in
+their own line, in order. A virtual clock stands for the tokens each waiting request would have had if the
+engine were shared exactly: each input taken moves it by its tokens over the number of requests waiting. A
+request arriving starts at the clock, its k-th input is tagged with that start plus the tokens of its first
+k inputs, and batches take the smallest tags first. So requests waiting together get equal shares of
+tokens (long inputs do not crowd out short ones), and a one-input request arriving among big ones runs
+next, or after at most one input of each, once a worker is free: not after every input queued before it
+(bench/mixed_load.py). Nothing starves: the clock passes every tag in time.
 
 The engine says how it wants work: llama.cpp takes many sequences packed into one batch on one worker;
 ONNX Runtime takes one input per run on several workers. A batch that finds the queue otherwise empty and
@@ -56,11 +57,11 @@ class _Item:
 
 @dataclass(slots=True)
 class _Request:
-    """The inputs of one `embed` call not yet taken, in order; `start`: the virtual time at which its next
+    """The inputs of one `embed` call not yet taken, in order; `begins`: the virtual time at which its next
     input begins (its tag, the time it ends, adds that input's tokens)."""
 
     items: deque[_Item]
-    start: int
+    begins: float
 
 
 class BatchScheduler:
@@ -74,9 +75,9 @@ class BatchScheduler:
         self.model_id = model_id
         self.max_queue_inputs = max_queue_inputs
         # (tag of its next input, push number, request): the smallest tag is served first
-        self._ready: list[tuple[int, int, _Request]] = []
+        self._ready: list[tuple[float, int, _Request]] = []
         self._pushes = itertools.count()  # breaks ties between equal tags: the one queued longest first
-        self._clock = 0  # the tag of the last input taken
+        self._clock = 0.0  # where a request arriving now starts
         self._queued = 0
         self._wakeup = asyncio.Event()
         self._idle = asyncio.Event()
@@ -142,7 +143,7 @@ class BatchScheduler:
     def _push(self, request: _Request) -> None:
         """Queue `request` by the tag of its next input."""
         if request.items:
-            tag = request.start + len(request.items[0].tokens)
+            tag = request.begins + len(request.items[0].tokens)
             heapq.heappush(self._ready, (tag, next(self._pushes), request))
 
     def _take_batch(self) -> list[_Item]:
@@ -168,8 +169,8 @@ class BatchScheduler:
             batch.append(items.popleft())
             self._queued -= 1
             used += n
-            request.start += n
-            self._clock = max(self._clock, request.start)
+            request.begins += n
+            self._clock += n / (len(self._ready) + len(passed) + 1)
             self._push(request)
         for request in passed:
             self._push(request)
