@@ -8,9 +8,10 @@ their own line, in order. A virtual clock stands for the tokens each waiting req
 engine were shared exactly: each input taken moves it by its tokens over the number of requests waiting. A
 request arriving starts at the clock, its k-th input is tagged with that start plus the tokens of its first
 k inputs, and batches take the smallest tags first. So requests waiting together get equal shares of
-tokens (long inputs do not crowd out short ones), and a one-input request arriving among big ones runs
-next, or after at most one input of each, once a worker is free: not after every input queued before it
-(bench/mixed_load.py). Nothing starves: the clock passes every tag in time.
+tokens (long inputs do not crowd out short ones), and a one-input request arriving among big ones is
+taken once a worker is free, before every input of theirs tagged after its own: next, or after about one
+of their inputs, not after every input queued before it (bench/mixed_load.py). Nothing starves: the clock
+passes every tag in time.
 
 The engine says how it wants work: llama.cpp takes many sequences packed into one batch on one worker;
 ONNX Runtime takes one input per run on several workers. A batch that finds the queue otherwise empty and
