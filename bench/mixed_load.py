@@ -18,6 +18,10 @@ repository (extracted with `git archive` into a temporary folder and put first o
 PYTHONPATH; the same Python environment), interleaved with this tree's: REV, this, REV, this for
 --rounds 2. For example `--against 90646fe`: cortex before fair scheduling, when the queue was first in,
 first out. Samples are pooled per server across rounds.
+
+With llama-cpp a batch packs inputs of several requests up to the engine's token budget, so a single
+request waits for the batch running and then rides in a full one: expect loaded latency of about two
+batches; Gemma 3 270M runs ~13 inputs/s on 2 cores, so give it --seconds 60 or more to get enough samples.
 """
 
 from __future__ import annotations
