@@ -36,10 +36,12 @@ def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 120) -> None:
     raise TimeoutError(url)
 
 
-def start_cortex(imports: dict[str, dict], threads: int, port: int, data_dir: Path) -> subprocess.Popen:
-    """A cortex server (default configuration, every check on) with each of `imports` loaded. Stopped again
-    if it does not start or an import fails."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CORTEX_")}
+def start_cortex(
+    imports: dict[str, dict], threads: int, port: int, data_dir: Path, env: dict[str, str] | None = None
+) -> subprocess.Popen:
+    """A cortex server (default configuration, every check on) with each of `imports` loaded, its
+    environment ours plus `env`. Stopped again if it does not start or an import fails."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CORTEX_")} | (env or {})
     env.update(CORTEX_DATA_DIR=str(data_dir), CORTEX_N_THREADS=str(threads))
     cmd = [sys.executable, "-m", "cortex", "start", "--foreground", "--port", str(port)]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -58,16 +60,28 @@ def start_cortex(imports: dict[str, dict], threads: int, port: int, data_dir: Pa
 
 
 @contextlib.contextmanager
-def cortex_server(imports: dict[str, dict], threads: int, prefix: str) -> Iterator[tuple[subprocess.Popen, str]]:
+def cortex_server(
+    imports: dict[str, dict], threads: int, prefix: str, env: dict[str, str] | None = None
+) -> Iterator[tuple[subprocess.Popen, str]]:
     """`start_cortex` on a free port with a fresh data folder (`prefix`...); yields the process and its base
     URL, and stops it on the way out."""
     port = free_port()
-    proc = start_cortex(imports, threads, port, Path(tempfile.mkdtemp(prefix=prefix)))
+    proc = start_cortex(imports, threads, port, Path(tempfile.mkdtemp(prefix=prefix)), env)
     try:
         yield proc, f"http://127.0.0.1:{port}"
     finally:
         proc.terminate()
         proc.wait(timeout=60)
+
+
+def source_of(rev: str) -> Path:
+    """A temporary folder holding `src/` of git revision `rev` of this repository: put it first on a server's
+    PYTHONPATH (`env` of `start_cortex`) to measure that revision's cortex in the same environment."""
+    folder = Path(tempfile.mkdtemp(prefix="cortex-rev-"))
+    repo = Path(__file__).resolve().parent.parent
+    archive = subprocess.run(["git", "-C", str(repo), "archive", rev, "src"], capture_output=True, check=True)
+    subprocess.run(["tar", "-x", "-C", str(folder)], input=archive.stdout, check=True)
+    return folder / "src"
 
 
 def process_rss_mib(pid: int) -> float:

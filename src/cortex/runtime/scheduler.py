@@ -3,6 +3,16 @@ engine batches under the engine's token budget and sequence limit, runs up to `e
 once on the model's own threads (llama.cpp and ONNX Runtime release the GIL), and completes each input's
 future as soon as its batch is done. A failed batch fails exactly its own inputs; the owner keeps serving.
 
+The queue is shared fairly between requests, in tokens (fair queuing): each request's inputs wait in
+their own line, in order. A virtual clock stands for the tokens each waiting request would have had if the
+engine were shared exactly: each input taken moves it by its tokens over the number of requests waiting. A
+request arriving starts at the clock, its k-th input is tagged with that start plus the tokens of its first
+k inputs, and batches take the smallest tags first. So requests waiting together get equal shares of
+tokens (long inputs do not crowd out short ones), and a one-input request arriving among big ones is
+taken once a worker is free, before every input of theirs tagged after its own: next, or after about one
+of their inputs, not after every input queued before it (bench/mixed_load.py). Nothing starves: the clock
+passes every tag in time.
+
 The engine says how it wants work: llama.cpp takes many sequences packed into one batch on one worker;
 ONNX Runtime takes one input per run on several workers. A batch that finds the queue otherwise empty and
 every other worker idle runs `wide` (on all cores), so a lone input does not run on one core of many.
@@ -13,6 +23,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import heapq
+import itertools
 import logging
 from collections import deque
 from collections.abc import Sequence
@@ -31,8 +43,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# How far past the head of the queue the packer looks for inputs that still fit the budget.
-# The head itself is always taken, so nothing waits forever.
+# How many requests whose next input does not fit the batch's budget the packer passes over, looking for
+# one that does. The first input is always taken, so nothing waits forever.
 _LOOKAHEAD = 256
 
 
@@ -42,6 +54,15 @@ class _Item:
     future: asyncio.Future
     start: int = 0  # where its second part begins (Engine.embed's `starts`)
     request_id: str | None = None  # the request it came in, for the log (cortex.logs)
+
+
+@dataclass(slots=True)
+class _Request:
+    """The inputs of one `embed` call not yet taken, in order; `begins`: the virtual time at which its next
+    input begins (its tag, the time it ends, adds that input's tokens)."""
+
+    items: deque[_Item]
+    begins: float
 
 
 class BatchScheduler:
@@ -54,7 +75,11 @@ class BatchScheduler:
         self.engine = engine
         self.model_id = model_id
         self.max_queue_inputs = max_queue_inputs
-        self._pending: deque[_Item] = deque()
+        # (tag of its next input, push number, request): the smallest tag is served first
+        self._ready: list[tuple[float, int, _Request]] = []
+        self._pushes = itertools.count()  # breaks ties between equal tags: the one queued longest first
+        self._clock = 0.0  # where a request arriving now starts
+        self._queued = 0
         self._wakeup = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -82,18 +107,18 @@ class BatchScheduler:
                 "(max_queue_inputs): send fewer inputs per request.",
                 param="input",
             )
-        if len(self._pending) + len(seqs) > self.max_queue_inputs:
+        if self._queued + len(seqs) > self.max_queue_inputs:
             raise Overloaded(
-                f"The server is busy: {len(self._pending)} inputs are waiting for `{self.model_id}` "
+                f"The server is busy: {self._queued} inputs are waiting for `{self.model_id}` "
                 f"(limit {self.max_queue_inputs}). Retry shortly."
             )
         loop = asyncio.get_running_loop()
         futures = [loop.create_future() for _ in seqs]
         request_id = REQUEST_ID.get()
         each = [starts] * len(seqs) if isinstance(starts, int) else starts
-        self._pending.extend(
-            _Item(s, f, request_id=request_id, start=n) for s, f, n in zip(seqs, futures, each, strict=True)
-        )
+        items = deque(_Item(s, f, n, request_id) for s, f, n in zip(seqs, futures, each, strict=True))
+        self._queued += len(items)
+        self._push(_Request(items, self._clock))
         self._idle.clear()
         self._wakeup.set()
         try:
@@ -109,33 +134,47 @@ class BatchScheduler:
     @property
     def queued(self) -> int:
         """Inputs waiting for a batch (those of a client that left count until the packer drops them)."""
-        return len(self._pending)
+        return self._queued
 
     @property
     def running(self) -> int:
         """Inputs in the engine batches running now."""
         return self._running_inputs
 
+    def _push(self, request: _Request) -> None:
+        """Queue `request` by the tag of its next input."""
+        if request.items:
+            tag = request.begins + len(request.items[0].tokens)
+            heapq.heappush(self._ready, (tag, next(self._pushes), request))
+
     def _take_batch(self) -> list[_Item]:
-        """First-fit packing from the head of the queue under the engine's budget."""
+        """The inputs with the smallest tags that fit the engine's budget together (first fit), each
+        request's in its order."""
         budget = self.engine.max_batch_tokens
         max_seqs = self.engine.max_batch_seqs
         batch: list[_Item] = []
         used = 0
-        skipped: list[_Item] = []
-        looked = 0
-        while self._pending and len(batch) < max_seqs and looked < _LOOKAHEAD:
-            item = self._pending.popleft()
-            if item.future.done():  # cancelled: its client went away
+        passed: list[_Request] = []  # requests whose next input did not fit this batch
+        while self._ready and len(batch) < max_seqs and used < budget and len(passed) < _LOOKAHEAD:
+            request = heapq.heappop(self._ready)[2]
+            items = request.items
+            while items and items[0].future.done():  # cancelled: its client went away
+                items.popleft()
+                self._queued -= 1
+            if not items:
                 continue
-            looked += 1
-            n = len(item.tokens)
-            if not batch or used + n <= budget:
-                batch.append(item)
-                used += n
-            else:
-                skipped.append(item)
-        self._pending.extendleft(reversed(skipped))
+            n = len(items[0].tokens)
+            if batch and used + n > budget:
+                passed.append(request)
+                continue
+            batch.append(items.popleft())
+            self._queued -= 1
+            used += n
+            request.begins += n
+            self._clock += n / (len(self._ready) + len(passed) + 1)
+            self._push(request)
+        for request in passed:
+            self._push(request)
         if batch and self._meter is not None:
             self._meter.batch(len(batch), used)
         return batch
@@ -144,17 +183,17 @@ class BatchScheduler:
         while True:
             await self._wakeup.wait()
             self._wakeup.clear()
-            while self._pending and self._busy < self._workers:
+            while self._queued and self._busy < self._workers:
                 batch = self._take_batch()
                 if not batch:
                     continue
-                wide = self._workers > 1 and not self._pending and self._busy == 0
+                wide = self._workers > 1 and not self._queued and self._busy == 0
                 self._busy += 1
                 self._running_inputs += len(batch)
                 task = asyncio.create_task(self._execute(batch, wide))
                 self._running.add(task)
                 task.add_done_callback(self._running.discard)
-            if not self._pending and self._busy == 0:
+            if not self._queued and self._busy == 0:
                 self._idle.set()
 
     async def _execute(self, batch: list[_Item], wide: bool) -> None:
@@ -191,10 +230,12 @@ class BatchScheduler:
 
         For a shutdown whose grace is running out: a clear error now beats a request cut off later."""
         self._refusal = exc
-        while self._pending:
-            item = self._pending.popleft()
-            if not item.future.done():
-                item.future.set_exception(exc)
+        for _, _, request in self._ready:
+            for item in request.items:
+                if not item.future.done():
+                    item.future.set_exception(exc)
+        self._ready.clear()
+        self._queued = 0
         self._wakeup.set()  # the owner sees the empty queue and marks itself idle once the batches end
 
     async def close(self) -> None:
