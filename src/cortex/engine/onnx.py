@@ -5,8 +5,13 @@ batches, and two runs in parallel on one-thread sessions beat one two-thread ses
 tokens/s). ONNX Runtime releases the GIL and a session may run from several threads at once, so the
 engine keeps ONE narrow session (one intra-op thread) that `workers` threads call in parallel (its weights
 and their pre-packed forms exist once), and one wide session (all cores) for a lone input, so that it
-does not run on one core while the others idle. Both sessions take the same weight buffers
-(`add_initializer`), loaded once from the model's external-data file.
+does not run on one core while the others idle.
+
+Memory (bench/memory.py): each session pre-packs the weights of its matrix products into a layout of its
+own, and ONNX Runtime frees its unpacked copy of a weight only when it loaded that weight itself. So the
+sessions read those weights from the model's external-data file, and only the tables that Gather nodes
+read (the embeddings, the biggest tensor of a small encoder, never pre-packed) are loaded once here and
+handed to both (`add_initializer`).
 """
 
 from __future__ import annotations
@@ -26,13 +31,15 @@ from cortex.errors import EngineFailure, InvalidModelFile, InvalidRequest
 
 
 def load_shared_weights(path: Path) -> tuple[dict[str, ort.OrtValue], int]:
-    """(external initializers as OrtValues, their bytes). External data must be a plain file
-    name in the model's own folder: a graph that points elsewhere is refused, like a lying GGUF."""
+    """(the external initializers that only Gather nodes read, as OrtValues; the bytes of all external
+    initializers). External data must be a plain file name in the model's own folder: a graph that points
+    elsewhere is refused, like a lying GGUF."""
     try:
         proto = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # protobuf raises DecodeError and friends
         raise InvalidModelFile(f"{path.name} is not a valid ONNX file: {exc}") from exc
     folder = path.parent.resolve()
+    shared = gathered_only(proto.graph)
     values: dict[str, ort.OrtValue] = {}
     total = 0
     for init in proto.graph.initializer:
@@ -49,10 +56,21 @@ def load_shared_weights(path: Path) -> tuple[dict[str, ort.OrtValue], int]:
         count = int(np.prod(dims)) if dims else 1
         if length != count * dtype.itemsize or offset < 0 or offset + length > target.stat().st_size:
             raise InvalidModelFile(f"{path.name}: tensor {init.name!r} lies outside {location}")
-        array = np.fromfile(target, dtype=dtype, count=count, offset=offset).reshape(dims)
-        values[init.name] = ort.OrtValue.ortvalue_from_numpy(array)
+        if init.name in shared:
+            array = np.fromfile(target, dtype=dtype, count=count, offset=offset).reshape(dims)
+            values[init.name] = ort.OrtValue.ortvalue_from_numpy(array)
         total += length
     return values, total
+
+
+def gathered_only(graph: onnx.GraphProto) -> set[str]:
+    """The initializers that only Gather nodes read, as the table they gather from (embedding tables). ONNX
+    Runtime reads such a table as it is; a weight of a matrix product it re-packs in each session."""
+    uses: dict[str, set[tuple[str, int]]] = {}
+    for node in graph.node:
+        for slot, name in enumerate(node.input):
+            uses.setdefault(name, set()).add((node.op_type, slot))
+    return {i.name for i in graph.initializer if uses.get(i.name) == {("Gather", 0)}}
 
 
 def without_final_normalization(path: Path) -> bytes | None:
