@@ -65,3 +65,15 @@ def test_vectors_are_those_of_a_session_that_loads_everything_itself(model: Path
         expected = plain.run(None, feed)[0]
         assert np.array_equal(engine.embed([ids]), expected)
         assert np.array_equal(engine.embed([ids], wide=True), expected)
+
+
+def test_only_a_cross_encoder_holds_a_second_tokenizer_for_cutting_pairs(
+    model: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    ce = tmp_path_factory.mktemp("ce-onnx")
+    write_onnx_model(read_st_folder(DATA / "cross-encoder-tiny"), ce, None)
+    embedder = OnnxEngine(model / GRAPH_FILE, model / TOKENIZER_FILE, ctx_len=128, n_threads=1)
+    reranker = OnnxEngine(ce / GRAPH_FILE, ce / TOKENIZER_FILE, ctx_len=16, n_threads=1)
+    assert embedder._pair_cutter is None and reranker._pair_cutter is not None
+    (ids,), _ = reranker.tokenize_pairs("a query of several words", ["a document " * 20], truncate=True)
+    assert len(ids) == 16  # the cutter still cuts the pair to the context

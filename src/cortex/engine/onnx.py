@@ -118,10 +118,6 @@ class OnnxEngine:
         self.tokenizer.no_truncation()
         self.n_vocab = self.tokenizer.get_vocab_size()
         self.n_ctx = ctx_len
-        # pairs of a cross-encoder cut to the context as sentence-transformers cuts them (see tokenize_pairs)
-        self._pair_cutter = Tokenizer.from_file(str(tokenizer))
-        self._pair_cutter.no_padding()
-        self._pair_cutter.enable_truncation(ctx_len, strategy="longest_first")
         self._weights, self._weight_bytes = load_shared_weights(graph)
         self._folder = graph.parent
         model = without_final_normalization(graph) or str(graph)
@@ -136,6 +132,13 @@ class OnnxEngine:
         # pair's document
         names = {i.name for i in self._narrow.get_inputs()}
         self._starts_input = next((n for n in (POOL_START, PAIR_START) if n in names), None)
+        # pairs of a cross-encoder cut to the context as sentence-transformers cuts them (see tokenize_pairs);
+        # a second tokenizer takes ~8 MiB, so only a cross-encoder's graph (it takes pairs) gets one
+        self._pair_cutter = None
+        if self._starts_input == PAIR_START:
+            self._pair_cutter = Tokenizer.from_file(str(tokenizer))
+            self._pair_cutter.no_padding()
+            self._pair_cutter.enable_truncation(ctx_len, strategy="longest_first")
         empty = self.tokenizer.encode("").ids
         self._trailing = frozenset(empty[-1:]) if len(empty) >= 2 else frozenset()
         # a byte-level BPE vocabulary (GPT-2's, ModernBERT's) spells each byte as a printable character
@@ -193,7 +196,7 @@ class OnnxEngine:
             if doc_tokens is not None:
                 d.truncate(doc_tokens)
             try:
-                pair = (self._pair_cutter if truncate else self.tokenizer).post_process(q, d)
+                pair = (self._pair_cutter if truncate and self._pair_cutter else self.tokenizer).post_process(q, d)
             except Exception as exc:  # tokenizers cannot cut to a context shorter than the special tokens
                 raise InvalidRequest(f"Cannot cut the pair to {self.n_ctx} tokens: {exc}", param="documents") from exc
             pairs.append(pair.ids)
