@@ -7,8 +7,8 @@ Prints four markdown tables (MiB of resident memory, VmRSS from /proc; "file" is
 1. imports: what each main module adds to a bare Python when imported alone, and what `cortex start`
    itself imports (no model loaded), with the engines' modules on top;
 2. the ONNX Runtime engine alone on all-MiniLM-L6-v2 (fp32 and int8), over what its imports take: its
-   weight bytes; warmed with one thread (one session); and with `--threads`: loaded, after a lone input
-   (which runs on the wide session), and after runs of 256 tokens from `--threads` threads (arenas);
+   weight bytes; warmed with one thread; and with `--threads`: loaded, after a lone input, and after runs
+   of 256 tokens from `--threads` threads at once (its arena);
 3. a `cortex start` server, step by step: no model, all-minilm (onnxruntime fp32) loaded, after a warm-up
    of 1-input and of 32-input requests, and with the issue's three models loaded and warmed (all-minilm on
    onnxruntime fp32, onnxruntime int8, and its f16 GGUF on llama-cpp: what bench/compare.py --minilm loads);
@@ -51,7 +51,7 @@ IMPORTS = [
     ("httpx", "httpx"),
     ("prometheus_client", "prometheus_client"),
     ("typer + rich (the CLI)", "typer, rich.progress"),
-    ("huggingface_hub", "huggingface_hub"),
+    ("huggingface_hub (HfApi, as a pull imports it)", "huggingface_hub.hf_api"),
     ("gguf", "gguf"),
     ("tokenizers", "tokenizers"),
     ("onnx", "onnx"),
@@ -119,8 +119,7 @@ engine = OnnxEngine(folder / "model.onnx", folder / "tokenizer.json", ctx_len=25
 loaded = status()
 seq = engine.tokenize("a sentence of some words " * 3)
 engine.embed([seq])
-engine.embed([seq], wide=threads > 1)
-wide = status()
+lone = status()
 long = engine.tokenize("word " * 300)[:256]
 def work():
     for _ in range(8):
@@ -128,9 +127,9 @@ def work():
 workers = [threading.Thread(target=work) for _ in range(threads)]
 [w.start() for w in workers]
 [w.join() for w in workers]
-engine.embed([long], wide=threads > 1)
+engine.embed([long])
 warm = status()
-print(json.dumps({"weights": engine.memory_bytes() / 2**20, "before": before, "loaded": loaded, "wide": wide,
+print(json.dumps({"weights": engine.memory_bytes() / 2**20, "before": before, "loaded": loaded, "lone": lone,
                   "warm": warm}))
 """
 )
@@ -254,15 +253,15 @@ def main() -> None:
             print(f"| {label} | {fmt(s)} | {', '.join(heavy) or '-'} |")
 
     print("\n## The ONNX Runtime engine alone (all-MiniLM-L6-v2), added to its imports\n")
-    print("| model | weight bytes | one thread (one session), warmed | loaded | after a lone input (wide session) "
-          "| warmed (256-token runs) | warmed, over the weight bytes |")  # fmt: skip
+    print("| model | weight bytes | 1 thread, warmed | loaded | after a lone input | warmed (256-token runs) "
+          "| warmed, over the weight bytes |")  # fmt: skip
     print("|---|---|---|---|---|---|---|")
     for label, name in (("fp32", "all-minilm"), ("int8", "all-minilm-int8")):
         one = engine_costs(models / name, 1)
         e = engine_costs(models / name, args.threads)
         b = e["before"]["VmRSS"]
         print(f"| {label} | {e['weights']:.1f} | {one['warm']['VmRSS'] - one['before']['VmRSS']:.1f} "
-              f"| {e['loaded']['VmRSS'] - b:.1f} | {e['wide']['VmRSS'] - b:.1f} | {e['warm']['VmRSS'] - b:.1f} "
+              f"| {e['loaded']['VmRSS'] - b:.1f} | {e['lone']['VmRSS'] - b:.1f} | {e['warm']['VmRSS'] - b:.1f} "
               f"| {e['warm']['VmRSS'] - b - e['weights']:.1f} |")  # fmt: skip
 
     print("\n## A `cortex start` server\n")
