@@ -1,6 +1,7 @@
-"""What the ONNX Runtime engine holds in memory (bench/memory.py measures it): the tables that only Gather
-nodes read are loaded once and shared by the sessions, every other weight is left to ONNX Runtime (which
-frees its unpacked copy after pre-packing), and none of this changes a vector."""
+"""What the ONNX Runtime engine holds in memory (bench/memory.py measures it): only the tables that Gather
+nodes read are loaded by cortex and handed to the session, every other weight is left to ONNX Runtime
+(which frees its unpacked copy after pre-packing), a second tokenizer only for cross-encoders, and none of
+this changes a vector."""
 
 from __future__ import annotations
 
