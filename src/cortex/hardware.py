@@ -106,11 +106,22 @@ def _llama_cpp_report() -> LlamaCpp:
     )
 
 
-def _onnxruntime() -> OnnxRuntime:
-    import onnxruntime as ort
+_ORT_QUERY = "import json, onnxruntime as o; print(json.dumps([o.__version__, o.get_available_providers()]))"
 
-    providers = ort.get_available_providers()
-    return OnnxRuntime(version=ort.__version__, providers=providers, in_use=["CPUExecutionProvider"])
+
+@functools.cache
+def _onnxruntime() -> OnnxRuntime:
+    """ONNX Runtime's version and providers, asked in a child process once per process: imported here, it
+    would stay resident (~18 MiB, bench/memory.py) in a server that serves no ONNX model."""
+    try:
+        cmd = [sys.executable, "-c", _ORT_QUERY]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL, check=True)
+        version, providers = json.loads(proc.stdout.strip().splitlines()[-1])
+    except (OSError, ValueError, IndexError, subprocess.SubprocessError):  # ask here, as a model load would
+        import onnxruntime as ort
+
+        version, providers = ort.__version__, ort.get_available_providers()
+    return OnnxRuntime(version=version, providers=providers, in_use=["CPUExecutionProvider"])
 
 
 def hardware_report() -> Hardware:

@@ -35,14 +35,18 @@ class HfTokenized:
         self.tokenizer.no_truncation()
         self.n_vocab = self.tokenizer.get_vocab_size()
         self.n_ctx = ctx_len
-        # pairs of a cross-encoder cut to the context as sentence-transformers cuts them (see tokenize_pairs)
-        self._pair_cutter = Tokenizer.from_file(str(tokenizer))
-        self._pair_cutter.no_padding()
-        self._pair_cutter.enable_truncation(ctx_len, strategy="longest_first")
+        self._pair_cutter: Tokenizer | None = None  # a cross-encoder's (see _open_pair_cutter)
         empty = self.tokenizer.encode("").ids
         self._trailing = frozenset(empty[-1:]) if len(empty) >= 2 else frozenset()
         # a byte-level BPE vocabulary (GPT-2's, ModernBERT's) spells each byte as a printable character
         self._byte_of = _byte_level_alphabet() if type(self.tokenizer.decoder).__name__ == "ByteLevel" else None
+
+    def _open_pair_cutter(self, tokenizer: Path, ctx_len: int) -> None:
+        """A second tokenizer that cuts a cross-encoder's pairs to the context as sentence-transformers does
+        (see tokenize_pairs). It takes ~8 MiB, so only an engine whose graph takes pairs opens one."""
+        self._pair_cutter = Tokenizer.from_file(str(tokenizer))
+        self._pair_cutter.no_padding()
+        self._pair_cutter.enable_truncation(ctx_len, strategy="longest_first")
 
     def tokenize(self, text: str, add_special: bool = True) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=add_special).ids
@@ -81,7 +85,7 @@ class HfTokenized:
             if doc_tokens is not None:
                 d.truncate(doc_tokens)
             try:
-                pair = (self._pair_cutter if truncate else self.tokenizer).post_process(q, d)
+                pair = (self._pair_cutter if truncate and self._pair_cutter else self.tokenizer).post_process(q, d)
             except Exception as exc:  # tokenizers cannot cut to a context shorter than the special tokens
                 raise InvalidRequest(f"Cannot cut the pair to {self.n_ctx} tokens: {exc}", param="documents") from exc
             pairs.append(pair.ids)

@@ -1,12 +1,18 @@
 """ONNX Runtime for encoder models imported from sentence-transformers folders.
 
 How it wants work (measured here on all-MiniLM-L6-v2, 2 cores): one input per run beats padded
-batches, and two runs in parallel on one-thread sessions beat one two-thread session (12.2k vs 10.9k
-tokens/s). ONNX Runtime releases the GIL and a session may run from several threads at once, so the
-engine keeps ONE narrow session (one intra-op thread) that `workers` threads call in parallel (its weights
-and their pre-packed forms exist once), and one wide session (all cores) for a lone input, so that it
-does not run on one core while the others idle. Both sessions take the same weight buffers
-(`add_initializer`), loaded once from the model's external-data file.
+batches, and two runs in parallel beat one run on two threads (12.2k vs 10.9k tokens/s). ONNX Runtime
+releases the GIL and a session may run from several threads at once, so the engine keeps ONE session with
+an intra-op thread per core that `workers` threads call in parallel: a lone input spreads over all cores,
+and runs in parallel share the pool (a run's parallel loop does the parts no idle pool thread took
+itself), at the same CPU time per token as runs on one-thread sessions (bench/memory.py's notes).
+
+Memory (bench/memory.py): a session pre-packs the weights of its matrix products into a layout of its
+own (a second session, as the one-thread and all-core pair this engine had, holds a second copy: 41 MiB
+for all-MiniLM-L6-v2), and ONNX Runtime frees its unpacked copy of a weight only when it loaded that weight
+itself. So the session reads those weights from the model's external-data file; only the tables that
+Gather nodes read (the embeddings, never pre-packed) are loaded here (`add_initializer`), after the
+checks of `load_shared_weights`.
 """
 
 from __future__ import annotations
@@ -25,13 +31,15 @@ from cortex.errors import EngineFailure, InvalidModelFile
 
 
 def load_shared_weights(path: Path) -> tuple[dict[str, ort.OrtValue], int]:
-    """(external initializers as OrtValues, their bytes). External data must be a plain file
-    name in the model's own folder: a graph that points elsewhere is refused, like a lying GGUF."""
+    """(the external initializers that only Gather nodes read, as OrtValues; the bytes of all external
+    initializers). External data must be a plain file name in the model's own folder: a graph that points
+    elsewhere is refused, like a lying GGUF."""
     try:
         proto = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # protobuf raises DecodeError and friends
         raise InvalidModelFile(f"{path.name} is not a valid ONNX file: {exc}") from exc
     folder = path.parent.resolve()
+    shared = gathered_only(proto.graph)
     values: dict[str, ort.OrtValue] = {}
     total = 0
     for init in proto.graph.initializer:
@@ -48,10 +56,21 @@ def load_shared_weights(path: Path) -> tuple[dict[str, ort.OrtValue], int]:
         count = int(np.prod(dims)) if dims else 1
         if length != count * dtype.itemsize or offset < 0 or offset + length > target.stat().st_size:
             raise InvalidModelFile(f"{path.name}: tensor {init.name!r} lies outside {location}")
-        array = np.fromfile(target, dtype=dtype, count=count, offset=offset).reshape(dims)
-        values[init.name] = ort.OrtValue.ortvalue_from_numpy(array)
+        if init.name in shared:
+            array = np.fromfile(target, dtype=dtype, count=count, offset=offset).reshape(dims)
+            values[init.name] = ort.OrtValue.ortvalue_from_numpy(array)
         total += length
     return values, total
+
+
+def gathered_only(graph: onnx.GraphProto) -> set[str]:
+    """The initializers that only Gather nodes read, as the table they gather from (embedding tables). ONNX
+    Runtime reads such a table as it is; a weight of a matrix product it re-packs in each session."""
+    uses: dict[str, set[tuple[str, int]]] = {}
+    for node in graph.node:
+        for slot, name in enumerate(node.input):
+            uses.setdefault(name, set()).add((node.op_type, slot))
+    return {i.name for i in graph.initializer if uses.get(i.name) == {("Gather", 0)}}
 
 
 def without_final_normalization(path: Path) -> bytes | None:
@@ -89,23 +108,23 @@ class OnnxEngine(HfTokenized):
         self._weights, self._weight_bytes = load_shared_weights(graph)
         self._folder = graph.parent
         model = without_final_normalization(graph) or str(graph)
-        self._narrow = self._session(model, 1)
-        self._wide = self._session(model, n_threads) if n_threads > 1 else self._narrow
+        self._session = self._open(model, n_threads)
         self.workers = n_threads
         self.max_batch_seqs = 1  # one input per run: padding costs more than batching saves
         self.max_batch_tokens = ctx_len
-        self.n_embd = int(self._narrow.get_outputs()[0].shape[1])
-        # graphs pooled from a start per row take `pool_start` (cortex.convert.onnx_ops); older ones do not
+        self.n_embd = int(self._session.get_outputs()[0].shape[1])
         # graphs that take where each row's second part starts (cortex.convert.onnx_ops): a pooling start or a
         # pair's document
-        names = {i.name for i in self._narrow.get_inputs()}
+        names = {i.name for i in self._session.get_inputs()}
         self._starts_input = next((n for n in (POOL_START, PAIR_START) if n in names), None)
+        if self._starts_input == PAIR_START:  # a cross-encoder's graph
+            self._open_pair_cutter(tokenizer, ctx_len)
 
-    def _session(self, model: str | bytes, threads: int) -> ort.InferenceSession:
+    def _open(self, model: str | bytes, threads: int) -> ort.InferenceSession:
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
-        # A pool thread that spins after a run steals a core from the workers' runs: sleep instead.
+        # A pool thread that spins after a run steals a core from the other workers' runs: sleep instead.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         # a graph given as bytes names its external data relative to this folder
         options.add_session_config_entry("session.model_external_initializers_file_folder_path", str(self._folder))
@@ -119,7 +138,7 @@ class OnnxEngine(HfTokenized):
     def embed(
         self, seqs: Sequence[Sequence[int]], wide: bool = False, starts: Sequence[int] | None = None
     ) -> np.ndarray:
-        session = self._wide if wide else self._narrow
+        """See `cortex.engine.base.Engine`; `wide` changes nothing here: every run may use every core."""
         longest = max(len(s) for s in seqs)
         ids = np.zeros((len(seqs), longest), dtype=np.int64)
         mask = np.zeros((len(seqs), longest), dtype=np.int64)
@@ -130,7 +149,7 @@ class OnnxEngine(HfTokenized):
         if self._starts_input is not None:
             feed[self._starts_input] = np.array(starts or [0] * len(seqs), dtype=np.int64)
         try:
-            out = session.run(None, feed)[0]
+            out = self._session.run(None, feed)[0]
         except Exception as exc:
             raise EngineFailure(f"ONNX Runtime failed on a batch of {len(seqs)} inputs: {exc}") from exc
         return np.asarray(out, dtype=np.float32)
@@ -139,5 +158,5 @@ class OnnxEngine(HfTokenized):
         return self._weight_bytes
 
     def close(self) -> None:
-        self._narrow = self._wide = None  # type: ignore[assignment]
+        self._session = None  # type: ignore[assignment]
         self._weights = {}

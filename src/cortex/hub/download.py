@@ -13,8 +13,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import httpx
-from huggingface_hub import hf_hub_url
-from huggingface_hub.utils import build_hf_headers
 
 from cortex.errors import Cancelled, HubUnavailable, IntegrityError
 from cortex.hub.resolve import RemoteFile
@@ -36,6 +34,9 @@ def download(
     stop: threading.Event,
 ) -> int:
     """Fetch `remote` to `dest` (resuming `dest.part`); returns the bytes transferred by this call."""
+    from huggingface_hub import hf_hub_url  # imported at the first pull, see cortex.hub.resolve
+    from huggingface_hub.utils import build_hf_headers
+
     partial = part_path(dest)
     have = partial.stat().st_size if partial.exists() else 0
     if have > remote.size:

@@ -1,41 +1,30 @@
 """Turn a pull name into a plan: which repository, revision and files, under which store id.
 
 `huggingface_hub` speaks the hub's protocol (it honours HF_ENDPOINT, HF_TOKEN and HF_HUB_OFFLINE);
-hub errors become cortex errors here.
+hub errors become cortex errors here. It is imported by the functions that talk to the hub, not by this
+module: a server that never pulls does not hold it (~7 MiB resident, bench/memory.py).
 """
 
 from __future__ import annotations
 
+import functools
 import socket
 import threading
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import httpx
 import yaml
-from huggingface_hub import HfApi, constants, hf_hub_download
-from huggingface_hub.errors import (
-    EntryNotFoundError,
-    GatedRepoError,
-    HfHubHTTPError,
-    OfflineModeIsEnabled,
-    RepositoryNotFoundError,
-    RevisionNotFoundError,
-)
 
 from cortex.errors import HubForbidden, HubUnavailable, InvalidRequest, ModelNotFound
-
-try:  # huggingface_hub >= 1.x speaks HTTP through its own httpx fork
-    import httpx2
-
-    _TRANSPORT_ERRORS: tuple[type[Exception], ...] = (httpx.HTTPError, httpx2.HTTPError, OSError)
-except ImportError:  # pragma: no cover - older huggingface_hub
-    _TRANSPORT_ERRORS = (httpx.HTTPError, OSError)
 from cortex.hub.names import PullName, quant_of
 from cortex.schemas import Variant
+
+if TYPE_CHECKING:
+    from huggingface_hub import HfApi
 
 # Files of a sentence-transformers folder that the importer reads (the weights are required).
 ST_FILES = (
@@ -73,17 +62,27 @@ _OFFLINE_HINT = (
 )
 
 
+def _endpoint() -> str:
+    from huggingface_hub import constants
+
+    return constants.ENDPOINT
+
+
 def _unreachable(why: str) -> HubUnavailable:
-    return HubUnavailable(f"Cannot reach the hub at {constants.ENDPOINT} ({why}). {_OFFLINE_HINT}")
+    return HubUnavailable(f"Cannot reach the hub at {_endpoint()} ({why}). {_OFFLINE_HINT}")
 
 
 HUB_READ_TIMEOUT_S = 30.0
 
 
+@functools.cache
 def configure_hub_client() -> None:
     """Give huggingface_hub's HTTP client timeouts: it has none by default, so a hub that accepts the
-    connection and never answers would hold a pull (and its thread) forever."""
+    connection and never answers would hold a pull (and its thread) forever. Once per process, before the
+    first call to the hub (`_hub_api`): the client factory is huggingface_hub's own global, and setting it
+    again would close the client under a pull that is running."""
     try:
+        import httpx2
         from huggingface_hub import set_client_factory
         from huggingface_hub.utils._http import default_client_factory
     except ImportError:  # pragma: no cover - huggingface_hub before 1.0 (requests, with its own timeouts)
@@ -104,7 +103,7 @@ def check_reachable(timeout: float = REACH_TIMEOUT_S) -> None:
     huggingface_hub retries a refused connection or a failed name lookup five times, 1 to 8 s apart,
     before it gives up; a user without a network should hear so at once. The name lookup runs in a
     thread, so a resolver that hangs is bounded too."""
-    url = httpx.URL(constants.ENDPOINT)
+    url = httpx.URL(_endpoint())
     host, port = url.host, url.port or (443 if url.scheme == "https" else 80)
     proxy = None if urllib.request.proxy_bypass(host) else urllib.request.getproxies().get(url.scheme)
     if proxy:
@@ -127,9 +126,34 @@ def check_reachable(timeout: float = REACH_TIMEOUT_S) -> None:
         raise _unreachable(f"{host}:{port}: {failure[0].strerror or failure[0]}")
 
 
+def _hub_api() -> HfApi:
+    """huggingface_hub's API client, its HTTP client configured first."""
+    from huggingface_hub import HfApi
+
+    configure_hub_client()
+    return HfApi()
+
+
+def _transport_errors() -> tuple[type[Exception], ...]:
+    try:  # huggingface_hub >= 1.x speaks HTTP through its own httpx fork
+        import httpx2
+    except ImportError:  # pragma: no cover - older huggingface_hub
+        return (httpx.HTTPError, OSError)
+    return (httpx.HTTPError, httpx2.HTTPError, OSError)
+
+
 @contextmanager
 def hub_errors(name: str) -> Iterator[None]:
     """Translate huggingface_hub's exceptions into cortex errors."""
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        GatedRepoError,
+        HfHubHTTPError,
+        OfflineModeIsEnabled,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
     try:
         yield
     except OfflineModeIsEnabled as exc:
@@ -148,10 +172,8 @@ def hub_errors(name: str) -> Iterator[None]:
         raise ModelNotFound(name, " No such repository or file on the hub.") from exc
     except HfHubHTTPError as exc:
         raise HubUnavailable(f"The hub answered an error for `{name}`: {exc}") from exc
-    except _TRANSPORT_ERRORS as exc:
-        raise HubUnavailable(
-            f"Cannot reach the hub at {constants.ENDPOINT} for `{name}`: {exc}. {_OFFLINE_HINT}"
-        ) from exc
+    except _transport_errors() as exc:
+        raise HubUnavailable(f"Cannot reach the hub at {_endpoint()} for `{name}`: {exc}. {_OFFLINE_HINT}") from exc
 
 
 def _files(api: HfApi, repo_id: str, revision: str) -> list[RemoteFile]:
@@ -165,7 +187,9 @@ def _files(api: HfApi, repo_id: str, revision: str) -> list[RemoteFile]:
 
 def list_variants(name: PullName) -> list[Variant]:
     """The choices a name leaves open: a cortexso repository's branches, or a repository's .gguf files."""
-    api = HfApi()
+    from huggingface_hub import constants
+
+    api = _hub_api()
     with hub_errors(name.repo_id):
         if not constants.HF_HUB_OFFLINE:
             check_reachable()
@@ -180,6 +204,9 @@ def list_variants(name: PullName) -> list[Variant]:
 
 def _default_branch(api: HfApi, repo_id: str) -> str:
     """A cortexso repository names its default variant in main's metadata.yml; else main itself."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, RevisionNotFoundError
+
     try:
         path = hf_hub_download(repo_id, "metadata.yml", revision="main")
     except (EntryNotFoundError, RevisionNotFoundError):
@@ -192,6 +219,8 @@ def _default_branch(api: HfApi, repo_id: str) -> str:
 
 def _seed(repo_id: str, revision: str, files: list[RemoteFile]) -> dict:
     """ctx_len and name from a cortexso branch's model.yml, where present."""
+    from huggingface_hub import hf_hub_download
+
     if not any(f.path == "model.yml" for f in files):
         return {}
     with open(hf_hub_download(repo_id, "model.yml", revision=revision), encoding="utf-8") as f:
@@ -224,7 +253,9 @@ def _one_gguf(name: str, files: list[RemoteFile], quant: str | None) -> RemoteFi
 
 def resolve(name: PullName, quant: str | None = None) -> Plan:
     """The plan for pulling `name`; ModelNotFound, InvalidRequest or HubUnavailable if there is none."""
-    api = HfApi()
+    from huggingface_hub import constants
+
+    api = _hub_api()
     with hub_errors(name.repo_id if name.kind != "cortexso" else name.repo_id.split("/")[1]):
         if not constants.HF_HUB_OFFLINE:  # offline: huggingface_hub says so itself, at once
             check_reachable()

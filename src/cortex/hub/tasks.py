@@ -31,7 +31,7 @@ from cortex.errors import (
 )
 from cortex.hub.download import download, part_path
 from cortex.hub.names import parse_pull_name
-from cortex.hub.resolve import Plan, configure_hub_client, resolve
+from cortex.hub.resolve import Plan, resolve
 from cortex.importer import Importer
 from cortex.schemas import PullState, PullStatus
 from cortex.store.ids import folder_name
@@ -115,7 +115,6 @@ class PullManager:
         self._threads: dict[str, threading.Thread] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._watchers: set[asyncio.Task] = set()
-        configure_hub_client()
         self._sweep_downloads()
 
     def _sweep_downloads(self) -> None:
