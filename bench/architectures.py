@@ -6,8 +6,8 @@ For each fixture, fp32 and int8 (`--quantize int8`), built by cortex's own impor
 largest length difference against the vectors sentence-transformers computed (NAME.reference.json: every
 short text, and the long one cut at max_seq_length as sentence-transformers cuts it), whether every token id
 matches, and the ONNX Runtime engine's tokens/s on the first --inputs pydoc sentences of bench/load.py's
-corpus (cut to the model's context), one caller on the wide session and as many callers as cores on the
-shared one-thread session (bench/engines.py's two ways). The fixtures have random weights and are small
+corpus (cut to the model's context), one caller and as many callers as cores on the
+engine's one session (as cortex calls it). The fixtures have random weights and are small
 (64-96 wide, 2-3 layers): the speed says what the engine's overhead is, not what a real model of that
 architecture runs at.
 """

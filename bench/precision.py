@@ -14,7 +14,7 @@ the server opens it. The throughput does not depend on the weights; the cosines 
 
 Per engine and precision: the least cosine to the fp32 graph recorded at import (the probe set), the least
 cosine to ONNX Runtime fp32 on the inputs measured, tokens/s of single inputs (bench/load.py's pydoc
-sentences) with one caller (`wide`) and with one caller per core in parallel (as bench/engines.py), and
+sentences) with one caller and with one caller per core in parallel (as bench/engines.py), and
 GFLOP/s as a share of the peaks printed above the tables; for MiniLM, the least cosine of each to
 sentence-transformers' own vectors (tests/data/all-minilm-l6-v2.reference.json). FLOPs per token = 2 x the
 non-embedding weights (4 d^2 + 2 d ff per layer) + attention's 4 L d T (T: the tokens of its input).

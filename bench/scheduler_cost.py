@@ -40,7 +40,7 @@ class InstantEngine:
     def __init__(self, workers: int, max_batch_seqs: int, max_batch_tokens: int) -> None:
         self.workers, self.max_batch_seqs, self.max_batch_tokens = workers, max_batch_seqs, max_batch_tokens
 
-    def embed(self, seqs, wide: bool = False, starts=None) -> np.ndarray:
+    def embed(self, seqs, starts=None) -> np.ndarray:
         return np.zeros((len(seqs), self.n_embd), dtype=np.float32)
 
 

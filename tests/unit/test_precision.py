@@ -160,7 +160,7 @@ def test_openvino_serves_the_onnx_graph_as_onnx_runtime_does_from_parallel_calle
 
         def call(i: int) -> None:
             for _ in range(5):
-                got[i] = ov.embed([seqs[i]], wide=i == 0)
+                got[i] = ov.embed([seqs[i]])
 
         threads = [threading.Thread(target=call, args=(i,)) for i in range(len(seqs))]
         for t in threads:

@@ -43,9 +43,7 @@ class StubPairEngine(StubEngine):
             out.append([BOS, *q, SEP, *d, EOS])
         return out, [len(q) + 2] * len(out)
 
-    def embed(
-        self, seqs: Sequence[Sequence[int]], wide: bool = False, starts: Sequence[int] | None = None
-    ) -> np.ndarray:
+    def embed(self, seqs: Sequence[Sequence[int]], starts: Sequence[int] | None = None) -> np.ndarray:
         self.entered.set()
         self.gate.wait()
         self.batches.append([list(s) for s in seqs])

@@ -111,7 +111,7 @@ def test_a_cancelled_request_is_dropped_from_the_queue() -> None:
 
 
 class ParallelStub(StubEngine):
-    """Two workers: records how many embed calls overlap and whether a call ran wide."""
+    """Two workers: records how many embed calls overlap."""
 
     workers = 2
 
@@ -119,14 +119,12 @@ class ParallelStub(StubEngine):
         super().__init__()
         self.active = 0
         self.most_active = 0
-        self.wide_calls = 0
         self.lock = threading.Lock()
 
-    def embed(self, seqs, wide: bool = False):
+    def embed(self, seqs):
         with self.lock:
             self.active += 1
             self.most_active = max(self.most_active, self.active)
-            self.wide_calls += wide
         try:
             threading.Event().wait(0.02)
             return super().embed(seqs)
@@ -135,13 +133,12 @@ class ParallelStub(StubEngine):
                 self.active -= 1
 
 
-def test_engines_with_workers_run_batches_in_parallel_and_a_lone_input_wide() -> None:
+def test_engines_with_workers_run_batches_in_parallel() -> None:
     async def main():
         engine = ParallelStub()
         engine.max_batch_seqs = 1
         sched = BatchScheduler(engine, model_id="m", max_queue_inputs=1000)
         lone = await sched.embed([[9]])
-        assert engine.wide_calls == 1  # nothing else to do: the lone input got all cores
         outs = await asyncio.gather(*(sched.embed([[i], [i + 100]]) for i in range(6)))
         await sched.close()
         assert lone[:, 0].tolist() == [9.0]
@@ -160,7 +157,7 @@ class _HeldEngine(StubEngine):
         self.gate.clear()
         self.started = threading.Event()
 
-    def embed(self, seqs, wide: bool = False):
+    def embed(self, seqs):
         self.started.set()
         return super().embed(seqs)
 

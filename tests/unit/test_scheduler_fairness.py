@@ -108,7 +108,7 @@ class Stepped(StubEngine):
         super().__init__(max_batch_seqs=1, max_batch_tokens=64)
         self.steps = threading.Semaphore(0)
 
-    def embed(self, seqs, wide: bool = False):
+    def embed(self, seqs):
         self.steps.acquire()
         return super().embed(seqs)
 

@@ -29,8 +29,8 @@ class Token:
 class Engine(Protocol):
     """An embedding model loaded in memory. Knows nothing of HTTP or queues.
 
-    `tokenize` may be called from any thread; `embed` from up to `workers` threads at once. `wide` asks
-    for all cores (nothing else is running).
+    `tokenize` may be called from any thread; `embed` from up to `workers` threads at once, each run free to
+    use every core (the runtimes' own thread pools share them).
     """
 
     n_embd: int  # size of each vector
@@ -57,9 +57,7 @@ class Engine(Protocol):
         """`tokens` of a text cut to `n`, keeping the special token the tokenizer appends, if any."""
         ...
 
-    def embed(
-        self, seqs: Sequence[Sequence[int]], wide: bool = False, starts: Sequence[int] | None = None
-    ) -> np.ndarray:
+    def embed(self, seqs: Sequence[Sequence[int]], starts: Sequence[int] | None = None) -> np.ndarray:
         """Pooled float32 vectors, one row per sequence, in order: not normalised (the embeddings pipeline,
         cortex.runtime.embed, normalises per request). `starts`: per sequence, where its second part begins: a pair's
         document (token type 1 from there, see PairEngine), or the first token pooled when a prompt is left out

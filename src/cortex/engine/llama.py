@@ -162,9 +162,7 @@ class LlamaCppEngine:
         """Cut a tokenized text to `n` tokens, keeping a trailing special token as tokenizers do."""
         return truncate_tokens(tokens, n, self._trailing)
 
-    def embed(
-        self, seqs: Sequence[Sequence[int]], wide: bool = False, starts: Sequence[int] | None = None
-    ) -> np.ndarray:
+    def embed(self, seqs: Sequence[Sequence[int]], starts: Sequence[int] | None = None) -> np.ndarray:
         """See `Engine.embed`. llama.cpp pools every token: a model that leaves its prompt out of the pooling
         is not imported for this engine (cortex.engine.kinds), nor are cross-encoders, so `starts` is never set."""
         if starts is not None and any(starts):

@@ -135,10 +135,7 @@ class OnnxEngine(HfTokenized):
         except Exception as exc:  # ORT raises its own exception types for invalid graphs
             raise InvalidModelFile(f"ONNX Runtime refused the graph: {exc}") from exc
 
-    def embed(
-        self, seqs: Sequence[Sequence[int]], wide: bool = False, starts: Sequence[int] | None = None
-    ) -> np.ndarray:
-        """See `cortex.engine.base.Engine`; `wide` changes nothing here: every run may use every core."""
+    def embed(self, seqs: Sequence[Sequence[int]], starts: Sequence[int] | None = None) -> np.ndarray:
         longest = max(len(s) for s in seqs)
         ids = np.zeros((len(seqs), longest), dtype=np.int64)
         mask = np.zeros((len(seqs), longest), dtype=np.int64)

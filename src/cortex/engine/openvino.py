@@ -4,7 +4,7 @@ units (AVX512-BF16's VDPBF16PS, or AMX tiles) with fp32 accumulation.
 
 How it wants work (measured in bench/precision.py): single inputs in parallel, one OpenVINO stream per
 worker (PERFORMANCE_HINT THROUGHPUT, NUM_STREAMS = threads). One compiled model holds the weights once
-(with their packed forms); each worker thread takes one of `workers` infer requests. A `wide` call runs
+(with their packed forms); each worker thread takes one of `workers` infer requests. A lone input runs
 on one stream like any other: a second compiled model for lone inputs would hold the weights again. No
 ONNX Runtime session stays beside it.
 """
@@ -89,9 +89,7 @@ class OpenVinoEngine(HfTokenized):
         # bytes are what ONNX Runtime reports too.
         self._weight_bytes = fp32_bytes
 
-    def embed(
-        self, seqs: Sequence[Sequence[int]], wide: bool = False, starts: Sequence[int] | None = None
-    ) -> np.ndarray:
+    def embed(self, seqs: Sequence[Sequence[int]], starts: Sequence[int] | None = None) -> np.ndarray:
         longest = max(len(s) for s in seqs)
         ids = np.zeros((len(seqs), longest), dtype=np.int64)
         mask = np.zeros((len(seqs), longest), dtype=np.int64)

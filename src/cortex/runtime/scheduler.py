@@ -14,8 +14,7 @@ of their inputs, not after every input queued before it (bench/mixed_load.py). N
 passes every tag in time.
 
 The engine says how it wants work: llama.cpp takes many sequences packed into one batch on one worker;
-ONNX Runtime takes one input per run on several workers. A batch that finds the queue otherwise empty and
-every other worker idle runs `wide` (on all cores), so a lone input does not run on one core of many.
+ONNX Runtime takes one input per run on several workers.
 """
 
 from __future__ import annotations
@@ -187,21 +186,20 @@ class BatchScheduler:
                 batch = self._take_batch()
                 if not batch:
                     continue
-                wide = self._workers > 1 and not self._queued and self._busy == 0
                 self._busy += 1
                 self._running_inputs += len(batch)
-                task = asyncio.create_task(self._execute(batch, wide))
+                task = asyncio.create_task(self._execute(batch))
                 self._running.add(task)
                 task.add_done_callback(self._running.discard)
             if not self._queued and self._busy == 0:
                 self._idle.set()
 
-    async def _execute(self, batch: list[_Item], wide: bool) -> None:
+    async def _execute(self, batch: list[_Item]) -> None:
         loop = asyncio.get_running_loop()
         try:
             seqs = [i.tokens for i in batch]
             starts = [i.start for i in batch]
-            args = (seqs, wide, starts) if any(starts) else (seqs, wide)  # engines that pool every token need not know
+            args = (seqs, starts) if any(starts) else (seqs,)  # engines that pool every token need not know
             out = await loop.run_in_executor(self._executor, self.engine.embed, *args)
         except Exception as exc:
             if not isinstance(exc, CortexError):
