@@ -23,9 +23,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime as ort
-from onnx.external_data_helper import uses_external_data
 
 from cortex.convert.onnx_ops import PAIR_START, POOL_START
+from cortex.engine.graph_file import external_tensors
 from cortex.engine.hf_tokenizer import HfTokenized
 from cortex.errors import EngineFailure, InvalidModelFile
 
@@ -34,33 +34,16 @@ def load_shared_weights(path: Path) -> tuple[dict[str, ort.OrtValue], int]:
     """(the external initializers that only Gather nodes read, as OrtValues; the bytes of all external
     initializers). External data must be a plain file name in the model's own folder: a graph that points
     elsewhere is refused, like a lying GGUF."""
-    try:
-        proto = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:  # protobuf raises DecodeError and friends
-        raise InvalidModelFile(f"{path.name} is not a valid ONNX file: {exc}") from exc
-    folder = path.parent.resolve()
-    shared = gathered_only(proto.graph)
-    values: dict[str, ort.OrtValue] = {}
-    total = 0
-    for init in proto.graph.initializer:
-        if not uses_external_data(init):
-            continue
-        info = {e.key: e.value for e in init.external_data}
-        location = info.get("location", "")
-        target = (folder / location).resolve()
-        if "/" in location or "\\" in location or location in ("", ".", "..") or target.parent != folder:
-            raise InvalidModelFile(f"{path.name} points outside its folder for tensor {init.name!r}")
-        offset, length = int(info.get("offset", 0)), int(info.get("length", -1))
-        dims = tuple(init.dims)
-        dtype = onnx.helper.tensor_dtype_to_np_dtype(init.data_type)
-        count = int(np.prod(dims)) if dims else 1
-        if length != count * dtype.itemsize or offset < 0 or offset + length > target.stat().st_size:
-            raise InvalidModelFile(f"{path.name}: tensor {init.name!r} lies outside {location}")
-        if init.name in shared:
-            array = np.fromfile(target, dtype=dtype, count=count, offset=offset).reshape(dims)
-            values[init.name] = ort.OrtValue.ortvalue_from_numpy(array)
-        total += length
-    return values, total
+    graph, tensors = external_tensors(path)
+    shared = gathered_only(graph)
+    values = {
+        t.name: ort.OrtValue.ortvalue_from_numpy(
+            np.fromfile(t.file, dtype=t.dtype, count=t.length // t.dtype.itemsize, offset=t.offset).reshape(t.dims)
+        )
+        for t in tensors
+        if t.name in shared
+    }
+    return values, sum(t.length for t in tensors)
 
 
 def gathered_only(graph: onnx.GraphProto) -> set[str]:

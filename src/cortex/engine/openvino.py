@@ -16,39 +16,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import onnx
-from onnx.external_data_helper import uses_external_data
 
 from cortex.convert.onnx_ops import PAIR_START, POOL_START
+from cortex.engine.graph_file import external_tensors
 from cortex.engine.hf_tokenizer import HfTokenized
 from cortex.errors import EngineFailure, InvalidModelFile
 
 # The OpenVINO inference precision of each cortex precision this engine serves.
 OV_PRECISIONS = {"bf16": "bf16", "fp32": "f32"}
-
-
-def _external_bytes(path: Path) -> int:
-    """Bytes of the graph's external weights, after checking that each one lies in a plain file of the
-    graph's own folder (OpenVINO would follow any path the graph names, as a lying GGUF would)."""
-    try:
-        proto = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:  # protobuf raises DecodeError and friends
-        raise InvalidModelFile(f"{path.name} is not a valid ONNX file: {exc}") from exc
-    folder = path.parent.resolve()
-    total = 0
-    for init in proto.graph.initializer:
-        if not uses_external_data(init):
-            continue
-        info = {e.key: e.value for e in init.external_data}
-        location = info.get("location", "")
-        target = (folder / location).resolve()
-        if "/" in location or "\\" in location or location in ("", ".", "..") or target.parent != folder:
-            raise InvalidModelFile(f"{path.name} points outside its folder for tensor {init.name!r}")
-        offset, length = int(info.get("offset", 0)), int(info.get("length", -1))
-        if length < 0 or offset < 0 or offset + length > target.stat().st_size:
-            raise InvalidModelFile(f"{path.name}: tensor {init.name!r} lies outside {location}")
-        total += length
-    return total
 
 
 class OpenVinoEngine(HfTokenized):
@@ -58,7 +33,7 @@ class OpenVinoEngine(HfTokenized):
         import openvino as ov
 
         self._open_tokenizer(tokenizer, ctx_len)
-        fp32_bytes = _external_bytes(graph)
+        fp32_bytes = sum(t.length for t in external_tensors(graph)[1])  # checked before OpenVINO reads it
         streams = max(1, n_threads)
         config = {
             "INFERENCE_PRECISION_HINT": OV_PRECISIONS[precision],
