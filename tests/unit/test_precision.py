@@ -199,3 +199,41 @@ def test_bf16_import_records_its_cosine_and_opens_on_openvino(tmp_path: Path) ->
         assert engine.embed([engine.tokenize("hello world")]).shape == (1, record.n_embd)
     finally:
         engine.close()
+
+
+def _edit_record(data_dir: str, folder: str, **fields: object) -> None:
+    record_file = Path(data_dir) / "models" / folder / "model.yml"
+    record = yaml.safe_load(record_file.read_text())
+    record.update(fields)
+    record_file.write_text(yaml.safe_dump(record, sort_keys=False))
+
+
+@pytest.mark.anyio
+async def test_a_model_yml_edited_to_bf16_is_not_served_otherwise_than_it_says(
+    settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Import refuses bf16 for a cross-encoder, and OpenVINO would serve an older cortex's normalising graph
+    normalised whatever the request asks: a model.yml edited to say bf16 for either is unavailable, saying why,
+    rather than served with other scores or another vector length."""
+    monkeypatch.setattr(hardware, "bf16_available", lambda: True)  # refused before OpenVINO compiles anything
+    async with serve(settings()) as api:
+        for model, path in (("ce:edit", DATA / "cross-encoder-tiny"), ("old:edit", FIXTURE)):
+            r = await api.post("/v1/models/import", json={"model": model, "model_path": str(path)})
+            assert r.status_code == 200, r.text
+        data_dir = settings().data_dir
+        _edit_record(data_dir, "ce@edit", precision="bf16")
+        graph_file = Path(data_dir) / "models" / "old@edit" / GRAPH_FILE
+        proto = onnx.load(str(graph_file), load_external_data=False)  # end it as graphs did before issue 15
+        final = proto.graph.output[0].name
+        for node in proto.graph.node:
+            node.output[:] = ["pooled" if o == final else o for o in node.output]
+        proto.graph.node.append(onnx.helper.make_node("LpNormalization", ["pooled"], [final], axis=-1, p=2))
+        onnx.save(proto, str(graph_file))
+        size = sum(f.stat().st_size for f in graph_file.parent.iterdir() if f.name != "model.yml")
+        _edit_record(data_dir, "old@edit", precision="bf16", size=size)
+        r = await api.post("/v1/rerank", json={"model": "ce:edit", "query": "q", "documents": ["d"]})
+        assert r.status_code == 500 and r.json()["error"]["code"] == "model_unavailable", r.text
+        assert "cross-encoder is served in fp32" in r.json()["error"]["message"]
+        r = await api.post("/v1/embeddings", json={"model": "old:edit", "input": "hello", "normalize": False})
+        assert r.status_code == 500 and r.json()["error"]["code"] == "model_unavailable", r.text
+        assert "normalises inside" in r.json()["error"]["message"]

@@ -1,9 +1,11 @@
-"""A stored ONNX graph's external weights, checked before any runtime reads them: each must lie in a plain
-file of the graph's own folder, inside that file (ONNX Runtime and OpenVINO would follow any path a graph
-names, as a lying GGUF would point past its end). One check for both engines that run ONNX graphs."""
+"""What the two engines that run a stored ONNX graph (ONNX Runtime and OpenVINO) share about it: its external
+weights, checked before any runtime reads them (each must lie in a plain file of the graph's own folder,
+inside that file: a runtime would follow any path a graph names, as a lying GGUF would point past its end);
+a final normalisation written by older cortex; and the inputs a batch of token ids becomes."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,3 +53,48 @@ def external_tensors(path: Path) -> tuple[onnx.GraphProto, list[ExternalTensor]]
             raise InvalidModelFile(f"{path.name}: tensor {init.name!r} lies outside {location}")
         tensors.append(ExternalTensor(init.name, target, offset, length, dtype, dims))
     return proto.graph, tensors
+
+
+def without_final_normalization(path: Path) -> bytes | None:
+    """The graph at `path` serialised without its last node, if that node is an LpNormalization (graphs
+    written before normalisation moved into cortex.runtime.embed ended with one); None if it has none.
+
+    Engines return pooled vectors and each request chooses whether they are normalised, so a stored graph
+    that normalises is served from its pooled output. Its external weights are left out here: the
+    runtime reads them from the graph's folder."""
+    proto = onnx.load(str(path), load_external_data=False)
+    graph = proto.graph
+    if len(graph.output) != 1:
+        return None
+    producers = {out: node for node in graph.node for out in node.output}
+    node = producers.get(graph.output[0].name)
+    identity = None
+    if node is not None and node.op_type == "Identity":
+        identity, node = node, producers.get(node.input[0])
+    if node is None or node.op_type != "LpNormalization":
+        return None
+    pooled = node.input[0]
+    graph.node.remove(node)
+    if identity is not None:
+        identity.input[0] = pooled
+    else:
+        graph.node.append(onnx.helper.make_node("Identity", [pooled], [graph.output[0].name]))
+    return proto.SerializeToString()
+
+
+def graph_feed(
+    seqs: Sequence[Sequence[int]], starts_input: str | None, starts: Sequence[int] | None, multiple: int = 1
+) -> dict[str, np.ndarray]:
+    """The graph's inputs for `seqs`: ids and attention mask padded to the longest, rounded up to `multiple`
+    tokens; and, for a graph that takes one (`starts_input`), where each row's second part starts."""
+    longest = max(len(s) for s in seqs)
+    longest += -longest % multiple
+    ids = np.zeros((len(seqs), longest), dtype=np.int64)
+    mask = np.zeros((len(seqs), longest), dtype=np.int64)
+    for i, seq in enumerate(seqs):
+        ids[i, : len(seq)] = seq
+        mask[i, : len(seq)] = 1
+    feed = {"input_ids": ids, "attention_mask": mask}
+    if starts_input is not None:
+        feed[starts_input] = np.array(starts or [0] * len(seqs), dtype=np.int64)
+    return feed

@@ -287,12 +287,19 @@ def _open_onnx(folder: Path, record: ModelRecord, settings: Settings) -> Engine:
 def _open_bf16(graph: Path, tokenizer: Path, record: ModelRecord, settings: Settings) -> Engine:
     """A model imported at bf16, on OpenVINO; ModelUnavailable on a CPU without bf16 units (a data folder
     copied from another machine): neither a crash nor another precision than the one recorded."""
+    from cortex.engine.graph_file import without_final_normalization
     from cortex.engine.openvino import OpenVinoEngine
     from cortex.hardware import bf16_available
 
     if not bf16_available():
         why = ("it was imported at precision bf16, and this CPU has no bf16 units (AVX512-BF16 or AMX-BF16; see "
                "`cortex hardware`); import its folder again with --precision fp32 or int8")  # fmt: skip
+        raise ModelUnavailable(record.id, why)
+    # bf16 is refused at import for these two; a model.yml edited to say bf16 is not served otherwise than asked
+    if record.task != "embed":
+        raise ModelUnavailable(record.id, "its model.yml says bf16, and a cross-encoder is served in fp32 only")
+    if without_final_normalization(graph) is not None:
+        why = "its graph, written by an older cortex, normalises inside; import its folder again to serve it at bf16"
         raise ModelUnavailable(record.id, why)
     return OpenVinoEngine(graph, tokenizer, ctx_len=record.ctx_len, n_threads=settings.n_threads, precision="bf16")
 

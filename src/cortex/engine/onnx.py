@@ -25,7 +25,7 @@ import onnx
 import onnxruntime as ort
 
 from cortex.convert.onnx_ops import PAIR_START, POOL_START
-from cortex.engine.graph_file import external_tensors
+from cortex.engine.graph_file import external_tensors, graph_feed, without_final_normalization
 from cortex.engine.hf_tokenizer import HfTokenized
 from cortex.errors import EngineFailure, InvalidModelFile
 
@@ -54,33 +54,6 @@ def gathered_only(graph: onnx.GraphProto) -> set[str]:
         for slot, name in enumerate(node.input):
             uses.setdefault(name, set()).add((node.op_type, slot))
     return {i.name for i in graph.initializer if uses.get(i.name) == {("Gather", 0)}}
-
-
-def without_final_normalization(path: Path) -> bytes | None:
-    """The graph at `path` serialised without its last node, if that node is an LpNormalization (graphs
-    written before normalisation moved into cortex.runtime.embed ended with one); None if it has none.
-
-    Engines return pooled vectors and each request chooses whether they are normalised, so a stored graph
-    that normalises is served from its pooled output. Its external weights are left out here: the
-    sessions take them from `load_shared_weights`."""
-    proto = onnx.load(str(path), load_external_data=False)
-    graph = proto.graph
-    if len(graph.output) != 1:
-        return None
-    producers = {out: node for node in graph.node for out in node.output}
-    node = producers.get(graph.output[0].name)
-    identity = None
-    if node is not None and node.op_type == "Identity":
-        identity, node = node, producers.get(node.input[0])
-    if node is None or node.op_type != "LpNormalization":
-        return None
-    pooled = node.input[0]
-    graph.node.remove(node)
-    if identity is not None:
-        identity.input[0] = pooled
-    else:
-        graph.node.append(onnx.helper.make_node("Identity", [pooled], [graph.output[0].name]))
-    return proto.SerializeToString()
 
 
 class OnnxEngine(HfTokenized):
@@ -119,15 +92,7 @@ class OnnxEngine(HfTokenized):
             raise InvalidModelFile(f"ONNX Runtime refused the graph: {exc}") from exc
 
     def embed(self, seqs: Sequence[Sequence[int]], starts: Sequence[int] | None = None) -> np.ndarray:
-        longest = max(len(s) for s in seqs)
-        ids = np.zeros((len(seqs), longest), dtype=np.int64)
-        mask = np.zeros((len(seqs), longest), dtype=np.int64)
-        for i, seq in enumerate(seqs):
-            ids[i, : len(seq)] = seq
-            mask[i, : len(seq)] = 1
-        feed = {"input_ids": ids, "attention_mask": mask}
-        if self._starts_input is not None:
-            feed[self._starts_input] = np.array(starts or [0] * len(seqs), dtype=np.int64)
+        feed = graph_feed(seqs, self._starts_input, starts)
         try:
             out = self._session.run(None, feed)[0]
         except Exception as exc:
