@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -64,12 +65,15 @@ async def test_host_answers_are_remembered_but_stay_right_beyond_the_memory(tmp_
             assert len(guard._hosts_seen) <= 256
 
 
-def test_the_access_file_rolls_over_by_its_size(tmp_path: Path) -> None:
+@pytest.mark.parametrize("pad", ["x" * 20, "模型" * 5], ids=["ascii", "utf-8"])
+def test_the_access_file_rolls_over_by_its_size(tmp_path: Path, pad: str) -> None:
+    """By its size in bytes: a line of model names in UTF-8 is longer in bytes than in characters."""
     path = tmp_path / "access.jsonl"
     handler = _AccessFile(path, maxBytes=100, backupCount=2, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(message)s"))
     for i in range(9):
-        handler.handle(logging.makeLogRecord({"msg": json.dumps({"n": i, "pad": "x" * 20}), "levelno": logging.INFO}))
+        line = json.dumps({"n": i, "pad": pad}, ensure_ascii=False)
+        handler.handle(logging.makeLogRecord({"msg": line, "levelno": logging.INFO}))
     handler.close()
     lines = [
         json.loads(line)["n"]
@@ -78,6 +82,23 @@ def test_the_access_file_rolls_over_by_its_size(tmp_path: Path) -> None:
     ]
     assert lines == list(range(9))[-len(lines) :] and lines[-1] == 8
     assert all(p.stat().st_size < 100 for p in (path, path.with_suffix(".jsonl.1"), path.with_suffix(".jsonl.2")))
+
+
+def test_an_access_file_that_is_a_fifo_gets_every_line_and_never_rolls_over(tmp_path: Path) -> None:
+    """logs/access.jsonl made a named pipe to a log shipper: each line goes through, none is lost to a seek."""
+    path = tmp_path / "access.jsonl"
+    os.mkfifo(path)
+    reader = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        handler = _AccessFile(path, maxBytes=100, backupCount=2, encoding="utf-8")
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        for i in range(3):
+            handler.handle(logging.makeLogRecord({"msg": json.dumps({"n": i, "pad": "x" * 60}), "levelno": 20}))
+        handler.close()
+        got = os.read(reader, 1 << 16).decode().splitlines()
+    finally:
+        os.close(reader)
+    assert [json.loads(line)["n"] for line in got] == [0, 1, 2] and path.is_fifo()
 
 
 async def test_an_access_line_for_a_path_orjson_refuses(tmp_path: Path) -> None:

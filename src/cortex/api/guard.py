@@ -81,7 +81,11 @@ class _AccessFile(logging.handlers.RotatingFileHandler):
     def shouldRollover(self, record: logging.LogRecord) -> bool:
         if self.stream is None:
             self.stream = self._open()
-        return self.stream.tell() + len(record.getMessage()) + 1 >= self.maxBytes
+        try:
+            end = self.stream.tell()
+        except OSError:  # not a regular file (a FIFO to a log shipper): never rolled over, as the stdlib does
+            return False
+        return end + len(record.getMessage().encode("utf-8")) + 1 >= self.maxBytes  # bytes: names may be UTF-8
 
 
 def access_logger(logs_dir: Path | None) -> logging.Logger:
