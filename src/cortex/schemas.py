@@ -393,10 +393,15 @@ class DeleteResult(BaseModel):
 
 
 class PullRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="allow")
     model: str = Field(description="NAME[:TAG] (cortexso), ORG/REPO[:QUANT], or the URL of a .gguf file on the hub")
     quant: str | None = Field(None, description="Which GGUF of an ORG/REPO to take, e.g. Q4_K_M")
     engine: EngineName | None = Field(None, description=f"For a sentence-transformers repository ({_ENGINES_HELP})")
+
+    def import_options(self) -> list[str]:
+        """The import options given (`precision`, ...): a pull imports with each kind's defaults, and a route
+        refuses them rather than ignore them (kept as extras for that)."""
+        return [name for name in OPTION_NAMES if (self.model_extra or {}).get(name) is not None]
 
 
 PullState = Literal["resolving", "downloading", "importing", "done", "failed", "cancelled", "paused"]

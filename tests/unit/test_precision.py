@@ -237,3 +237,16 @@ async def test_a_model_yml_edited_to_bf16_is_not_served_otherwise_than_it_says(
         r = await api.post("/v1/embeddings", json={"model": "old:edit", "input": "hello", "normalize": False})
         assert r.status_code == 500 and r.json()["error"]["code"] == "model_unavailable", r.text
         assert "normalises inside" in r.json()["error"]["message"]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("option", [{"precision": "bf16"}, {"quantize": "int8"}, {"outtype": "q8_0"}])
+async def test_a_pull_refuses_import_options_rather_than_ignore_them(
+    settings: Callable[..., Settings], option: dict
+) -> None:
+    """A pull imports with the defaults: `precision` on a pull was dropped and the model came at fp32."""
+    async with serve(settings()) as api:
+        r = await api.post("/v1/models/pull", json={"model": "org/repo", **option})
+    assert r.status_code == 400, r.text
+    (name,) = option
+    assert r.json()["error"]["param"] == name and "option of `cortex models import`" in r.json()["error"]["message"]

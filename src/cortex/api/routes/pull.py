@@ -10,6 +10,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
 
 from cortex.api.sse import sse_event
+from cortex.errors import InvalidRequest
 from cortex.hub.names import parse_pull_name
 from cortex.hub.resolve import list_variants
 from cortex.hub.tasks import FINAL, PullManager, PullTask
@@ -34,6 +35,12 @@ async def variants(request: Request, model: str = Query(description="NAME or ORG
 
 @router.post("/v1/models/pull", response_model=PullStatus, status_code=202, summary="Pull a model from the hub")
 async def start_pull(body: PullRequest, request: Request) -> PullStatus:
+    for name in body.import_options():
+        raise InvalidRequest(
+            f"'{name}' is an option of `cortex models import`, not of a pull, which imports with the defaults: "
+            "import a local copy of the folder to choose it.",
+            param=name,
+        )
     task = await _pulls(request).start(body.model, body.quant, engine=body.engine)
     return task.view()
 
