@@ -46,14 +46,22 @@ def _cpuinfo() -> tuple[str, set[str]]:
 
 # The flags of the bf16 units OpenVINO's CPU plugin runs bf16 on: AVX512-BF16 (VDPBF16PS) or AMX tiles.
 BF16_FLAGS = ("avx512_bf16", "amx_bf16")
-# What `precision` of a sentence-transformers import (cortex.engine.kinds) needs of the CPU beyond fp32.
+# The `precision` values of a sentence-transformers import (cortex.engine.kinds); bf16 needs BF16_FLAGS.
 PRECISIONS = ("fp32", "bf16", "int8")
+# The flags that change the fp32, int8 (VNNI) and bf16 kernels: recorded beside a precision's measured cosine.
+KERNEL_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", *BF16_FLAGS)
 
 
 def bf16_available() -> bool:
     """Whether this CPU has bf16 units: the one test of it, at import (a refusal) and at load (a model
     imported at bf16 on another machine). Without them OpenVINO would emulate or quietly run fp32."""
     return bool(set(BF16_FLAGS) & _cpuinfo()[1])
+
+
+def kernel_flags() -> list[str]:
+    """This CPU's KERNEL_FLAGS: what a bf16 or int8 model's recorded cosine was measured with."""
+    present = _cpuinfo()[1]
+    return [flag for flag in KERNEL_FLAGS if flag in present]
 
 
 def precisions() -> list[str]:

@@ -53,17 +53,6 @@ PROBE_TEXTS = [
 ]
 
 
-def cpu_features() -> list[str]:
-    """The instruction-set flags that change int8 kernels (VNNI), bf16 ones and fp32 ones."""
-    wanted = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "avx512_bf16", "amx_bf16")
-    try:
-        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
-    except (OSError, StopIteration):
-        return []
-    present = set(flags.split(":", 1)[1].split())
-    return [f for f in wanted if f in present]
-
-
 def _save_external(proto: onnx.ModelProto, dest: Path) -> None:
     onnx.save_model(proto, str(dest / GRAPH_FILE), save_as_external_data=True, all_tensors_to_one_file=True,
                     location=DATA_FILE, size_threshold=1024)  # fmt: skip

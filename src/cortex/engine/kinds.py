@@ -242,10 +242,11 @@ def _accuracy(reference: Path, candidate: Path, ctx_len: int, precision: str = "
     (kernels differ with VNNI, AVX512-BF16, AMX)."""
     import numpy as np
 
-    from cortex.convert.onnx_model import GRAPH_FILE, PROBE_TEXTS, TOKENIZER_FILE, cpu_features
+    from cortex.convert.onnx_model import GRAPH_FILE, PROBE_TEXTS, TOKENIZER_FILE
     from cortex.engine.base import l2_normalize
     from cortex.engine.onnx import OnnxEngine
     from cortex.engine.openvino import OpenVinoEngine
+    from cortex.hardware import kernel_flags
 
     def vectors(engine: Engine) -> np.ndarray:
         try:
@@ -259,7 +260,7 @@ def _accuracy(reference: Path, candidate: Path, ctx_len: int, precision: str = "
         b = vectors(OpenVinoEngine(graph, tokenizer, ctx_len=ctx_len, n_threads=1, precision="bf16"))
     else:
         b = vectors(OnnxEngine(graph, tokenizer, ctx_len=ctx_len, n_threads=1))
-    return {"precision_min_cosine": round(float(np.min(np.sum(a * b, axis=1))), 6), "cpu_features": cpu_features()}
+    return {"precision_min_cosine": round(float(np.min(np.sum(a * b, axis=1))), 6), "cpu_features": kernel_flags()}
 
 
 def _onnx_space(source: Source, opts: ImportOptions) -> int:
