@@ -250,3 +250,41 @@ async def test_a_pull_refuses_import_options_rather_than_ignore_them(
     assert r.status_code == 400, r.text
     (name,) = option
     assert r.json()["error"]["param"] == name and "option of `cortex models import`" in r.json()["error"]["message"]
+
+
+def test_graph_feed_pads_to_a_multiple_and_masks_the_padding() -> None:
+    from cortex.engine.graph_file import graph_feed
+
+    feed = graph_feed([[5, 6, 7], [8]], "pool_start", [1, 0], multiple=8)
+    assert feed["input_ids"].shape == (2, 8) and feed["input_ids"][0, :3].tolist() == [5, 6, 7]
+    assert feed["attention_mask"].sum(axis=1).tolist() == [3, 1] and feed["pool_start"].tolist() == [1, 0]
+    assert graph_feed([[1] * 16], None, None, multiple=8)["input_ids"].shape == (1, 16)  # already a multiple
+
+
+def test_openvino_sees_input_lengths_rounded_up_but_never_past_the_context(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its per-shape cache holds at most n_ctx / 8 shapes per stream (a shape of its own per length grew a
+    server by ~470 MiB, plus at most 7 for the lengths within 8 of the context's edge, which are not padded
+    past it."""
+    import cortex.engine.openvino as openvino
+
+    store = ModelStore(tmp_path / "models")
+    record = Importer(store).run("m:1", FIXTURE)
+    folder = store.folder(record.id)
+    ov = OpenVinoEngine(folder / GRAPH_FILE, folder / TOKENIZER_FILE, ctx_len=13, n_threads=1, precision="fp32")
+    seen: list[int] = []
+    real = openvino.graph_feed
+
+    def spy(seqs, *args):
+        feed = real(seqs, *args)
+        seen.append(feed["input_ids"].shape[1])
+        return feed
+
+    monkeypatch.setattr(openvino, "graph_feed", spy)
+    try:
+        for n in (1, 5, 8, 9, 13):
+            ov.embed([[101] + [1000] * (n - 2) + [102]] if n > 1 else [[101]])
+    finally:
+        ov.close()
+    assert seen == [8, 8, 8, 9, 13]  # 9 would round to 16, past the context of 13

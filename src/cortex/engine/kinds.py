@@ -191,7 +191,7 @@ def _write_onnx(source: Source, opts: ImportOptions, staging: Path, progress: Pr
     if precision == "int8":  # also under the older names, which older clients and cortex versions read
         extra["int8_min_cosine"] = extra.get("precision_min_cosine")
     elif precision == "bf16":  # the same fp32 graph, served by OpenVINO at bf16: measured here
-        extra = _accuracy(staging, staging, folder.max_seq_length, "bf16")
+        extra |= _accuracy(staging, staging, folder.max_seq_length, "bf16")
     ctx_len = min(opts.ctx_len or folder.max_seq_length, folder.max_seq_length)
     rerank = folder.task == "rerank"  # a cross-encoder: one logit per pair, from the pooler on [CLS]
     return {
