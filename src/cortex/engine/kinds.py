@@ -282,7 +282,13 @@ def _open_onnx(folder: Path, record: ModelRecord, settings: Settings) -> Engine:
     graph, _, tokenizer = record.files  # as convert.onnx_model.FILES orders them
     if record.precision == "bf16":
         return _open_bf16(folder / graph, folder / tokenizer, record, settings)
-    return OnnxEngine(folder / graph, folder / tokenizer, ctx_len=record.ctx_len, n_threads=settings.n_threads)
+    return OnnxEngine(
+        folder / graph,
+        folder / tokenizer,
+        ctx_len=record.ctx_len,
+        n_threads=settings.n_threads,
+        precision=record.precision or "fp32",
+    )
 
 
 def _open_bf16(graph: Path, tokenizer: Path, record: ModelRecord, settings: Settings) -> Engine:

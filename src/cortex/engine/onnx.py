@@ -13,6 +13,17 @@ for all-MiniLM-L6-v2), and ONNX Runtime frees its unpacked copy of a weight only
 itself. So the session reads those weights from the model's external-data file; only the tables that
 Gather nodes read (the embeddings, never pre-packed) are loaded here (`add_initializer`), after the
 checks of `load_shared_weights`.
+
+An int8 graph (dynamically quantised matrix products) wants work otherwise (bench/engines.py, MiniLM, 2
+cores): its runs are short, so two parallel runs sharing one all-core pool lose 30% of its tokens/s to
+the pool (13.0k against 18.7k on a one-thread session), and a lone run gains ~60% from pool threads that
+spin between operators rather than sleep (14.4k against 9.0k). Its packed weights are a quarter of fp32's,
+so it keeps two sessions (+17 MiB for MiniLM): a one-thread one that the workers' threads run in parallel,
+and an all-core one whose pool spins during a run, for a run the scheduler says is alone (`solo_runs`).
+
+ONNX Runtime fuses each residual Add and LayerNormalization of an int8 graph into SkipLayerNormalization,
+whose CPU kernel is slower than the two operators it replaces (ORT 1.32: 19.3k against 15.9k tokens/s with
+two callers, 14.0k against 12.5k alone, bench/engines.py): that fusion is left off.
 """
 
 from __future__ import annotations
@@ -28,6 +39,9 @@ from cortex.convert.onnx_ops import PAIR_START, POOL_START
 from cortex.engine.graph_file import external_tensors, graph_feed, without_final_normalization
 from cortex.engine.hf_tokenizer import HfTokenized
 from cortex.errors import EngineFailure, InvalidModelFile
+
+# Graph rewrites of ONNX Runtime this engine turns off (see the module's docstring).
+_DISABLED_OPTIMIZERS = ["SkipLayerNormFusion"]
 
 
 def load_shared_weights(path: Path) -> tuple[dict[str, ort.OrtValue], int]:
@@ -59,12 +73,17 @@ def gathered_only(graph: onnx.GraphProto) -> set[str]:
 class OnnxEngine(HfTokenized):
     """An encoder model's ONNX graph and its tokenizer (cortex.engine.hf_tokenizer)."""
 
-    def __init__(self, graph: Path, tokenizer: Path, *, ctx_len: int, n_threads: int) -> None:
+    def __init__(self, graph: Path, tokenizer: Path, *, ctx_len: int, n_threads: int, precision: str = "fp32") -> None:
+        """`precision`: the record's; "int8" (a quantised graph) runs as the module's docstring says."""
         self._open_tokenizer(tokenizer, ctx_len)
         self._weights, self._weight_bytes = load_shared_weights(graph)
         self._folder = graph.parent
         model = without_final_normalization(graph) or str(graph)
-        self._session = self._open(model, n_threads)
+        two = precision == "int8" and n_threads > 1
+        self._session = self._open(model, 1 if two else n_threads)
+        # a run with nothing beside it (the scheduler's `alone`): all cores, pool threads spinning (int8 only)
+        self._lone = self._open(model, n_threads, spin=True) if two else None
+        self.solo_runs = two
         self.workers = n_threads
         self.max_batch_seqs = 1  # one input per run: padding costs more than batching saves
         self.max_batch_tokens = ctx_len
@@ -76,25 +95,33 @@ class OnnxEngine(HfTokenized):
         if self._starts_input == PAIR_START:  # a cross-encoder's graph
             self._open_pair_cutter(tokenizer, ctx_len)
 
-    def _open(self, model: str | bytes, threads: int) -> ort.InferenceSession:
+    def _open(self, model: str | bytes, threads: int, *, spin: bool = False) -> ort.InferenceSession:
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
-        # A pool thread that spins after a run steals a core from the other workers' runs: sleep instead.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        # A pool thread that spins after a run steals a core from the other workers' runs: sleep instead,
+        # except in the pool of the session kept for lone runs.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+        if spin:  # between the operators of a run; not after it, when another run may start beside it
+            options.add_session_config_entry("session.force_spinning_stop", "1")
         # a graph given as bytes names its external data relative to this folder
         options.add_session_config_entry("session.model_external_initializers_file_folder_path", str(self._folder))
         for name, value in self._weights.items():
             options.add_initializer(name, value)
         try:
-            return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+            return ort.InferenceSession(
+                model, options, providers=["CPUExecutionProvider"], disabled_optimizers=_DISABLED_OPTIMIZERS
+            )
         except Exception as exc:  # ORT raises its own exception types for invalid graphs
             raise InvalidModelFile(f"ONNX Runtime refused the graph: {exc}") from exc
 
-    def embed(self, seqs: Sequence[Sequence[int]], starts: Sequence[int] | None = None) -> np.ndarray:
+    def embed(
+        self, seqs: Sequence[Sequence[int]], starts: Sequence[int] | None = None, *, alone: bool = False
+    ) -> np.ndarray:
         feed = graph_feed(seqs, self._starts_input, starts)
+        session = self._lone if alone and self._lone is not None else self._session
         try:
-            out = self._session.run(None, feed)[0]
+            out = session.run(None, feed)[0]
         except Exception as exc:
             raise EngineFailure(f"ONNX Runtime failed on a batch of {len(seqs)} inputs: {exc}") from exc
         return np.asarray(out, dtype=np.float32)
@@ -103,5 +130,5 @@ class OnnxEngine(HfTokenized):
         return self._weight_bytes
 
     def close(self) -> None:
-        self._session = None  # type: ignore[assignment]
+        self._session = self._lone = None  # type: ignore[assignment]
         self._weights = {}

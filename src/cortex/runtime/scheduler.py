@@ -1,7 +1,9 @@
-"""Per-model dynamic batching: one owner task gathers the inputs of all concurrent requests into
-engine batches under the engine's token budget and sequence limit, runs up to `engine.workers` batches at
-once on the model's own threads (llama.cpp and ONNX Runtime release the GIL), and completes each input's
-future as soon as its batch is done. A failed batch fails exactly its own inputs; the owner keeps serving.
+"""Per-model dynamic batching: requests queue their inputs here, and `engine.workers` threads of the model's
+own each take the next batch as soon as they are free (under the engine's token budget and sequence
+limit) and run it (llama.cpp and ONNX Runtime release the GIL); each input's future is completed on the
+event loop once its batch is done. A worker takes its next batch itself, so a busy event loop (parsing
+requests, writing responses) never keeps a free core waiting for work. A failed batch fails exactly its own
+inputs; the workers keep serving.
 
 The queue is shared fairly between requests, in tokens (fair queuing): each request's inputs wait in
 their own line, in order. A virtual clock stands for the tokens each waiting request would have had if the
@@ -14,20 +16,19 @@ of their inputs, not after every input queued before it (bench/mixed_load.py). N
 passes every tag in time.
 
 The engine says how it wants work: llama.cpp takes many sequences packed into one batch on one worker;
-ONNX Runtime takes one input per run on several workers.
+ONNX Runtime takes one input per run on several workers, and an engine with `solo_runs` is told which run
+has the machine to itself (no other run in flight, nothing queued), as a lone query has.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import contextvars
 import heapq
 import itertools
 import logging
+import threading
 from collections import deque
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -65,7 +66,8 @@ class _Request:
 
 
 class BatchScheduler:
-    """Queue and batch loop for one loaded model."""
+    """Queue and worker threads for one loaded model. Made and used on one event loop; the queue's state
+    is shared with the workers under `_lock`."""
 
     def __init__(
         self, engine: Engine, *, model_id: str, max_queue_inputs: int, meter: ModelMeter | None = None
@@ -74,24 +76,30 @@ class BatchScheduler:
         self.engine = engine
         self.model_id = model_id
         self.max_queue_inputs = max_queue_inputs
+        self._loop = asyncio.get_running_loop()
+        self._lock = threading.Lock()
+        self._work = threading.Condition(self._lock)  # notified when inputs are queued, and to stop
         # (tag of its next input, push number, request): the smallest tag is served first
         self._ready: list[tuple[float, int, _Request]] = []
         self._pushes = itertools.count()  # breaks ties between equal tags: the one queued longest first
         self._clock = 0.0  # where a request arriving now starts
         self._queued = 0
-        self._wakeup = asyncio.Event()
-        self._idle = asyncio.Event()
+        self._busy = 0  # batches taken whose results the event loop has not yet handed out
+        self._running_inputs = 0
+        self._stopping = False  # the workers return once it is set
+        self._idle = asyncio.Event()  # nothing queued, nothing running, every result handed out
         self._idle.set()
         self._closed = False
         self._refusal: CortexError | None = None  # set by fail_pending: the answer to every new input
-        self._workers = max(1, engine.workers)
-        self._busy = 0
+        self._solo = bool(getattr(engine, "solo_runs", False))
         self._meter = meter
-        self._running_inputs = 0
-        self._running: set[asyncio.Task] = set()
-        self._executor = ThreadPoolExecutor(self._workers, thread_name_prefix=f"engine-{model_id}")
-        # a context of its own: not that of the request that loaded the model, which its lines would name
-        self._task = asyncio.create_task(self._run(), name=f"scheduler-{model_id}", context=contextvars.Context())
+        # threads start with an empty context: not that of the request that loaded the model
+        self._threads = [
+            threading.Thread(target=self._serve, name=f"engine-{model_id}-{i}", daemon=True)
+            for i in range(max(1, engine.workers))
+        ]
+        for thread in self._threads:
+            thread.start()
 
     async def embed(self, seqs: Sequence[Sequence[int]], starts: int | Sequence[int] = 0) -> np.ndarray:
         """Vectors for `seqs` (each at most `engine.n_ctx` tokens), one row per sequence, in order; each
@@ -106,20 +114,21 @@ class BatchScheduler:
                 "(max_queue_inputs): send fewer inputs per request.",
                 param="input",
             )
-        if self._queued + len(seqs) > self.max_queue_inputs:
-            raise Overloaded(
-                f"The server is busy: {self._queued} inputs are waiting for `{self.model_id}` "
-                f"(limit {self.max_queue_inputs}). Retry shortly."
-            )
-        loop = asyncio.get_running_loop()
+        loop = self._loop
         futures = [loop.create_future() for _ in seqs]
         request_id = REQUEST_ID.get()
         each = [starts] * len(seqs) if isinstance(starts, int) else starts
         items = deque(_Item(s, f, n, request_id) for s, f, n in zip(seqs, futures, each, strict=True))
-        self._queued += len(items)
-        self._push(_Request(items, self._clock))
+        with self._work:
+            if self._queued + len(seqs) > self.max_queue_inputs:
+                raise Overloaded(
+                    f"The server is busy: {self._queued} inputs are waiting for `{self.model_id}` "
+                    f"(limit {self.max_queue_inputs}). Retry shortly."
+                )
+            self._queued += len(items)
+            self._push(_Request(items, self._clock))
+            self._work.notify(len(items))  # as many idle workers as there are inputs to take
         self._idle.clear()
-        self._wakeup.set()
         try:
             rows = await asyncio.gather(*futures)
         except BaseException:
@@ -132,7 +141,7 @@ class BatchScheduler:
 
     @property
     def queued(self) -> int:
-        """Inputs waiting for a batch (those of a client that left count until the packer drops them)."""
+        """Inputs waiting for a batch (those of a client that left count until a worker drops them)."""
         return self._queued
 
     @property
@@ -141,14 +150,14 @@ class BatchScheduler:
         return self._running_inputs
 
     def _push(self, request: _Request) -> None:
-        """Queue `request` by the tag of its next input."""
+        """Queue `request` by the tag of its next input. Under the lock."""
         if request.items:
             tag = request.begins + len(request.items[0].tokens)
             heapq.heappush(self._ready, (tag, next(self._pushes), request))
 
     def _take_batch(self) -> list[_Item]:
         """The inputs with the smallest tags that fit the engine's budget together (first fit), each
-        request's in its order."""
+        request's in its order. Under the lock."""
         budget = self.engine.max_batch_tokens
         max_seqs = self.engine.max_batch_seqs
         batch: list[_Item] = []
@@ -178,70 +187,85 @@ class BatchScheduler:
             self._meter.batch(len(batch), used)
         return batch
 
-    async def _run(self) -> None:
+    def _serve(self) -> None:
+        """A worker thread: takes the next batch as soon as it is free, runs it, hands the outcome to the loop."""
         while True:
-            await self._wakeup.wait()
-            self._wakeup.clear()
-            while self._queued and self._busy < self._workers:
+            with self._work:
+                while not self._queued and not self._stopping:
+                    self._work.wait()
+                if self._stopping:
+                    return
                 batch = self._take_batch()
-                if not batch:
+                if not batch:  # only inputs of clients that left were queued
+                    if not self._queued and not self._busy:
+                        self._loop.call_soon_threadsafe(self._check_idle)
                     continue
+                alone = self._solo and self._busy == 0 and self._queued == 0
                 self._busy += 1
                 self._running_inputs += len(batch)
-                task = asyncio.create_task(self._execute(batch))
-                self._running.add(task)
-                task.add_done_callback(self._running.discard)
-            if not self._queued and self._busy == 0:
-                self._idle.set()
+            out, exc = self._execute(batch, alone)
+            self._loop.call_soon_threadsafe(self._deliver, batch, out, exc)
 
-    async def _execute(self, batch: list[_Item]) -> None:
-        loop = asyncio.get_running_loop()
+    def _execute(self, batch: list[_Item], alone: bool) -> tuple[np.ndarray | None, CortexError | None]:
+        """The engine's rows for `batch`, or the error to answer its inputs with."""
+        seqs = [i.tokens for i in batch]
+        starts = [i.start for i in batch]
+        args = (seqs, starts) if any(starts) else (seqs,)  # engines that pool every token need not know
         try:
-            seqs = [i.tokens for i in batch]
-            starts = [i.start for i in batch]
-            args = (seqs, starts) if any(starts) else (seqs,)  # engines that pool every token need not know
-            out = await loop.run_in_executor(self._executor, self.engine.embed, *args)
-        except Exception as exc:
-            if not isinstance(exc, CortexError):
-                # a batch serves several requests: its line names them all, `[req ID1,ID2]`
-                ids = ",".join(sorted({i.request_id for i in batch if i.request_id}))
-                in_requests = REQUEST_ID.set(ids or None)
-                try:
-                    log.exception("engine failed on a batch of %d inputs for %s", len(batch), self.model_id)
-                finally:
-                    REQUEST_ID.reset(in_requests)
-                exc = EngineFailure(f"The engine failed while embedding with `{self.model_id}`.")
+            return (self.engine.embed(*args, alone=True) if alone else self.engine.embed(*args)), None
+        except CortexError as exc:
+            return None, exc
+        except Exception:
+            # a batch serves several requests: its line names them all, `[req ID1,ID2]`
+            ids = ",".join(sorted({i.request_id for i in batch if i.request_id}))
+            in_requests = REQUEST_ID.set(ids or None)
+            try:
+                log.exception("engine failed on a batch of %d inputs for %s", len(batch), self.model_id)
+            finally:
+                REQUEST_ID.reset(in_requests)
+            return None, EngineFailure(f"The engine failed while embedding with `{self.model_id}`.")
+
+    def _deliver(self, batch: list[_Item], out: np.ndarray | None, exc: CortexError | None) -> None:
+        """On the loop: complete the futures of `batch` (those whose client is still there)."""
+        if exc is not None:
             for item in batch:
                 if not item.future.done():
                     item.future.set_exception(exc)
         else:
-            for item, row in zip(batch, out, strict=True):
+            for item, row in zip(batch, out, strict=True):  # type: ignore[arg-type]
                 if not item.future.done():
                     item.future.set_result(row)
-        finally:
+        with self._lock:
             self._busy -= 1
             self._running_inputs -= len(batch)
-            self._wakeup.set()
+        self._check_idle()
+
+    def _check_idle(self) -> None:
+        with self._lock:
+            idle = not self._queued and not self._busy
+        if idle:
+            self._idle.set()
 
     def fail_pending(self, exc: CortexError) -> None:
         """Fail the inputs not yet in a batch with `exc`, and every later one too; running batches finish.
 
         For a shutdown whose grace is running out: a clear error now beats a request cut off later."""
         self._refusal = exc
-        for _, _, request in self._ready:
-            for item in request.items:
-                if not item.future.done():
-                    item.future.set_exception(exc)
-        self._ready.clear()
-        self._queued = 0
-        self._wakeup.set()  # the owner sees the empty queue and marks itself idle once the batches end
+        with self._lock:
+            waiting = [item for _, _, request in self._ready for item in request.items]
+            self._ready.clear()
+            self._queued = 0
+        for item in waiting:
+            if not item.future.done():
+                item.future.set_exception(exc)
+        self._check_idle()  # idle now, unless batches are running: their results mark it
 
     async def close(self) -> None:
-        """Finish the inputs already queued, then stop the loop and the engine thread."""
+        """Finish the inputs already queued, then stop the worker threads."""
         self._closed = True
-        self._wakeup.set()
         await self._idle.wait()
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
-        self._executor.shutdown(wait=True)
+        with self._work:
+            self._stopping = True
+            self._work.notify_all()
+        for thread in self._threads:  # idle, waiting for work: they return at once
+            thread.join()
