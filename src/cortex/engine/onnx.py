@@ -14,16 +14,17 @@ itself. So the session reads those weights from the model's external-data file; 
 Gather nodes read (the embeddings, never pre-packed) are loaded here (`add_initializer`), after the
 checks of `load_shared_weights`.
 
-An int8 graph (dynamically quantised matrix products) wants work otherwise (bench/engines.py, MiniLM, 2
-cores): its runs are short, so two parallel runs sharing one all-core pool lose 30% of its tokens/s to
-the pool (13.0k against 18.7k on a one-thread session), and a lone run gains ~60% from pool threads that
-spin between operators rather than sleep (14.4k against 9.0k). Its packed weights are a quarter of fp32's,
-so it keeps two sessions (+17 MiB for MiniLM): a one-thread one that the workers' threads run in parallel,
-and an all-core one whose pool spins during a run, for a run the scheduler says is alone (`solo_runs`).
+An int8 graph (dynamically quantised matrix products) wants work otherwise (`bench/engines.py --rounds 3`,
+MiniLM, 2 cores): its runs are short, so two parallel runs sharing one all-core pool lose 18% of its
+tokens/s to the pool (17.3k against 21.0k on a one-thread session), and a lone run gains 40% from pool
+threads that spin between operators rather than sleep (16.0k against 11.4k). Its packed weights are a
+quarter of fp32's, so it keeps two sessions (+17 MiB for MiniLM): a one-thread one that the workers'
+threads run in parallel, and an all-core one whose pool spins during a run, for a run the scheduler says
+is alone (`solo_runs`).
 
 ONNX Runtime fuses each residual Add and LayerNormalization of an int8 graph into SkipLayerNormalization,
-whose CPU kernel is slower than the two operators it replaces (ORT 1.32: 19.3k against 15.9k tokens/s with
-two callers, 14.0k against 12.5k alone, bench/engines.py): that fusion is left off.
+whose CPU kernel is slower than the two operators it replaces (ORT 1.32, same run: 19.5k against 17.1k
+tokens/s with two callers, 16.0k against 14.1k alone): that fusion is left off.
 """
 
 from __future__ import annotations

@@ -197,14 +197,17 @@ class BatchScheduler:
                     return
                 batch = self._take_batch()
                 if not batch:  # only inputs of clients that left were queued
-                    if not self._queued and not self._busy:
+                    if not self._queued and not self._busy and not self._loop.is_closed():
                         self._loop.call_soon_threadsafe(self._check_idle)
                     continue
                 alone = self._solo and self._busy == 0 and self._queued == 0
                 self._busy += 1
                 self._running_inputs += len(batch)
             out, exc = self._execute(batch, alone)
-            self._loop.call_soon_threadsafe(self._deliver, batch, out, exc)
+            try:
+                self._loop.call_soon_threadsafe(self._deliver, batch, out, exc)
+            except RuntimeError:  # the loop is closed (a process ending without closing its models)
+                return
 
     def _execute(self, batch: list[_Item], alone: bool) -> tuple[np.ndarray | None, CortexError | None]:
         """The engine's rows for `batch`, or the error to answer its inputs with."""
