@@ -131,6 +131,23 @@ def llama_rows(store: ModelStore, folder: Path, sents: list[str], cores: int) ->
     return rows
 
 
+def other_way(
+    graph: Path, tokenizer: Path, ctx: int, precision: str, threads: int, *, one_session: bool, defused: bool
+) -> OnnxEngine:
+    """The engine at `precision`, but on one session of `threads` shared by its callers (`one_session`; what
+    fp32 does, and int8 did before), and/or with ORT's SkipLayerNorm fusion on for int8 (not `defused`)."""
+    kept = onnx._INT8_DISABLED_OPTIMIZERS
+    onnx._INT8_DISABLED_OPTIMIZERS = kept if defused else []
+    try:
+        engine = OnnxEngine(graph, tokenizer, ctx_len=ctx, n_threads=threads, precision=precision)
+        if one_session and precision == "int8":
+            engine._session = engine._open(str(graph), threads, int8=True)
+            engine._lone = None
+    finally:
+        onnx._INT8_DISABLED_OPTIMIZERS = kept
+    return engine
+
+
 def onnx_rows(store: ModelStore, folder: Path, sents: list[str], cores: int) -> list[tuple[str, float]]:
     rows = []
     for precision in ("fp32", "int8"):
@@ -148,20 +165,16 @@ def onnx_rows(store: ModelStore, folder: Path, sents: list[str], cores: int) -> 
         rows.append((f"{label}, one caller, each run alone (cortex)", timed(ntok, parallel, engine, seqs, 1, True)))
         rows.append((f"{label}, {cores} callers (cortex)", timed(ntok, parallel, engine, seqs, cores)))
         engine.close()
-        # the other ways: one all-core session that parallel callers share, one one-thread session, and for
-        # int8 cortex's two sessions with ONNX Runtime's SkipLayerNorm fusion on (as cortex had it before)
-        kept = onnx._DISABLED_OPTIMIZERS
-        others = [(f"one {cores}-thread session", cores, "fp32", kept), ("one one-thread session", 1, "fp32", kept)]
+        # the other ways: one all-core session that parallel callers share, one one-thread session (each with
+        # the engine's own options for the graph), and for int8 its two sessions with ORT's SkipLayerNorm fusion
+        others = [(f"one {cores}-thread session", cores, True), ("one one-thread session", 1, True)]
         if precision == "int8":
-            others.append(("cortex's sessions with ORT's SkipLayerNorm fusion", cores, "int8", []))
-        for name, threads, way, disabled in others:
-            onnx._DISABLED_OPTIMIZERS = disabled
-            try:
-                e = OnnxEngine(graph, tokenizer, ctx_len=ctx, n_threads=threads, precision=way)
-            finally:
-                onnx._DISABLED_OPTIMIZERS = kept
+            others.append(("cortex's sessions with ORT's SkipLayerNorm fusion", cores, False))
+        for name, threads, defused in others:
+            one = name.startswith("one ")
+            e = other_way(graph, tokenizer, ctx, precision, threads, one_session=one, defused=defused)
             parallel(e, seqs[:16], cores)
-            rows.append((f"{label}, one caller, {name}", timed(ntok, parallel, e, seqs, 1, way == "int8")))
+            rows.append((f"{label}, one caller, {name}", timed(ntok, parallel, e, seqs, 1, not one)))
             rows.append((f"{label}, {cores} callers, {name}", timed(ntok, parallel, e, seqs, cores)))
             e.close()
     return rows

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 
+import numpy as np
 import pytest
 
 from cortex.errors import EngineFailure, InvalidRequest, Overloaded, ShuttingDown
@@ -55,6 +57,34 @@ def test_a_failed_batch_fails_only_its_requests_and_the_loop_lives() -> None:
         ok = await sched.embed([[5], [6]])
         await sched.close()
         assert ok[:, 0].tolist() == [5.0, 6.0]
+
+    run(main())
+
+
+class _Misbehaving(StubEngine):
+    """One worker; input 7 gets one row too many, input 8 raises a BaseException that is no Exception."""
+
+    def embed(self, seqs):
+        if seqs[0][0] == 8:
+            raise SystemExit("a library that exits")
+        rows = super().embed(seqs)
+        return np.concatenate([rows, rows[:1]]) if seqs[0][0] == 7 else rows
+
+
+def test_an_engine_that_misbehaves_fails_its_batch_and_the_worker_lives_on() -> None:
+    """Wrong row counts and BaseExceptions are a failed batch (500), not a hung request, a dead worker or a
+    close() that never returns."""
+
+    async def main():
+        engine = _Misbehaving()
+        sched = BatchScheduler(engine, model_id="m", max_queue_inputs=1000)
+        for bad in (7, 8):
+            with pytest.raises(EngineFailure):
+                await asyncio.wait_for(sched.embed([[bad]]), 10)
+        ok = await asyncio.wait_for(sched.embed([[5], [6]]), 10)
+        assert ok[:, 0].tolist() == [5.0, 6.0]
+        assert sched.queued == 0 and sched.running == 0
+        await asyncio.wait_for(sched.close(), 10)
 
     run(main())
 
@@ -202,13 +232,37 @@ def test_a_run_with_nothing_beside_it_is_told_it_runs_alone() -> None:
         assert engine.hints == [True, True, True]
         engine.gate.clear()  # hold the runs: the other inputs queue behind the first
         many = asyncio.create_task(sched.embed([[10], [11], [12], [13]]))
-        while sched.running < 2:
+        while len(engine.hints) < 5:  # both workers inside the engine, holding a run each
             await asyncio.sleep(0.001)
         assert engine.hints[3:] == [False, False]  # each taken while others were queued
         engine.gate.set()
         await many
         await sched.close()
         assert len(engine.hints) == 7
+
+    run(main())
+
+
+def test_a_run_after_the_last_one_ended_is_alone_even_before_the_loop_hands_out_its_result() -> None:
+    """Whether a run is alone asks what is inside the engine, not what the event loop (busy parsing or
+    answering other requests) has yet to hand out."""
+
+    async def main():
+        engine = _SoloEngine()
+        engine.workers = 1
+        sched = BatchScheduler(engine, model_id="m", max_queue_inputs=100)
+        engine.gate.clear()
+        first = asyncio.create_task(sched.embed([[1]]))
+        second = asyncio.create_task(sched.embed([[2]]))
+        while sched.queued != 1 or not engine.hints:  # run 1 in the engine, request 2 queued behind it
+            await asyncio.sleep(0.001)
+        engine.gate.set()
+        deadline = time.monotonic() + 10
+        while len(engine.hints) < 2 and time.monotonic() < deadline:  # the loop stays blocked meanwhile:
+            time.sleep(0.001)  # run 1's result is not handed out when the worker takes run 2
+        await asyncio.gather(first, second)
+        await sched.close()
+        assert engine.hints[1] is True
 
     run(main())
 

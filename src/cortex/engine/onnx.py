@@ -24,7 +24,8 @@ is alone (`solo_runs`).
 
 ONNX Runtime fuses each residual Add and LayerNormalization of an int8 graph into SkipLayerNormalization,
 whose CPU kernel is slower than the two operators it replaces (ORT 1.32, same run: 19.5k against 17.1k
-tokens/s with two callers, 16.0k against 14.1k alone): that fusion is left off.
+tokens/s with two callers, 16.0k against 14.1k alone): for int8 that fusion is left off (fp32 graphs keep
+ONNX Runtime's defaults: it fuses few or none of theirs, and that was not measured).
 """
 
 from __future__ import annotations
@@ -41,8 +42,8 @@ from cortex.engine.graph_file import external_tensors, graph_feed, without_final
 from cortex.engine.hf_tokenizer import HfTokenized
 from cortex.errors import EngineFailure, InvalidModelFile
 
-# Graph rewrites of ONNX Runtime this engine turns off (see the module's docstring).
-_DISABLED_OPTIMIZERS = ["SkipLayerNormFusion"]
+# Graph rewrites of ONNX Runtime this engine turns off for an int8 graph (see the module's docstring).
+_INT8_DISABLED_OPTIMIZERS = ["SkipLayerNormFusion"]
 
 
 def load_shared_weights(path: Path) -> tuple[dict[str, ort.OrtValue], int]:
@@ -80,10 +81,11 @@ class OnnxEngine(HfTokenized):
         self._weights, self._weight_bytes = load_shared_weights(graph)
         self._folder = graph.parent
         model = without_final_normalization(graph) or str(graph)
-        two = precision == "int8" and n_threads > 1
-        self._session = self._open(model, 1 if two else n_threads)
+        int8 = precision == "int8"
+        two = int8 and n_threads > 1
+        self._session = self._open(model, 1 if two else n_threads, int8=int8)
         # a run with nothing beside it (the scheduler's `alone`): all cores, pool threads spinning (int8 only)
-        self._lone = self._open(model, n_threads, spin=True) if two else None
+        self._lone = self._open(model, n_threads, int8=True, spin=True) if two else None
         self.solo_runs = two
         self.workers = n_threads
         self.max_batch_seqs = 1  # one input per run: padding costs more than batching saves
@@ -96,7 +98,7 @@ class OnnxEngine(HfTokenized):
         if self._starts_input == PAIR_START:  # a cross-encoder's graph
             self._open_pair_cutter(tokenizer, ctx_len)
 
-    def _open(self, model: str | bytes, threads: int, *, spin: bool = False) -> ort.InferenceSession:
+    def _open(self, model: str | bytes, threads: int, *, int8: bool, spin: bool = False) -> ort.InferenceSession:
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
@@ -111,7 +113,10 @@ class OnnxEngine(HfTokenized):
             options.add_initializer(name, value)
         try:
             return ort.InferenceSession(
-                model, options, providers=["CPUExecutionProvider"], disabled_optimizers=_DISABLED_OPTIMIZERS
+                model,
+                options,
+                providers=["CPUExecutionProvider"],
+                disabled_optimizers=_INT8_DISABLED_OPTIMIZERS if int8 else [],
             )
         except Exception as exc:  # ORT raises its own exception types for invalid graphs
             raise InvalidModelFile(f"ONNX Runtime refused the graph: {exc}") from exc

@@ -85,6 +85,7 @@ class BatchScheduler:
         self._clock = 0.0  # where a request arriving now starts
         self._queued = 0
         self._busy = 0  # batches taken whose results the event loop has not yet handed out
+        self._in_engine = 0  # batches inside engine.embed now (what `alone` asks about: not the loop's lag)
         self._running_inputs = 0
         self._stopping = False  # the workers return once it is set
         self._idle = asyncio.Event()  # nothing queued, nothing running, every result handed out
@@ -200,10 +201,13 @@ class BatchScheduler:
                     if not self._queued and not self._busy and not self._loop.is_closed():
                         self._loop.call_soon_threadsafe(self._check_idle)
                     continue
-                alone = self._solo and self._busy == 0 and self._queued == 0
+                alone = self._solo and self._in_engine == 0 and self._queued == 0
                 self._busy += 1
+                self._in_engine += 1
                 self._running_inputs += len(batch)
             out, exc = self._execute(batch, alone)
+            with self._lock:
+                self._in_engine -= 1
             try:
                 self._loop.call_soon_threadsafe(self._deliver, batch, out, exc)
             except RuntimeError:  # the loop is closed (a process ending without closing its models)
@@ -215,10 +219,13 @@ class BatchScheduler:
         starts = [i.start for i in batch]
         args = (seqs, starts) if any(starts) else (seqs,)  # engines that pool every token need not know
         try:
-            return (self.engine.embed(*args, alone=True) if alone else self.engine.embed(*args)), None
+            out = self.engine.embed(*args, alone=True) if alone else self.engine.embed(*args)
+            if len(out) != len(batch):
+                raise RuntimeError(f"the engine gave {len(out)} rows for {len(batch)} inputs")
+            return out, None
         except CortexError as exc:
             return None, exc
-        except Exception:
+        except BaseException:  # whatever it raised, the thread lives on and the batch gets an answer
             # a batch serves several requests: its line names them all, `[req ID1,ID2]`
             ids = ",".join(sorted({i.request_id for i in batch if i.request_id}))
             in_requests = REQUEST_ID.set(ids or None)
@@ -230,18 +237,20 @@ class BatchScheduler:
 
     def _deliver(self, batch: list[_Item], out: np.ndarray | None, exc: CortexError | None) -> None:
         """On the loop: complete the futures of `batch` (those whose client is still there)."""
-        if exc is not None:
-            for item in batch:
-                if not item.future.done():
-                    item.future.set_exception(exc)
-        else:
-            for item, row in zip(batch, out, strict=True):  # type: ignore[arg-type]
-                if not item.future.done():
-                    item.future.set_result(row)
-        with self._lock:
-            self._busy -= 1
-            self._running_inputs -= len(batch)
-        self._check_idle()
+        try:
+            if exc is not None:
+                for item in batch:
+                    if not item.future.done():
+                        item.future.set_exception(exc)
+            else:
+                for item, row in zip(batch, out, strict=True):  # type: ignore[arg-type]
+                    if not item.future.done():
+                        item.future.set_result(row)
+        finally:
+            with self._lock:
+                self._busy -= 1
+                self._running_inputs -= len(batch)
+            self._check_idle()
 
     def _check_idle(self) -> None:
         with self._lock:
