@@ -18,9 +18,9 @@ An int8 graph (dynamically quantised matrix products) wants work otherwise (`ben
 MiniLM, 2 cores): its runs are short, so two parallel runs sharing one all-core pool lose 18% of its
 tokens/s to the pool (17.3k against 21.0k on a one-thread session), and a lone run gains 40% from pool
 threads that spin between operators rather than sleep (16.0k against 11.4k). Its packed weights are a
-quarter of fp32's, so it keeps two sessions (+17 MiB for MiniLM): a one-thread one that the workers'
-threads run in parallel, and an all-core one whose pool spins during a run, for a run the scheduler says
-is alone (`solo_runs`).
+quarter of fp32's, so it keeps two sessions (~16 MiB more for MiniLM, bench/memory.py): a one-thread one
+that the workers' threads run in parallel, and an all-core one whose pool spins during a run, for a run
+the scheduler says is alone (`solo_runs`).
 
 ONNX Runtime fuses each residual Add and LayerNormalization of an int8 graph into SkipLayerNormalization,
 whose CPU kernel is slower than the two operators it replaces (ORT 1.32, same run: 19.5k against 17.1k

@@ -115,17 +115,18 @@ class BatchScheduler:
                 "(max_queue_inputs): send fewer inputs per request.",
                 param="input",
             )
+        # only this loop adds to `_queued` (workers take from it), so read unlocked it is at least what waits
+        if self._queued + len(seqs) > self.max_queue_inputs:
+            raise Overloaded(
+                f"The server is busy: {self._queued} inputs are waiting for `{self.model_id}` "
+                f"(limit {self.max_queue_inputs}). Retry shortly."
+            )
         loop = self._loop
         futures = [loop.create_future() for _ in seqs]
         request_id = REQUEST_ID.get()
         each = [starts] * len(seqs) if isinstance(starts, int) else starts
         items = deque(_Item(s, f, n, request_id) for s, f, n in zip(seqs, futures, each, strict=True))
         with self._work:
-            if self._queued + len(seqs) > self.max_queue_inputs:
-                raise Overloaded(
-                    f"The server is busy: {self._queued} inputs are waiting for `{self.model_id}` "
-                    f"(limit {self.max_queue_inputs}). Retry shortly."
-                )
             self._queued += len(items)
             self._push(_Request(items, self._clock))
             self._work.notify(len(items))  # as many idle workers as there are inputs to take
